@@ -1,0 +1,109 @@
+//! Parsers for command-line values: durations (`90s`, `20m`, `2h`, `1h30m`), sizes (`512m`, `4g`)
+//! and `NAME=VALUE` variables.
+
+use std::time::Duration;
+
+/// `90s`, `20m`, `2h`, `1h30m`: a positive duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let bad =
+        || format!("invalid duration {text:?}: use a number with a unit, like 90s, 20m or 2h");
+    let mut total = 0u64;
+    let mut digits = String::new();
+    for c in text.trim().chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let unit = match c {
+            's' => 1,
+            'm' => 60,
+            'h' => 3600,
+            _ => return Err(bad()),
+        };
+        let n: u64 = digits.parse().map_err(|_| bad())?;
+        total = n
+            .checked_mul(unit)
+            .and_then(|s| total.checked_add(s))
+            .ok_or_else(bad)?;
+        digits.clear();
+    }
+    if !digits.is_empty() || total == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_secs(total))
+}
+
+/// `512m`, `4g`, `3GiB`, `1073741824`: bytes.
+pub fn parse_size(text: &str) -> Result<i64, String> {
+    let bad = || format!("invalid size {text:?}: use a number with a unit, like 512m or 4g");
+    let lower = text.trim().to_ascii_lowercase();
+    let number_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (number, unit) = lower.split_at(number_end);
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let shift = match unit.trim_end_matches("ib").trim_end_matches('b') {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(1 << shift).filter(|b| *b > 0).ok_or_else(bad)
+}
+
+/// `NAME=VALUE` for `-e`: a shell variable name, not reserved.
+pub fn parse_variable(text: &str) -> Result<(String, String), String> {
+    let (name, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("invalid variable {text:?}: expected NAME=VALUE"))?;
+    let valid = name
+        .chars()
+        .enumerate()
+        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
+    if name.is_empty() || !valid {
+        return Err(format!(
+            "invalid variable name {name:?}: use letters, digits and _ (not starting with a digit)"
+        ));
+    }
+    if name.starts_with("CODEBUILD_") {
+        return Err(format!(
+            "variable {name}: names starting with CODEBUILD_ are reserved for Kiln"
+        ));
+    }
+    Ok((name.to_string(), value.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("20m"), Ok(Duration::from_secs(1200)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "10", "0s", "5x", "m", "-1s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512m"), Ok(512 << 20));
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert_eq!(parse_size("3GiB"), Ok(3 << 30));
+        assert_eq!(parse_size("1024"), Ok(1024));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("0").is_err());
+    }
+
+    #[test]
+    fn variables() {
+        assert_eq!(parse_variable("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_variable("noeq").is_err());
+        assert!(parse_variable("1A=x").is_err());
+        assert!(parse_variable("CODEBUILD_X=1").is_err());
+    }
+}

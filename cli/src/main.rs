@@ -1,0 +1,46 @@
+//! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs.
+//! Exit status: 0 success, 1 a build that did not succeed, 2 invalid input (nothing ran).
+
+mod args;
+mod host;
+mod lint;
+mod run;
+mod terminal;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kiln",
+    version,
+    about = "Kiln: a self-hosted, CodeBuild-compatible build farm"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the buildspec of a checkout locally in Docker, as CodeBuild would
+    Run(run::RunArgs),
+    /// Check buildspec files; exit 0 when all are valid, 2 otherwise
+    Lint(lint::LintArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Lint(args) => lint::lint(&args),
+        Command::Run(args) => run::run(args),
+    }
+}

@@ -1,0 +1,343 @@
+//! The Docker engine: container lifecycle for one build through the Docker API (bollard).
+//!
+//! Contract, in call order: [`Engine::ensure_image`], [`Engine::provision`] (network, then
+//! container, then start), any number of [`Engine::upload`], [`Engine::exec`] and
+//! [`Engine::download`] calls (execs of one build run one at a time), then [`Engine::teardown`].
+//! `teardown` is idempotent and safe after a failed or partial `provision`; it ignores objects that
+//! are already gone. [`Engine::reap_orphans`] removes what a killed process left behind, found by
+//! label. Files move only as tar streams through the API, never through host bind mounts, so a
+//! remote or Docker-in-Docker daemon behaves the same.
+
+pub mod convert;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+
+use bollard::container::LogOutput;
+use bollard::exec::{CreateExecOptions, StartExecResults};
+use bollard::query_parameters::{
+    CreateImageOptions, DownloadFromContainerOptions, KillContainerOptions, ListContainersOptions,
+    ListNetworksOptions, RemoveContainerOptions, UploadToContainerOptions,
+};
+use bollard::Docker;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt, TryStreamExt};
+use thiserror::Error;
+
+pub use convert::{BuildResources, ComputeType, Limits};
+
+/// Engine failures. Image problems are the build's (CodeBuild's
+/// `BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE`); the rest are Kiln's own faults.
+#[derive(Debug, Error)]
+pub enum EngineError {
+    #[error("cannot reach the Docker daemon ({0}); is it running, and is DOCKER_HOST right?")]
+    Connect(#[source] bollard::errors::Error),
+    #[error("image {image:?} not found locally and could not be pulled: {reason}")]
+    Image { image: String, reason: String },
+    #[error("docker {op} failed: {source}")]
+    Docker {
+        op: &'static str,
+        #[source]
+        source: bollard::errors::Error,
+    },
+}
+
+fn docker_err(op: &'static str) -> impl Fn(bollard::errors::Error) -> EngineError {
+    move |source| EngineError::Docker { op, source }
+}
+
+fn is_not_found(e: &bollard::errors::Error) -> bool {
+    matches!(
+        e,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+/// A stream of an exec's output (stdout and stderr as Docker sends them).
+pub type ExecOutput = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
+
+/// One `docker exec`.
+#[derive(Debug, Clone)]
+pub struct ExecSpec {
+    pub cmd: Vec<String>,
+    pub env: Vec<String>,
+    pub working_dir: String,
+    /// `None`: root.
+    pub user: Option<String>,
+}
+
+/// A connection to one Docker daemon.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    docker: Docker,
+    host_cpus: Option<i64>,
+}
+
+impl Engine {
+    /// Connects to the daemon named by `DOCKER_HOST` (or the local socket) and agrees on an API
+    /// version, so older daemons work.
+    pub async fn connect() -> Result<Engine, EngineError> {
+        let docker = Docker::connect_with_local_defaults().map_err(EngineError::Connect)?;
+        let docker = docker
+            .negotiate_version()
+            .await
+            .map_err(EngineError::Connect)?;
+        let info = docker.info().await.map_err(EngineError::Connect)?;
+        Ok(Engine {
+            docker,
+            host_cpus: info.ncpu,
+        })
+    }
+
+    /// Uses the image when present locally, pulls it otherwise.
+    pub async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
+        match self.docker.inspect_image(image).await {
+            Ok(_) => return Ok(()),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(docker_err("image inspect")(e)),
+        }
+        let options = CreateImageOptions {
+            from_image: Some(image.to_string()),
+            ..Default::default()
+        };
+        let pulled: Result<Vec<_>, _> = self
+            .docker
+            .create_image(Some(options), None, None)
+            .try_collect()
+            .await;
+        let reason = match pulled {
+            Ok(_) => match self.docker.inspect_image(image).await {
+                Ok(_) => return Ok(()),
+                Err(e) => e.to_string(),
+            },
+            Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => message,
+            Err(e) => e.to_string(),
+        };
+        Err(EngineError::Image {
+            image: image.to_string(),
+            reason,
+        })
+    }
+
+    /// Creates the build's network and container and starts it.
+    pub async fn provision(
+        &self,
+        resources: &BuildResources,
+        image: &str,
+        limits: Limits,
+    ) -> Result<(), EngineError> {
+        self.docker
+            .create_network(resources.network_request())
+            .await
+            .map_err(docker_err("network create"))?;
+        let options = bollard::query_parameters::CreateContainerOptions {
+            name: Some(resources.container.clone()),
+            ..Default::default()
+        };
+        let body = resources.container_body(image, limits.fit_to(self.host_cpus));
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(docker_err("container create"))?;
+        self.docker
+            .start_container(
+                &resources.container,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+            .map_err(docker_err("container start"))
+    }
+
+    /// Extracts a tar stream at `path` (which must exist) in the container.
+    pub async fn upload(
+        &self,
+        container: &str,
+        path: &str,
+        tar: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Result<(), EngineError> {
+        let options = UploadToContainerOptions {
+            path: path.to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(container, Some(options), bollard::body_stream(tar))
+            .await
+            .map_err(docker_err("copy into container"))
+    }
+
+    /// A tar stream of `path` in the container (its last component is the archive's top entry).
+    pub fn download(&self, container: &str, path: &str) -> ExecOutput {
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        Box::pin(
+            self.docker
+                .download_from_container(container, Some(options))
+                .map_err(docker_err("copy from container")),
+        )
+    }
+
+    /// Starts a command in the running container; returns its exec id and merged output.
+    pub async fn exec(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+    ) -> Result<(String, ExecOutput), EngineError> {
+        let created = self
+            .docker
+            .create_exec(
+                container,
+                CreateExecOptions {
+                    cmd: Some(spec.cmd),
+                    env: Some(spec.env),
+                    working_dir: Some(spec.working_dir),
+                    user: spec.user,
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(docker_err("exec create"))?;
+        let started = self
+            .docker
+            .start_exec(&created.id, None)
+            .await
+            .map_err(docker_err("exec start"))?;
+        let StartExecResults::Attached { output, .. } = started else {
+            return Ok((created.id, Box::pin(futures_util::stream::empty())));
+        };
+        let output = output.map(|item| match item {
+            Ok(LogOutput::StdOut { message })
+            | Ok(LogOutput::StdErr { message })
+            | Ok(LogOutput::Console { message }) => Ok(message),
+            Ok(LogOutput::StdIn { .. }) => Ok(Bytes::new()),
+            Err(e) => Err(docker_err("exec output")(e)),
+        });
+        Ok((created.id, Box::pin(output)))
+    }
+
+    /// The exit code of a finished exec.
+    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_exec(exec_id)
+            .await
+            .map_err(docker_err("exec inspect"))?;
+        Ok(inspect.exit_code)
+    }
+
+    /// Kills every process in the container (timeout, stop); teardown removes it later.
+    pub async fn kill(&self, container: &str) -> Result<(), EngineError> {
+        match self
+            .docker
+            .kill_container(container, None::<KillContainerOptions>)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 404 | 409,
+                ..
+            }) => Ok(()),
+            Err(e) => Err(docker_err("container kill")(e)),
+        }
+    }
+
+    /// Whether the container was killed for running out of memory.
+    pub async fn oom_killed(&self, container: &str) -> bool {
+        self.docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .ok()
+            .and_then(|c| c.state)
+            .and_then(|s| s.oom_killed)
+            .unwrap_or(false)
+    }
+
+    /// Removes the build's container and network; objects already gone are fine.
+    pub async fn teardown(&self, container: &str, network: &str) -> Result<(), EngineError> {
+        self.remove_container(container).await?;
+        self.remove_network(network).await
+    }
+
+    async fn remove_container(&self, name: &str) -> Result<(), EngineError> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(name, Some(options)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            // 409: removal already in progress.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => Ok(()),
+            Err(e) => Err(docker_err("container remove")(e)),
+        }
+    }
+
+    async fn remove_network(&self, name: &str) -> Result<(), EngineError> {
+        match self.docker.remove_network(name).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(docker_err("network remove")(e)),
+        }
+    }
+
+    /// Removes containers and networks left by Kiln processes that are gone: those whose owner
+    /// label names this host and a process that no longer runs (`is_alive` decides). Returns how
+    /// many objects were removed.
+    pub async fn reap_orphans(
+        &self,
+        host: &str,
+        is_alive: impl Fn(u32, &str) -> bool,
+    ) -> Result<usize, EngineError> {
+        let filters = HashMap::from([(
+            "label".to_string(),
+            vec![format!("{}=true", convert::LABEL_MANAGED)],
+        )]);
+        let orphaned = |labels: Option<&HashMap<String, String>>| {
+            labels
+                .and_then(|l| l.get(convert::LABEL_OWNER))
+                .and_then(|o| convert::parse_owner(o))
+                .is_some_and(|(h, pid, ticks)| h == host && !is_alive(pid, ticks))
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(filters.clone()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(docker_err("container list"))?;
+        let mut removed = 0;
+        for c in containers {
+            if let (true, Some(id)) = (orphaned(c.labels.as_ref()), c.id.as_deref()) {
+                self.remove_container(id).await?;
+                removed += 1;
+            }
+        }
+        let networks = self
+            .docker
+            .list_networks(Some(ListNetworksOptions {
+                filters: Some(filters),
+            }))
+            .await
+            .map_err(docker_err("network list"))?;
+        for n in networks {
+            if let (true, Some(id)) = (orphaned(n.labels.as_ref()), n.id.as_deref()) {
+                self.remove_network(id).await?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,734 @@
+//! The phase runner: one build from PROVISIONING to COMPLETED, as semantics §2–§5 describe.
+//!
+//! The runner owns the build's Docker objects for its whole life: whatever happens (failure,
+//! timeout, stop, a panic in the runner), [`run_build`] removes the container and network before it
+//! returns. Routing between phases is the pure state machine of `kiln_buildspec::routing`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use kiln_buildspec::routing::{final_status, route, PhaseType, Route, Status};
+use kiln_buildspec::{CommandPhase, Version};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::artifacts;
+use crate::docker::{BuildResources, Engine, EngineError, ExecSpec};
+use crate::job::BuildJob;
+use crate::log::{BuildLog, LogSink};
+use crate::mask::Masker;
+use crate::record::{
+    BuildEnvironment, BuildPhase, BuildRecord, EnvironmentVariable, NameValue, PhaseContext,
+    Timestamp,
+};
+use crate::shell::{wrapper, ItemOutput, ShellState};
+use crate::source::{archive_dir, SRC_DIR};
+
+/// Runs a build to completion and returns its record. `owner` labels the Docker objects (see
+/// `docker::convert::process_owner`); cancelling `cancel` stops the build (STOPPED).
+pub async fn run_build(
+    engine: Engine,
+    job: BuildJob,
+    sink: Box<dyn LogSink>,
+    cancel: CancellationToken,
+    owner: &str,
+) -> BuildRecord {
+    let uuid = Uuid::new_v4().to_string();
+    let build_id = format!("{}:{uuid}", job.project);
+    let resources = BuildResources::new(&build_id, &uuid, &job.project, owner);
+    let (container, network) = (resources.container.clone(), resources.network.clone());
+    let fallback = initial_record(&job, &build_id);
+    let build = Build::new(
+        engine.clone(),
+        job,
+        sink,
+        cancel,
+        resources,
+        build_id,
+        &uuid,
+    );
+    // A separate task, so a panic in the runner still reaches the teardown below.
+    let outcome = tokio::spawn(build.run()).await;
+    if let Err(e) = engine.teardown(&container, &network).await {
+        tracing::warn!(error = %e, container, "teardown after the build failed");
+    }
+    outcome.unwrap_or_else(|panic| {
+        tracing::error!(error = %panic, "the phase runner panicked");
+        let mut record = fallback;
+        record.build_status = Status::Fault;
+        record.current_phase = PhaseType::Completed;
+        record.build_complete = true;
+        record.end_time = Some(Timestamp::now());
+        record
+    })
+}
+
+/// How a phase ended.
+struct Outcome {
+    status: Status,
+    context: Option<PhaseContext>,
+}
+
+impl Outcome {
+    fn ok() -> Outcome {
+        Outcome {
+            status: Status::Succeeded,
+            context: None,
+        }
+    }
+
+    fn with(status: Status, code: &str, message: impl Into<String>) -> Outcome {
+        Outcome {
+            status,
+            context: Some(PhaseContext {
+                status_code: code.to_string(),
+                message: message.into(),
+            }),
+        }
+    }
+
+    fn fault(e: &EngineError) -> Outcome {
+        Outcome::with(Status::Fault, "INTERNAL_ERROR", e.to_string())
+    }
+}
+
+/// Why a phase was cut short.
+enum Interrupt {
+    Timeout,
+    Stop,
+}
+
+/// Why an item did not produce an exit status.
+enum ItemError {
+    Engine(EngineError),
+}
+
+struct Build {
+    engine: Engine,
+    job: BuildJob,
+    log: BuildLog,
+    record: BuildRecord,
+    resources: BuildResources,
+    state: ShellState,
+    marker: String,
+    secret_vars: BTreeSet<String>,
+    cancel: CancellationToken,
+    deadline: Instant,
+}
+
+fn initial_record(job: &BuildJob, build_id: &str) -> BuildRecord {
+    let now = Timestamp::now();
+    let instant = |phase| BuildPhase {
+        phase_type: phase,
+        phase_status: Some(Status::Succeeded),
+        start_time: now,
+        end_time: Some(now),
+        duration_in_seconds: Some(0),
+        contexts: Vec::new(),
+    };
+    let plaintext = |(name, value): &(String, String)| EnvironmentVariable {
+        name: name.clone(),
+        value: value.clone(),
+        kind: "PLAINTEXT".to_string(),
+    };
+    BuildRecord {
+        id: build_id.to_string(),
+        arn: build_arn(job, build_id),
+        build_number: job.build_number,
+        project_name: job.project.clone(),
+        build_status: Status::InProgress,
+        current_phase: PhaseType::Submitted,
+        build_complete: false,
+        initiator: job.initiator.clone(),
+        start_time: now,
+        end_time: None,
+        timeout_in_minutes: job.timeout.as_secs().div_ceil(60),
+        source_version: job.source_version.clone(),
+        resolved_source_version: job.resolved_source_version.clone(),
+        phases: vec![instant(PhaseType::Submitted), instant(PhaseType::Queued)],
+        environment: BuildEnvironment {
+            kind: "LINUX_CONTAINER".to_string(),
+            image: job.image.clone(),
+            compute_type: job.compute.codebuild_name().to_string(),
+            environment_variables: job
+                .project_env
+                .iter()
+                .chain(&job.env_overrides)
+                .map(plaintext)
+                .collect(),
+        },
+        exported_environment_variables: Vec::new(),
+        artifacts: None,
+        secondary_artifacts: Vec::new(),
+    }
+}
+
+fn build_arn(job: &BuildJob, build_id: &str) -> String {
+    format!(
+        "arn:kiln:codebuild:{}:{}:build/{build_id}",
+        job.region, job.account
+    )
+}
+
+/// The environment the first item starts with, lowest precedence first: Kiln's defaults, the
+/// buildspec's `env.variables`, the project's, the client's overrides, then the reserved
+/// `CODEBUILD_*` variables that only Kiln sets. Secrets are added in DOWNLOAD_SOURCE.
+fn initial_state(job: &BuildJob, build_id: &str, uuid: &str, start: Timestamp) -> ShellState {
+    let mut state = ShellState {
+        cwd: SRC_DIR.to_string(),
+        env: Default::default(),
+    };
+    let env = &mut state.env;
+    for (k, v) in [
+        ("HOME", "/root"),
+        ("AWS_REGION", job.region.as_str()),
+        ("AWS_DEFAULT_REGION", job.region.as_str()),
+    ] {
+        env.insert(k.to_string(), v.to_string());
+    }
+    for (k, v) in job
+        .buildspec
+        .env
+        .variables
+        .iter()
+        .chain(&job.project_env)
+        .chain(&job.env_overrides)
+    {
+        env.insert(k.clone(), v.clone());
+    }
+    let project_arn = format!(
+        "arn:kiln:codebuild:{}:{}:project/{}",
+        job.region, job.account, job.project
+    );
+    let reserved = [
+        ("CODEBUILD_BUILD_ID", build_id.to_string()),
+        ("CODEBUILD_BUILD_NUMBER", job.build_number.to_string()),
+        ("CODEBUILD_BUILD_ARN", build_arn(job, build_id)),
+        ("CODEBUILD_BUILD_IMAGE", job.image.clone()),
+        ("CODEBUILD_BUILD_SUCCEEDING", "1".to_string()),
+        ("CODEBUILD_INITIATOR", job.initiator.clone()),
+        ("CODEBUILD_SRC_DIR", SRC_DIR.to_string()),
+        (
+            "CODEBUILD_SOURCE_VERSION",
+            job.source_version.clone().unwrap_or_default(),
+        ),
+        (
+            "CODEBUILD_SOURCE_REPO_URL",
+            job.source_repo_url.clone().unwrap_or_default(),
+        ),
+        ("CODEBUILD_START_TIME", start.epoch_millis().to_string()),
+        ("CODEBUILD_PROJECT_ARN", project_arn),
+        ("CODEBUILD_LOG_PATH", uuid.to_string()),
+        ("CODEBUILD_CI", "true".to_string()),
+    ];
+    for (k, v) in reserved {
+        env.insert(k.to_string(), v);
+    }
+    state
+}
+
+impl Build {
+    fn new(
+        engine: Engine,
+        job: BuildJob,
+        sink: Box<dyn LogSink>,
+        cancel: CancellationToken,
+        resources: BuildResources,
+        build_id: String,
+        uuid: &str,
+    ) -> Build {
+        let record = initial_record(&job, &build_id);
+        let state = initial_state(&job, &build_id, uuid, record.start_time);
+        let deadline = Instant::now() + job.timeout;
+        Build {
+            engine,
+            log: BuildLog::new(Masker::new::<_, &str>([]), sink),
+            record,
+            resources,
+            state,
+            marker: format!("KILN-END-{}", Uuid::new_v4().simple()),
+            secret_vars: BTreeSet::new(),
+            cancel,
+            deadline,
+            job,
+        }
+    }
+
+    async fn run(mut self) -> BuildRecord {
+        let mut phase = PhaseType::Provisioning;
+        let mut retries = 0;
+        let mut snapshot = self.state.clone();
+        // Attempts that a RETRY superseded do not count toward the final status.
+        let mut superseded = BTreeSet::new();
+        while phase != PhaseType::Completed {
+            self.record.begin_phase(phase);
+            self.log.phase(phase);
+            self.log
+                .agent(&format!("Entering phase {}", phase.as_str()));
+            if phase.command_phase().is_some() {
+                if retries == 0 {
+                    snapshot = self.state.clone();
+                } else {
+                    self.state = snapshot.clone();
+                }
+            }
+            let outcome = self.run_phase(phase).await;
+            let status_text = outcome.status.as_str();
+            self.log.agent(&format!(
+                "Phase complete: {} State: {status_text}",
+                phase.as_str()
+            ));
+            let (code, message) = outcome
+                .context
+                .as_ref()
+                .map(|c| (c.status_code.as_str(), c.message.as_str()))
+                .unwrap_or(("", ""));
+            self.log.agent(&format!(
+                "Phase context status code: {code} Message: {message}"
+            ));
+            let on_failure = phase
+                .command_phase()
+                .and_then(|p| self.job.buildspec.phase(p))
+                .and_then(|p| p.on_failure.as_ref());
+            let failure_message = format!("{message}\n{}", self.log.phase_tail());
+            let next = route(phase, outcome.status, on_failure, retries, &failure_message);
+            let context = outcome.context.map(|c| PhaseContext {
+                message: self.log.mask(&c.message),
+                ..c
+            });
+            self.record.end_phase(outcome.status, context);
+            match next {
+                Route::Retry => {
+                    superseded.insert(self.record.phases.len() - 1);
+                    retries += 1;
+                    self.log.agent(&format!(
+                        "Retrying phase {} ({retries} of {})",
+                        phase.as_str(),
+                        retry_count(on_failure)
+                    ));
+                }
+                Route::Goto(next) => {
+                    if outcome.status != Status::Succeeded {
+                        self.state
+                            .env
+                            .insert("CODEBUILD_BUILD_SUCCEEDING".into(), "0".into());
+                    }
+                    if phase.command_phase().is_some() {
+                        self.capture_exported_variables();
+                    }
+                    retries = 0;
+                    phase = next;
+                }
+            }
+        }
+        self.log.end_output();
+        let statuses = self
+            .record
+            .phases
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !superseded.contains(i))
+            .filter_map(|(_, p)| p.phase_status);
+        self.record.build_status = final_status(statuses);
+        self.record.current_phase = PhaseType::Completed;
+        self.record.build_complete = true;
+        self.record.end_time = Some(Timestamp::now());
+        self.record
+    }
+
+    async fn run_phase(&mut self, phase: PhaseType) -> Outcome {
+        if phase == PhaseType::Finalizing {
+            // Never interrupted: this is where the build's resources go away.
+            return self.finalize().await;
+        }
+        let cancel = self.cancel.clone();
+        let deadline = self.deadline;
+        let interrupted = {
+            let work = self.phase_work(phase);
+            guarded(work, cancel, deadline).await
+        };
+        match interrupted {
+            Ok(outcome) => outcome,
+            Err(interrupt) => {
+                self.log.end_output();
+                if let Err(e) = self.engine.kill(&self.resources.container).await {
+                    tracing::warn!(error = %e, "killing the build container failed");
+                }
+                match interrupt {
+                    Interrupt::Timeout => Outcome::with(
+                        Status::TimedOut,
+                        "BUILD_TIMED_OUT",
+                        format!(
+                            "Build has timed out after {} seconds",
+                            self.job.timeout.as_secs()
+                        ),
+                    ),
+                    Interrupt::Stop => {
+                        Outcome::with(Status::Stopped, "BUILD_STOPPED", "Build was stopped")
+                    }
+                }
+            }
+        }
+    }
+
+    async fn phase_work(&mut self, phase: PhaseType) -> Outcome {
+        match phase {
+            PhaseType::Provisioning => self.provision().await,
+            PhaseType::DownloadSource => self.download_source().await,
+            PhaseType::UploadArtifacts => self.upload_artifacts().await,
+            other => match other.command_phase() {
+                Some(p) => self.command_phase(p).await,
+                None => Outcome::ok(),
+            },
+        }
+    }
+
+    async fn provision(&mut self) -> Outcome {
+        let image = self.job.image.clone();
+        self.log.agent(&format!("Using image {image}"));
+        if let Err(e) = self.engine.ensure_image(&image).await {
+            let code = match e {
+                EngineError::Image { .. } => "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
+                _ => "INTERNAL_ERROR",
+            };
+            let status = match e {
+                EngineError::Image { .. } => Status::Failed,
+                _ => Status::Fault,
+            };
+            return Outcome::with(status, code, e.to_string());
+        }
+        match self
+            .engine
+            .provision(&self.resources, &image, self.job.limits)
+            .await
+        {
+            Ok(()) => Outcome::ok(),
+            Err(e) => Outcome::fault(&e),
+        }
+    }
+
+    async fn download_source(&mut self) -> Outcome {
+        self.log
+            .agent(&format!("YAML location is {}", self.job.buildspec_location));
+        let (tar, archiver) = archive_dir(&self.job.source_dir);
+        let uploaded = self
+            .engine
+            .upload(&self.resources.container, "/", tar)
+            .await;
+        match archiver.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                return Outcome::with(
+                    Status::Failed,
+                    "CLIENT_ERROR",
+                    format!(
+                        "cannot read the source directory {}: {e}",
+                        self.job.source_dir.display()
+                    ),
+                )
+            }
+            Err(e) => return Outcome::with(Status::Fault, "INTERNAL_ERROR", e.to_string()),
+        }
+        if let Err(e) = uploaded {
+            return Outcome::fault(&e);
+        }
+        let env = &self.job.buildspec.env;
+        match self
+            .job
+            .secrets
+            .resolve(&env.parameter_store, &env.secrets_manager)
+        {
+            Ok(resolved) => {
+                self.log
+                    .set_masker(Masker::new(resolved.iter().map(|s| s.value.as_str())));
+                let overridden: BTreeSet<&String> = self
+                    .job
+                    .project_env
+                    .iter()
+                    .chain(&self.job.env_overrides)
+                    .map(|(k, _)| k)
+                    .collect();
+                for secret in resolved {
+                    if !overridden.contains(&secret.var) {
+                        self.state.env.insert(secret.var.clone(), secret.value);
+                        self.secret_vars.insert(secret.var);
+                    }
+                }
+                Outcome::ok()
+            }
+            Err(e) => Outcome::with(Status::Failed, "CLIENT_ERROR", e.to_string()),
+        }
+    }
+
+    async fn command_phase(&mut self, which: CommandPhase) -> Outcome {
+        let Some(def) = self.job.buildspec.phase(which).cloned() else {
+            return Outcome::ok();
+        };
+        if def.commands.is_empty() && def.finally.is_empty() {
+            self.log.agent(&format!(
+                "No commands found for phase name: {}",
+                which.key()
+            ));
+        }
+        for (runtime, version) in &def.runtime_versions {
+            self.log.agent(&format!(
+                "Runtime version {runtime}: {version} requested; Kiln uses the runtimes installed in the image"
+            ));
+        }
+        let user = def.run_as.clone().or(self.job.buildspec.run_as.clone());
+        let mut failure = None;
+        for list in [&def.commands, &def.finally] {
+            for command in list {
+                match self.run_item(&command.text, user.as_deref()).await {
+                    Ok(0) => {}
+                    Ok(code) => {
+                        self.log.agent(&format!(
+                            "Command did not exit successfully {} exit status {code}",
+                            command.text
+                        ));
+                        let reason = self.exit_reason(code).await;
+                        failure.get_or_insert(Outcome::with(
+                            Status::Failed,
+                            "COMMAND_EXECUTION_ERROR",
+                            format!(
+                                "Error while executing command: {}. Reason: {reason}",
+                                command.text
+                            ),
+                        ));
+                        break;
+                    }
+                    Err(ItemError::Engine(e)) => return Outcome::fault(&e),
+                }
+            }
+        }
+        failure.unwrap_or_else(Outcome::ok)
+    }
+
+    /// `exit status N`, with the out-of-memory kill named when that is what happened.
+    async fn exit_reason(&self, code: i64) -> String {
+        if code == 137 && self.engine.oom_killed(&self.resources.container).await {
+            return format!(
+                "exit status {code} (out of memory: the build container is limited to {} MiB)",
+                self.job.limits.memory_bytes >> 20
+            );
+        }
+        format!("exit status {code}")
+    }
+
+    /// Runs one command item; returns its exit status. Output goes to the log.
+    async fn run_item(&mut self, text: &str, user: Option<&str>) -> Result<i64, ItemError> {
+        self.log.agent(&format!("Running command {text}"));
+        let (code, end_state) = self.exec_item(text, user, None).await?;
+        if let (Some(state), Version::V02) = (end_state, self.job.buildspec.version) {
+            self.state = state;
+        }
+        Ok(code)
+    }
+
+    /// Execs the wrapper for `text` with the carried state. With `capture`, output is collected
+    /// there instead of logged. Returns the exit status and, when the shell reported it, the state
+    /// after the item.
+    async fn exec_item(
+        &mut self,
+        text: &str,
+        user: Option<&str>,
+        mut capture: Option<&mut Vec<u8>>,
+    ) -> Result<(i64, Option<ShellState>), ItemError> {
+        let version = self.job.buildspec.version;
+        let (cwd, mut env) = match version {
+            Version::V02 => (self.state.cwd.clone(), self.state.env.clone()),
+            // 0.1: every item starts afresh in the source directory.
+            Version::V01 => (SRC_DIR.to_string(), self.state.env.clone()),
+        };
+        let previous_home = env.get("HOME").cloned();
+        let as_other_user = user.is_some_and(|u| u != "root");
+        if as_other_user && previous_home.as_deref() == Some("/root") {
+            // Let Docker give a run-as user its own home instead of root's.
+            env.remove("HOME");
+        }
+        let shell = self
+            .job
+            .buildspec
+            .env
+            .shell
+            .unwrap_or(kiln_buildspec::Shell::Sh)
+            .program();
+        let spec = ExecSpec {
+            cmd: vec![
+                shell.to_string(),
+                "-c".to_string(),
+                wrapper(&self.marker),
+                "kiln".to_string(),
+                text.to_string(),
+            ],
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            working_dir: cwd,
+            user: user.map(str::to_string),
+        };
+        let (exec_id, mut output) = self
+            .engine
+            .exec(&self.resources.container, spec)
+            .await
+            .map_err(ItemError::Engine)?;
+        let mut parser = ItemOutput::new(&self.marker);
+        let mut shown = Vec::new();
+        while let Some(chunk) = output.next().await {
+            let chunk = chunk.map_err(ItemError::Engine)?;
+            parser.push(&chunk, &mut shown);
+            self.show(&mut shown, capture.as_deref_mut());
+            if parser.end().is_some() {
+                // Background processes may hold the stream open; the item itself is done.
+                break;
+            }
+        }
+        drop(output);
+        parser.finish(&mut shown);
+        self.show(&mut shown, capture.as_deref_mut());
+        self.log.end_output();
+        match parser.end() {
+            Some(end) => {
+                let mut state = end.state;
+                if as_other_user && previous_home.as_deref() == Some("/root") {
+                    if let Some(home) = previous_home {
+                        state.env.insert("HOME".into(), home);
+                    }
+                }
+                Ok((end.exit_code, Some(state)))
+            }
+            None => {
+                // The shell never ran the wrapper (missing shell, unknown user): Docker's status.
+                let code = self
+                    .engine
+                    .exec_exit_code(&exec_id)
+                    .await
+                    .map_err(ItemError::Engine)?;
+                Ok((code.unwrap_or(-1), None))
+            }
+        }
+    }
+
+    fn show(&mut self, bytes: &mut Vec<u8>, capture: Option<&mut Vec<u8>>) {
+        match capture {
+            Some(buf) => buf.append(bytes),
+            None => {
+                self.log.output(bytes);
+                bytes.clear();
+            }
+        }
+    }
+
+    /// Evaluates `text` as a double-quoted shell word in the build's current environment (the
+    /// artifact `name`).
+    async fn shell_evaluate(&mut self, text: &str) -> Result<String, ItemError> {
+        let mut out = Vec::new();
+        let command = format!("printf '%s' \"{text}\"");
+        let (code, _) = self.exec_item(&command, None, Some(&mut out)).await?;
+        let value = String::from_utf8_lossy(&out).into_owned();
+        if code != 0 {
+            self.log.agent(&format!(
+                "Could not evaluate artifact name {text:?}; using it as written"
+            ));
+            return Ok(text.to_string());
+        }
+        Ok(value)
+    }
+
+    fn capture_exported_variables(&mut self) {
+        self.record.exported_environment_variables = self
+            .job
+            .buildspec
+            .env
+            .exported_variables
+            .iter()
+            .filter(|name| !self.secret_vars.contains(*name) && !name.starts_with("AWS_"))
+            .map(|name| NameValue {
+                name: name.clone(),
+                value: self.state.env.get(name).cloned().unwrap_or_default(),
+            })
+            .collect();
+    }
+
+    async fn upload_artifacts(&mut self) -> Outcome {
+        let Some(spec) = self.job.buildspec.artifacts.clone() else {
+            return Outcome::ok();
+        };
+        let mut names = Vec::new();
+        for definition in std::iter::once(&spec).chain(spec.secondary.iter().map(|(_, a)| a)) {
+            let name = match &definition.name {
+                Some(n) => match self.shell_evaluate(n).await {
+                    Ok(v) => v,
+                    Err(ItemError::Engine(e)) => return Outcome::fault(&e),
+                },
+                None => self.job.project.clone(),
+            };
+            names.push(name);
+        }
+        let download = self.engine.download(&self.resources.container, SRC_DIR);
+        match artifacts::collect(download, &spec, &names, &self.job.artifacts).await {
+            Ok(collected) => {
+                for skipped in &collected.skipped {
+                    self.log.agent(&format!(
+                        "Skipping artifact path {}: {}",
+                        skipped.path, skipped.reason
+                    ));
+                }
+                for a in std::iter::once(&collected.primary).chain(&collected.secondary) {
+                    self.log.agent(&format!(
+                        "Artifact {}: {} files, {} bytes{}",
+                        a.artifact_identifier.as_deref().unwrap_or("primary"),
+                        a.files.len(),
+                        a.size_in_bytes,
+                        if a.location.is_empty() {
+                            String::new()
+                        } else {
+                            format!(", written to {}", a.location)
+                        }
+                    ));
+                }
+                self.record.artifacts = Some(collected.primary);
+                self.record.secondary_artifacts = collected.secondary;
+                Outcome::ok()
+            }
+            Err(artifacts::ArtifactError::Engine(e)) => Outcome::fault(&e),
+            Err(e) => Outcome::with(Status::Failed, "CLIENT_ERROR", e.to_string()),
+        }
+    }
+
+    async fn finalize(&mut self) -> Outcome {
+        match self
+            .engine
+            .teardown(&self.resources.container, &self.resources.network)
+            .await
+        {
+            Ok(()) => Outcome::ok(),
+            Err(e) => Outcome::fault(&e),
+        }
+    }
+}
+
+fn retry_count(on_failure: Option<&kiln_buildspec::OnFailure>) -> u32 {
+    match on_failure {
+        Some(kiln_buildspec::OnFailure::Retry { count, .. }) => *count,
+        _ => 0,
+    }
+}
+
+/// Runs `work` unless the build is stopped or its deadline passes first.
+async fn guarded<T>(
+    work: impl Future<Output = T>,
+    cancel: CancellationToken,
+    deadline: Instant,
+) -> Result<T, Interrupt> {
+    tokio::select! {
+        biased;
+        _ = cancel.cancelled() => Err(Interrupt::Stop),
+        _ = tokio::time::sleep_until(deadline) => Err(Interrupt::Timeout),
+        out = work => Ok(out),
+    }
+}
+
+/// Default build timeout when none is given (CodeBuild's default is 60 minutes).
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);

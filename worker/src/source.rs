@@ -1,0 +1,77 @@
+//! The build's source: a checkout directory streamed into the container as a tar archive.
+
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::mpsc;
+
+/// Where the primary source lives in the container (`CODEBUILD_SRC_DIR`).
+pub const SRC_DIR: &str = "/codebuild/output/src1/src";
+
+/// A `Write` that sends what it gets down a channel, in chunks of at most `CHUNK` bytes.
+struct ChannelWriter {
+    tx: mpsc::Sender<Bytes>,
+    buf: Vec<u8>,
+}
+
+const CHUNK: usize = 256 * 1024;
+
+impl Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(chunk)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the upload stopped"))
+    }
+}
+
+/// Streams `dir` as a tar whose entries sit under `SRC_DIR` (relative to `/`). Symlinks are
+/// archived as links, never followed, so nothing outside `dir` is read. The returned task yields the
+/// archiving error, if any (the stream then ends early and the upload fails).
+pub fn archive_dir(
+    dir: &Path,
+) -> (
+    impl Stream<Item = Bytes> + Send + 'static,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
+    let (tx, rx) = mpsc::channel::<Bytes>(8);
+    let dir: PathBuf = dir.to_path_buf();
+    let task = tokio::task::spawn_blocking(move || {
+        let writer = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        let mut builder = tar::Builder::new(writer);
+        builder.follow_symlinks(false);
+        let mut prefix = PathBuf::new();
+        // Parent directories first, so the extraction creates them with sane modes.
+        for part in SRC_DIR.trim_start_matches('/').split('/') {
+            prefix.push(part);
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            builder.append_data(&mut header, &prefix, io::empty())?;
+        }
+        builder.append_dir_all(&prefix, &dir)?;
+        let mut writer = builder.into_inner()?;
+        writer.flush()
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    (stream, task)
+}
