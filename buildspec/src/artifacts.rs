@@ -32,8 +32,8 @@ const MAX_SYMLINK_HOPS: usize = 40;
 /// The most entries visited below followed directory links in one selection: links between
 /// sibling directories can make the logical tree exponentially larger than the real one.
 const MAX_LINKED_ENTRIES: usize = 1_000_000;
-/// The mode reported for a kept symlink (the permission bits of every Linux symlink).
-const SYMLINK_MODE: u32 = 0o777;
+/// The mode reported for a kept symlink: the permission bits every Linux symlink has.
+pub const SYMLINK_MODE: u32 = 0o777;
 
 /// What a listing entry is (symlinks are listed, not followed).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -780,4 +780,900 @@ fn path_components(path: &str) -> impl DoubleEndedIterator<Item = String> + '_ {
     path.split('/')
         .filter(|c| !c.is_empty() && *c != ".")
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(path: &str) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::File {
+                size: path.len() as u64,
+                mode: 0o644,
+            },
+        }
+    }
+
+    fn d(path: &str) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Dir,
+        }
+    }
+
+    fn l(path: &str, target: &str) -> Entry {
+        Entry {
+            path: path.to_string(),
+            kind: EntryKind::Symlink {
+                target: target.to_string(),
+            },
+        }
+    }
+
+    fn spec(files: &[&str]) -> Artifacts {
+        Artifacts {
+            files: files.iter().map(|s| s.to_string()).collect(),
+            ..Artifacts::default()
+        }
+    }
+
+    fn ok(entries: &[Entry], spec: &Artifacts) -> Selection {
+        match select(entries, spec) {
+            Ok(s) => s,
+            Err(e) => panic!("select failed: {e}"),
+        }
+    }
+
+    fn dests(sel: &Selection) -> Vec<&str> {
+        sel.files.iter().map(|f| f.dest.as_str()).collect()
+    }
+
+    fn file<'s>(sel: &'s Selection, dest: &str) -> &'s SelectedFile {
+        match sel.files.iter().find(|f| f.dest == dest) {
+            Some(f) => f,
+            None => panic!("{dest} not selected: {:?}", dests(sel)),
+        }
+    }
+
+    fn selector(tree: &Tree) -> Selector<'_> {
+        Selector {
+            tree,
+            enable_symlinks: false,
+            discard_paths: false,
+            patterns: Vec::new(),
+            excludes: Vec::new(),
+            skipped: SkipLog::default(),
+            linked_budget: 10,
+        }
+    }
+
+    fn skipped_paths(sel: &Selection) -> Vec<&str> {
+        sel.skipped.iter().map(|s| s.path.as_str()).collect()
+    }
+
+    /// A small project tree used by several tests.
+    fn project() -> Vec<Entry> {
+        vec![
+            f("README.md"),
+            f(".env"),
+            d("src"),
+            f("src/main.rs"),
+            d("src/util"),
+            f("src/util/mod.rs"),
+            d("target"),
+            d("target/release"),
+            f("target/release/app"),
+            f("target/release/.fingerprint"),
+            d("target/release/deps"),
+            f("target/release/deps/libx.rlib"),
+            d("empty"),
+            d("target/empty"),
+        ]
+    }
+
+    // --- normalize ---
+
+    #[test]
+    fn normalize_is_lexical() {
+        assert_eq!(normalize("a/b"), Some("a/b".into()));
+        assert_eq!(normalize("./a//b/"), Some("a/b".into()));
+        assert_eq!(normalize("a/./b/../c"), Some("a/c".into()));
+        assert_eq!(normalize("a/.."), Some(String::new()));
+        assert_eq!(normalize("."), Some(String::new()));
+        assert_eq!(normalize(""), Some(String::new()));
+        assert_eq!(normalize(".."), None);
+        assert_eq!(normalize("a/../.."), None);
+        assert_eq!(normalize("a/../../b"), None);
+        assert_eq!(normalize("/etc/passwd"), None);
+        assert_eq!(normalize("..a/b.."), Some("..a/b..".into()));
+    }
+
+    // --- pattern forms ---
+
+    #[test]
+    fn single_file() {
+        let sel = ok(&project(), &spec(&["README.md"]));
+        assert_eq!(dests(&sel), ["README.md"]);
+        let readme = file(&sel, "README.md");
+        assert_eq!(readme.source, "README.md");
+        assert_eq!(readme.symlink, None);
+        assert_eq!(readme.size, 9);
+        assert_eq!(readme.mode, 0o644);
+        assert!(sel.skipped.is_empty());
+    }
+
+    #[test]
+    fn file_in_subdirectory_keeps_its_path() {
+        let sel = ok(&project(), &spec(&["src/util/mod.rs"]));
+        assert_eq!(dests(&sel), ["src/util/mod.rs"]);
+    }
+
+    #[test]
+    fn dir_star_is_files_directly_in_dir() {
+        let sel = ok(&project(), &spec(&["target/release/*"]));
+        assert_eq!(
+            dests(&sel),
+            ["target/release/.fingerprint", "target/release/app"]
+        );
+    }
+
+    #[test]
+    fn globstar_is_every_file_recursively_including_dotfiles() {
+        let sel = ok(&project(), &spec(&["**/*"]));
+        assert_eq!(
+            dests(&sel),
+            [
+                ".env",
+                "README.md",
+                "src/main.rs",
+                "src/util/mod.rs",
+                "target/release/.fingerprint",
+                "target/release/app",
+                "target/release/deps/libx.rlib"
+            ]
+        );
+    }
+
+    #[test]
+    fn dir_globstar_is_every_file_under_dir() {
+        let sel = ok(&project(), &spec(&["target/**/*"]));
+        assert_eq!(
+            dests(&sel),
+            [
+                "target/release/.fingerprint",
+                "target/release/app",
+                "target/release/deps/libx.rlib"
+            ]
+        );
+    }
+
+    #[test]
+    fn pattern_naming_a_directory_includes_it_recursively() {
+        for pattern in ["src", "src/", "./src"] {
+            let sel = ok(&project(), &spec(&[pattern]));
+            assert_eq!(dests(&sel), ["src/main.rs", "src/util/mod.rs"], "{pattern}");
+        }
+        let all = ok(&project(), &spec(&["."]));
+        assert_eq!(all.files.len(), 7);
+    }
+
+    #[test]
+    fn glob_matching_a_directory_does_not_recurse() {
+        // `*` matches the directory `src`, but only a literal name pulls in a directory.
+        let sel = ok(&project(), &spec(&["*"]));
+        assert_eq!(dests(&sel), [".env", "README.md"]);
+        assert_eq!(
+            select(&project(), &spec(&["s?c"])),
+            Err(SelectError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn brace_and_class_patterns() {
+        let sel = ok(
+            &project(),
+            &spec(&["{README.md,src/*.rs}", "target/release/[a-z]*"]),
+        );
+        assert_eq!(
+            dests(&sel),
+            ["README.md", "src/main.rs", "target/release/app"]
+        );
+    }
+
+    #[test]
+    fn overlapping_patterns_give_each_file_once() {
+        let sel = ok(
+            &project(),
+            &spec(&["src/**/*", "src", "**/*.rs", "src/main.rs"]),
+        );
+        assert_eq!(dests(&sel), ["src/main.rs", "src/util/mod.rs"]);
+    }
+
+    #[test]
+    fn empty_directories_never_appear() {
+        let sel = ok(&project(), &spec(&["**/*", "empty", "target/empty"]));
+        assert!(!dests(&sel).iter().any(|d| d.contains("empty")));
+        assert_eq!(
+            select(&project(), &spec(&["empty"])),
+            Err(SelectError::NoMatch)
+        );
+        assert_eq!(
+            select(&project(), &spec(&["target/empty/**/*"])),
+            Err(SelectError::NoMatch)
+        );
+    }
+
+    // --- no match ---
+
+    #[test]
+    fn nothing_matching_is_no_match() {
+        assert_eq!(
+            select(&project(), &spec(&["*.jar"])),
+            Err(SelectError::NoMatch)
+        );
+        assert_eq!(select(&project(), &spec(&[])), Err(SelectError::NoMatch));
+        assert_eq!(select(&[], &spec(&["**/*"])), Err(SelectError::NoMatch));
+        assert_eq!(
+            SelectError::NoMatch.to_string(),
+            "no matching artifact paths found"
+        );
+    }
+
+    #[test]
+    fn everything_excluded_is_no_match() {
+        let mut s = spec(&["src/*"]);
+        s.exclude_paths = vec!["**/*.rs".into()];
+        assert_eq!(select(&project(), &s), Err(SelectError::NoMatch));
+    }
+
+    #[test]
+    fn only_skipped_entries_is_no_match() {
+        let entries = vec![l("out.jar", "/tmp/out.jar")];
+        assert_eq!(
+            select(&entries, &spec(&["out.jar"])),
+            Err(SelectError::NoMatch)
+        );
+        assert_eq!(
+            select(&project(), &spec(&["../x"])),
+            Err(SelectError::NoMatch)
+        );
+    }
+
+    #[test]
+    fn invalid_pattern_is_an_error() {
+        assert!(matches!(
+            select(&project(), &spec(&["src/[a"])),
+            Err(SelectError::Pattern(GlobError::UnclosedClass { .. }))
+        ));
+        let mut s = spec(&["**/*"]);
+        s.exclude_paths = vec!["{a".into()];
+        assert!(matches!(
+            select(&project(), &s),
+            Err(SelectError::Pattern(GlobError::UnclosedBrace { .. }))
+        ));
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("x\\".into());
+        assert!(matches!(
+            select(&project(), &s),
+            Err(SelectError::Pattern(GlobError::TrailingEscape { .. }))
+        ));
+    }
+
+    // --- escaping patterns ---
+
+    #[test]
+    fn parent_pattern_is_skipped_and_the_rest_continues() {
+        let sel = ok(
+            &project(),
+            &spec(&["../secret", "README.md", "src/../.env"]),
+        );
+        assert_eq!(dests(&sel), ["README.md"]);
+        assert_eq!(skipped_paths(&sel), ["../secret", "src/../.env"]);
+        assert!(sel.skipped[0]
+            .reason
+            .contains("escapes the source directory"));
+    }
+
+    #[test]
+    fn absolute_pattern_is_skipped() {
+        let sel = ok(
+            &project(),
+            &spec(&["/etc/passwd", "/README.md", "README.md"]),
+        );
+        assert_eq!(dests(&sel), ["README.md"]);
+        assert_eq!(skipped_paths(&sel), ["/etc/passwd", "/README.md"]);
+        assert!(sel.skipped[1]
+            .reason
+            .contains("escapes the source directory"));
+    }
+
+    #[test]
+    fn escaping_base_directory_is_skipped() {
+        for base in ["..", "../other", "/codebuild/output", "a/../.."] {
+            let mut s = spec(&["**/*"]);
+            s.base_directory = Some(base.into());
+            assert_eq!(select(&project(), &s), Err(SelectError::NoMatch), "{base}");
+        }
+        // NoMatch drops the Skipped list, so look at the base resolution itself.
+        let tree = Tree::build(&project()).0;
+        let mut sel = selector(&tree);
+        let base = Pattern::new("../x").ok();
+        assert!(sel.bases(base.as_ref()).is_empty());
+        assert_eq!(sel.skipped.list.len(), 1);
+        assert!(sel.skipped.list[0]
+            .reason
+            .contains("escapes the source directory"));
+    }
+
+    #[test]
+    fn escaping_exclude_is_skipped_and_ignored() {
+        let mut s = spec(&["src/*"]);
+        s.exclude_paths = vec!["../src/main.rs".into()];
+        let sel = ok(&project(), &s);
+        assert_eq!(dests(&sel), ["src/main.rs"]);
+        assert_eq!(skipped_paths(&sel), ["../src/main.rs"]);
+    }
+
+    // --- base-directory ---
+
+    fn builds() -> Vec<Entry> {
+        vec![
+            f("my-build-1/my-file-1.txt"),
+            f("my-build-2/my-file-2.txt"),
+            f("my-build-2/my-subdirectory/my-file-3.txt"),
+            f("other/x.txt"),
+        ]
+    }
+
+    #[test]
+    fn base_directory_is_not_part_of_dest() {
+        let mut s = spec(&["*/my-file-3.txt"]);
+        s.base_directory = Some("my-build-2".into());
+        let sel = ok(&builds(), &s);
+        assert_eq!(dests(&sel), ["my-subdirectory/my-file-3.txt"]);
+        assert_eq!(
+            sel.files[0].source,
+            "my-build-2/my-subdirectory/my-file-3.txt"
+        );
+    }
+
+    #[test]
+    fn base_directory_forms() {
+        for base in ["my-build-2", "./my-build-2/", "my-build-2//"] {
+            let mut s = spec(&["**/*"]);
+            s.base_directory = Some(base.into());
+            let sel = ok(&builds(), &s);
+            assert_eq!(
+                dests(&sel),
+                ["my-file-2.txt", "my-subdirectory/my-file-3.txt"],
+                "{base}"
+            );
+        }
+        let mut s = spec(&["other/x.txt"]);
+        s.base_directory = Some(".".into());
+        assert_eq!(dests(&ok(&builds(), &s)), ["other/x.txt"]);
+    }
+
+    #[test]
+    fn base_directory_glob_with_discard_paths() {
+        // The worked example from the CodeBuild documentation.
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("my-build*".into());
+        s.discard_paths = true;
+        let sel = ok(&builds(), &s);
+        assert_eq!(
+            dests(&sel),
+            ["my-file-1.txt", "my-file-2.txt", "my-file-3.txt"]
+        );
+        assert_eq!(
+            file(&sel, "my-file-3.txt").source,
+            "my-build-2/my-subdirectory/my-file-3.txt"
+        );
+    }
+
+    #[test]
+    fn base_directory_glob_merges_bases() {
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("my-build-[12]".into());
+        let sel = ok(&builds(), &s);
+        assert_eq!(
+            dests(&sel),
+            [
+                "my-file-1.txt",
+                "my-file-2.txt",
+                "my-subdirectory/my-file-3.txt"
+            ]
+        );
+    }
+
+    #[test]
+    fn base_directory_glob_can_match_nested_directories() {
+        let entries = vec![f("a/out/1.txt"), f("b/out/2.txt"), f("b/in/3.txt")];
+        let mut s = spec(&["*"]);
+        s.base_directory = Some("*/out".into());
+        assert_eq!(dests(&ok(&entries, &s)), ["1.txt", "2.txt"]);
+    }
+
+    #[test]
+    fn base_directory_glob_matches_directories_only() {
+        let entries = vec![f("build.txt"), f("build-dir/x")];
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("build*".into());
+        assert_eq!(dests(&ok(&entries, &s)), ["x"]);
+    }
+
+    #[test]
+    fn missing_or_file_base_directory_is_no_match() {
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("nope".into());
+        assert_eq!(select(&builds(), &s), Err(SelectError::NoMatch));
+        s.base_directory = Some("other/x.txt".into());
+        assert_eq!(select(&builds(), &s), Err(SelectError::NoMatch));
+        s.base_directory = Some("nope*".into());
+        assert_eq!(select(&builds(), &s), Err(SelectError::NoMatch));
+    }
+
+    #[test]
+    fn same_dest_from_two_bases_collides() {
+        let entries = vec![f("b1/a.txt"), f("b2/a.txt")];
+        let mut s = spec(&["*.txt"]);
+        s.base_directory = Some("b*".into());
+        assert_eq!(
+            select(&entries, &s),
+            Err(SelectError::NameCollision {
+                dest: "a.txt".into(),
+                first: "b1/a.txt".into(),
+                second: "b2/a.txt".into()
+            })
+        );
+    }
+
+    #[test]
+    fn file_and_directory_with_the_same_dest_collide() {
+        let entries = vec![f("b1/x"), f("b2/x/y")];
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("b*".into());
+        assert_eq!(
+            select(&entries, &s),
+            Err(SelectError::NameCollision {
+                dest: "x".into(),
+                first: "b1/x".into(),
+                second: "b2/x/y".into()
+            })
+        );
+    }
+
+    // --- exclude-paths ---
+
+    #[test]
+    fn exclude_paths_remove_matches() {
+        let mut s = spec(&["**/*"]);
+        s.exclude_paths = vec!["**/.*".into(), "target/release/deps/**/*".into()];
+        let sel = ok(&project(), &s);
+        assert_eq!(
+            dests(&sel),
+            [
+                "README.md",
+                "src/main.rs",
+                "src/util/mod.rs",
+                "target/release/app"
+            ]
+        );
+    }
+
+    #[test]
+    fn exclude_paths_are_relative_to_the_base_directory() {
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("target".into());
+        s.exclude_paths = vec!["release/deps/*".into(), "target/release/app".into()];
+        let sel = ok(&project(), &s);
+        // `target/release/app` is not relative to the base, so it excludes nothing.
+        assert_eq!(dests(&sel), ["release/.fingerprint", "release/app"]);
+    }
+
+    #[test]
+    fn exclude_naming_a_directory_removes_all_of_it() {
+        let mut s = spec(&["**/*"]);
+        s.exclude_paths = vec!["target".into(), "src/util/".into()];
+        let sel = ok(&project(), &s);
+        assert_eq!(dests(&sel), [".env", "README.md", "src/main.rs"]);
+    }
+
+    #[test]
+    fn exclude_glob_matching_a_directory_does_not_remove_its_files() {
+        let mut s = spec(&["**/*"]);
+        s.exclude_paths = vec!["*".into()];
+        let sel = ok(&project(), &s);
+        assert!(!dests(&sel).contains(&"README.md"));
+        assert!(dests(&sel).contains(&"src/main.rs"));
+    }
+
+    #[test]
+    fn dot_folders_excluded_like_the_docs_example() {
+        let entries = vec![f("a.txt"), f(".git/config"), f("sub/.cache/x"), f("sub/y")];
+        let mut s = spec(&["**/*"]);
+        s.exclude_paths = vec!["**/.*/**/*".into()];
+        assert_eq!(dests(&ok(&entries, &s)), ["a.txt", "sub/y"]);
+    }
+
+    // --- discard-paths ---
+
+    #[test]
+    fn discard_paths_flattens() {
+        let mut s = spec(&["src/**/*", "target/release/app"]);
+        s.discard_paths = true;
+        let sel = ok(&project(), &s);
+        assert_eq!(dests(&sel), ["app", "main.rs", "mod.rs"]);
+        assert_eq!(file(&sel, "mod.rs").source, "src/util/mod.rs");
+    }
+
+    #[test]
+    fn discard_paths_collision_is_an_error() {
+        let entries = vec![f("a/x.txt"), f("b/x.txt"), f("c/y.txt")];
+        let mut s = spec(&["**/*.txt"]);
+        s.discard_paths = true;
+        let err = select(&entries, &s);
+        assert_eq!(
+            err,
+            Err(SelectError::NameCollision {
+                dest: "x.txt".into(),
+                first: "a/x.txt".into(),
+                second: "b/x.txt".into()
+            })
+        );
+        let msg = err.err().map(|e| e.to_string()).unwrap_or_default();
+        assert_eq!(
+            msg,
+            "artifact path 'x.txt' would come from both 'a/x.txt' and 'b/x.txt'"
+        );
+    }
+
+    #[test]
+    fn discard_paths_same_source_twice_is_not_a_collision() {
+        // A link flattened next to its own target names the same bytes.
+        let entries = vec![f("a/x.txt"), l("b/x.txt", "../a/x.txt")];
+        let mut s = spec(&["**/*"]);
+        s.discard_paths = true;
+        let sel = ok(&entries, &s);
+        assert_eq!(dests(&sel), ["x.txt"]);
+        assert_eq!(sel.files[0].source, "a/x.txt");
+    }
+
+    // --- symlinks, followed (enable-symlinks: no) ---
+
+    #[test]
+    fn link_to_file_inside_is_followed() {
+        let entries = vec![
+            f("real/app.jar"),
+            d("dist"),
+            l("dist/app.jar", "../real/app.jar"),
+        ];
+        let sel = ok(&entries, &spec(&["dist/*"]));
+        assert_eq!(dests(&sel), ["dist/app.jar"]);
+        let app = &sel.files[0];
+        assert_eq!(app.source, "real/app.jar");
+        assert_eq!(app.symlink, None);
+        assert_eq!(app.size, 12);
+        assert_eq!(app.mode, 0o644);
+    }
+
+    #[test]
+    fn link_chains_are_followed() {
+        let entries = vec![f("z"), l("a", "b"), l("b", "./c"), l("c", "z")];
+        let sel = ok(&entries, &spec(&["a"]));
+        assert_eq!(sel.files[0].source, "z");
+        assert_eq!(sel.files[0].dest, "a");
+    }
+
+    #[test]
+    fn link_outside_the_tree_is_skipped() {
+        let entries = vec![
+            f("ok.txt"),
+            l("up.txt", "../outside.txt"),
+            l("sub/deep.txt", "../../../etc/passwd"),
+            l("abs.txt", "/etc/passwd"),
+        ];
+        let sel = ok(&entries, &spec(&["**/*"]));
+        assert_eq!(dests(&sel), ["ok.txt"]);
+        assert_eq!(skipped_paths(&sel), ["abs.txt", "sub/deep.txt", "up.txt"]);
+        for s in &sel.skipped {
+            assert!(s.reason.contains("escapes the source directory"), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn chain_through_an_absolute_link_is_skipped() {
+        let entries = vec![f("ok"), l("a", "b"), l("b", "/etc/passwd")];
+        let sel = ok(&entries, &spec(&["a", "ok"]));
+        assert_eq!(dests(&sel), ["ok"]);
+        assert_eq!(skipped_paths(&sel), ["a"]);
+    }
+
+    #[test]
+    fn dangling_link_is_skipped() {
+        let entries = vec![
+            f("ok"),
+            l("gone", "missing.txt"),
+            f("file"),
+            l("thru", "file/x"),
+        ];
+        let sel = ok(&entries, &spec(&["*"]));
+        assert_eq!(dests(&sel), ["file", "ok"]);
+        assert_eq!(skipped_paths(&sel), ["gone", "thru"]);
+        assert!(sel.skipped[0].reason.contains("dangling"));
+    }
+
+    #[test]
+    fn looping_links_are_skipped() {
+        let entries = vec![f("ok"), l("a", "b"), l("b", "a"), l("self", "self")];
+        let sel = ok(&entries, &spec(&["*"]));
+        assert_eq!(dests(&sel), ["ok"]);
+        assert_eq!(skipped_paths(&sel), ["a", "b", "self"]);
+        assert!(sel.skipped.iter().all(|s| s.reason.contains("loop")));
+    }
+
+    #[test]
+    fn link_to_directory_inside_shows_files_under_the_link() {
+        let entries = vec![
+            f("build/out/app"),
+            f("build/out/lib/x.so"),
+            l("dist", "build/out"),
+        ];
+        let sel = ok(&entries, &spec(&["dist/**/*"]));
+        assert_eq!(dests(&sel), ["dist/app", "dist/lib/x.so"]);
+        assert_eq!(file(&sel, "dist/lib/x.so").source, "build/out/lib/x.so");
+        // Naming the link exactly includes its files too.
+        let sel = ok(&entries, &spec(&["dist"]));
+        assert_eq!(dests(&sel), ["dist/app", "dist/lib/x.so"]);
+    }
+
+    #[test]
+    fn link_through_a_linked_directory_resolves_physically() {
+        // `d/../x` after following `d` goes to the parent of d's target, as the kernel does.
+        let entries = vec![
+            f("deep/x"),
+            f("x"),
+            f("deep/inner/file"),
+            l("d", "deep/inner"),
+            l("via", "d/../x"),
+            l("f2", "d/file"),
+        ];
+        let sel = ok(&entries, &spec(&["via", "f2"]));
+        assert_eq!(file(&sel, "via").source, "deep/x");
+        assert_eq!(file(&sel, "f2").source, "deep/inner/file");
+    }
+
+    #[test]
+    fn directory_link_cycle_is_skipped() {
+        let entries = vec![
+            f("a/file"),
+            l("a/up", ".."),
+            l("a/me", "."),
+            l("a/root", "../a"),
+            l("loop", "loop2"),
+            l("loop2", "loop"),
+        ];
+        let sel = ok(&entries, &spec(&["**/*"]));
+        assert_eq!(dests(&sel), ["a/file"]);
+        assert_eq!(
+            skipped_paths(&sel),
+            ["a/me", "a/root", "a/up", "loop", "loop2"]
+        );
+        assert!(sel.skipped[0].reason.contains("cycle"), "{:?}", sel.skipped);
+    }
+
+    #[test]
+    fn link_into_the_base_parent_is_a_cycle() {
+        let entries = vec![f("base/f"), l("base/all", "..")];
+        let mut s = spec(&["**/*"]);
+        s.base_directory = Some("base".into());
+        let sel = ok(&entries, &s);
+        assert_eq!(dests(&sel), ["f"]);
+        assert_eq!(skipped_paths(&sel), ["base/all"]);
+    }
+
+    #[test]
+    fn sibling_directory_link_is_not_a_cycle() {
+        let entries = vec![f("a/b/x"), l("a/l", "b"), l("c", "a/b")];
+        let sel = ok(&entries, &spec(&["**/*"]));
+        assert_eq!(dests(&sel), ["a/b/x", "a/l/x", "c/x"]);
+        assert!(sel.skipped.is_empty());
+    }
+
+    #[test]
+    fn base_directory_through_a_link() {
+        let entries = vec![f("build/out/app"), l("out", "build/out"), l("bad", "/tmp")];
+        let mut s = spec(&["*"]);
+        s.base_directory = Some("out".into());
+        let sel = ok(&entries, &s);
+        assert_eq!(dests(&sel), ["app"]);
+        assert_eq!(sel.files[0].source, "build/out/app");
+
+        s.base_directory = Some("o*".into());
+        assert_eq!(dests(&ok(&entries, &s)), ["app"]);
+
+        s.base_directory = Some("bad".into());
+        let err = select(&entries, &s);
+        assert_eq!(err, Err(SelectError::NoMatch));
+        let tree = Tree::build(&entries).0;
+        let mut sel = selector(&tree);
+        let base = Pattern::new("bad").ok();
+        assert!(sel.bases(base.as_ref()).is_empty());
+        assert_eq!(sel.skipped.list[0].path, "bad");
+        assert!(sel.skipped.list[0].reason.contains("'/tmp'"));
+    }
+
+    #[test]
+    fn unrelated_broken_links_are_not_reported() {
+        let entries = vec![
+            f("dist/app.jar"),
+            l("node_modules/.bin/x", "/usr/lib/x"),
+            l("dist/excluded", "/etc"),
+        ];
+        let sel = ok(&entries, &spec(&["dist/app.jar"]));
+        assert!(sel.skipped.is_empty(), "{:?}", sel.skipped);
+        let mut s = spec(&["dist/*"]);
+        s.exclude_paths = vec!["excluded".into()];
+        s.files = vec!["dist/*".into()];
+        let sel = ok(&entries, &s);
+        assert_eq!(
+            skipped_paths(&sel),
+            ["dist/excluded"],
+            "exclusion is relative to base"
+        );
+        s.exclude_paths = vec!["dist/excluded".into()];
+        let sel = ok(&entries, &s);
+        assert!(sel.skipped.is_empty());
+    }
+
+    #[test]
+    fn excluded_paths_apply_to_link_names() {
+        let entries = vec![f("real/a"), f("real/b"), l("link", "real")];
+        let mut s = spec(&["link/*"]);
+        s.exclude_paths = vec!["link/b".into()];
+        assert_eq!(dests(&ok(&entries, &s)), ["link/a"]);
+    }
+
+    #[test]
+    fn exponential_link_farm_is_bounded() {
+        // Each level links twice to the next: 2^20 logical paths from a tiny tree.
+        let mut entries = vec![f("d20/leaf")];
+        for i in 0..20 {
+            entries.push(l(&format!("d{i}/x"), &format!("../d{}", i + 1)));
+            entries.push(l(&format!("d{i}/y"), &format!("../d{}", i + 1)));
+        }
+        let s = spec(&["d0/**/*"]);
+        let sel = match select_with_budget(&entries, &s, 1000) {
+            Ok(sel) => sel,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(sel.files.len() < 1000);
+        assert!(sel
+            .skipped
+            .iter()
+            .any(|s| s.reason.contains("too many entries")));
+    }
+
+    // --- symlinks kept (enable-symlinks: yes) ---
+
+    fn keep(files: &[&str]) -> Artifacts {
+        Artifacts {
+            enable_symlinks: true,
+            ..spec(files)
+        }
+    }
+
+    #[test]
+    fn enable_symlinks_keeps_inside_links() {
+        let entries = vec![
+            f("lib/libx.so.1"),
+            l("lib/libx.so", "libx.so.1"),
+            l("lib/dangling", "gone"),
+        ];
+        let sel = ok(&entries, &keep(&["lib/*"]));
+        assert_eq!(
+            dests(&sel),
+            ["lib/dangling", "lib/libx.so", "lib/libx.so.1"]
+        );
+        let link = file(&sel, "lib/libx.so");
+        assert_eq!(link.symlink.as_deref(), Some("libx.so.1"));
+        assert_eq!(link.source, "lib/libx.so");
+        assert_eq!(link.size, 0);
+        assert_eq!(link.mode, 0o777);
+        assert_eq!(file(&sel, "lib/libx.so.1").symlink, None);
+        assert!(sel.skipped.is_empty());
+    }
+
+    #[test]
+    fn enable_symlinks_skips_links_leaving_the_tree() {
+        let entries = vec![
+            f("ok"),
+            l("abs", "/etc/passwd"),
+            l("up", "../x"),
+            l("sub/up2", "../../x"),
+            l("hop", "abs"),
+        ];
+        let sel = ok(&entries, &keep(&["**/*"]));
+        assert_eq!(dests(&sel), ["ok"]);
+        assert_eq!(skipped_paths(&sel), ["abs", "hop", "sub/up2", "up"]);
+        assert!(sel
+            .skipped
+            .iter()
+            .all(|s| s.reason.contains("escapes the source directory")));
+    }
+
+    #[test]
+    fn enable_symlinks_keeps_directory_links_as_leaves() {
+        let entries = vec![f("build/out/app"), l("dist", "build/out")];
+        let sel = ok(&entries, &keep(&["dist", "dist/**/*"]));
+        assert_eq!(dests(&sel), ["dist"]);
+        assert_eq!(sel.files[0].symlink.as_deref(), Some("build/out"));
+    }
+
+    #[test]
+    fn enable_symlinks_refuses_links_above_the_artifact_root() {
+        let entries = vec![f("shared/x"), f("base/y"), l("base/l", "../shared/x")];
+        let mut s = keep(&["*"]);
+        s.base_directory = Some("base".into());
+        let sel = ok(&entries, &s);
+        assert_eq!(dests(&sel), ["y"]);
+        assert_eq!(skipped_paths(&sel), ["base/l"]);
+        assert!(sel.skipped[0].reason.contains("above the artifact root"));
+    }
+
+    #[test]
+    fn enable_symlinks_no_follows_instead() {
+        let entries = vec![f("lib/libx.so.1"), l("lib/libx.so", "libx.so.1")];
+        let sel = ok(&entries, &spec(&["lib/*"]));
+        let link = file(&sel, "lib/libx.so");
+        assert_eq!(link.symlink, None);
+        assert_eq!(link.source, "lib/libx.so.1");
+    }
+
+    // --- listing robustness and misc ---
+
+    #[test]
+    fn implicit_directories_and_odd_listing_paths() {
+        let entries = vec![
+            f("./a/b/c.txt"),
+            f("/abs"),
+            f("../up"),
+            d("."),
+            f("a/b/c.txt"), // duplicate of the first
+        ];
+        let sel = ok(&entries, &spec(&["a"]));
+        assert_eq!(dests(&sel), ["a/b/c.txt"]);
+        assert_eq!(skipped_paths(&sel), ["/abs", "../up"]);
+    }
+
+    #[test]
+    fn secondary_artifacts_are_ignored() {
+        let mut s = spec(&["README.md"]);
+        s.secondary = vec![("other".into(), spec(&["src/**/*"]))];
+        s.name = Some("name".into());
+        assert_eq!(dests(&ok(&project(), &s)), ["README.md"]);
+        let other = &s.secondary[0].1;
+        assert_eq!(
+            dests(&ok(&project(), other)),
+            ["src/main.rs", "src/util/mod.rs"]
+        );
+    }
+
+    #[test]
+    fn output_is_sorted_by_dest() {
+        let entries = vec![f("b"), f("a-1"), f("a/z"), f("A")];
+        let sel = ok(&entries, &spec(&["**/*"]));
+        assert_eq!(dests(&sel), ["A", "a-1", "a/z", "b"]);
+    }
+
+    #[test]
+    fn is_below_handles_prefix_names() {
+        assert!(is_below("a", "a/b"));
+        assert!(!is_below("a", "ab"));
+        assert!(!is_below("a", "a"));
+        assert!(is_below("", "a"));
+        assert!(!is_below("", ""));
+    }
 }

@@ -145,7 +145,7 @@ mod tests {
         let mut m = Masker::new(["secret"]);
         let mut out = Vec::new();
         m.push(b"hello world", &mut out);
-        assert_eq!(out, b"hello");
+        assert_eq!(out, b"hello ");
         m.flush(&mut out);
         assert_eq!(out, b"hello world");
     }

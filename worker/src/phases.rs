@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::artifacts;
-use crate::docker::{BuildResources, Engine, EngineError, ExecSpec};
+use crate::docker::{BuildResources, Engine, EngineError, ExecSpec, ROOT};
 use crate::job::BuildJob;
 use crate::log::{BuildLog, LogSink};
 use crate::mask::Masker;
@@ -509,7 +509,11 @@ impl Build {
 
     /// `exit status N`, with the out-of-memory kill named when that is what happened.
     async fn exit_reason(&self, code: i64) -> String {
-        if code == 137 && self.engine.oom_killed(&self.resources.container).await {
+        let oom = match code {
+            137 => self.engine.oom_kills(&self.resources.container).await,
+            _ => Ok(0),
+        };
+        if oom.is_ok_and(|kills| kills > 0) {
             return format!(
                 "exit status {code} (out of memory: the build container is limited to {} MiB)",
                 self.job.limits.memory_bytes >> 20
@@ -544,7 +548,8 @@ impl Build {
             Version::V01 => (SRC_DIR.to_string(), self.state.env.clone()),
         };
         let previous_home = env.get("HOME").cloned();
-        let as_other_user = user.is_some_and(|u| u != "root");
+        let user = user.unwrap_or(ROOT);
+        let as_other_user = user != ROOT && user != "root";
         if as_other_user && previous_home.as_deref() == Some("/root") {
             // Let Docker give a run-as user its own home instead of root's.
             env.remove("HOME");
@@ -566,7 +571,7 @@ impl Build {
             ],
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
             working_dir: cwd,
-            user: user.map(str::to_string),
+            user: Some(user.to_string()),
         };
         let (exec_id, mut output) = self
             .engine

@@ -31,6 +31,7 @@ pub fn wrapper(marker: &str) -> String {
 __kiln_done() {{
   __kiln_rc=$?
   trap - EXIT
+  set +eu
   __kiln_vars=$(set)
   while IFS= read -r __kiln_l; do
     case $__kiln_l in

@@ -59,13 +59,16 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
 /// A stream of an exec's output (stdout and stderr as Docker sends them).
 pub type ExecOutput = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
 
+/// The user items run as without `run-as`: root by uid, whatever `USER` the image sets.
+pub const ROOT: &str = "0";
+
 /// One `docker exec`.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
     pub cmd: Vec<String>,
     pub env: Vec<String>,
     pub working_dir: String,
-    /// `None`: root.
+    /// `None`: the image's `USER`.
     pub user: Option<String>,
 }
 
@@ -246,18 +249,30 @@ impl Engine {
         }
     }
 
-    /// Whether the container was killed for running out of memory.
-    pub async fn oom_killed(&self, container: &str) -> bool {
-        self.docker
-            .inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .ok()
-            .and_then(|c| c.state)
-            .and_then(|s| s.oom_killed)
-            .unwrap_or(false)
+    /// How many processes the kernel's OOM killer has killed in the container: the `oom_kill`
+    /// counter of its memory cgroup (v1 `memory.oom_control`, v2 `memory.events`). Docker's own
+    /// `OOMKilled` flag only covers the container's main process, not a build command.
+    pub async fn oom_kills(&self, container: &str) -> Result<u64, EngineError> {
+        let spec = ExecSpec {
+            cmd: [
+                "cat",
+                "/sys/fs/cgroup/memory/memory.oom_control",
+                "/sys/fs/cgroup/memory.events",
+            ]
+            .map(String::from)
+            .to_vec(),
+            env: Vec::new(),
+            working_dir: "/".to_string(),
+            user: Some(ROOT.to_string()),
+        };
+        let (_, output) = self.exec(container, spec).await?;
+        let text: Vec<Bytes> = output.try_collect().await?;
+        let text = String::from_utf8_lossy(&text.concat()).into_owned();
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("oom_kill "))
+            .filter_map(|n| n.trim().parse::<u64>().ok())
+            .sum())
     }
 
     /// Removes the build's container and network; objects already gone are fine.

@@ -3,10 +3,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::super::tree::{join, Kind, Node};
 use super::Checker;
 use crate::diagnostic::did_you_mean;
 use crate::model::{Artifacts, Batch, Cache, CacheAction, Proxy, Report, Span};
+use crate::parse::tree::{join, Kind, Node};
 
 const ARTIFACT_KEYS: &[&str] = &[
     "files",

@@ -1,0 +1,263 @@
+//! Semantics §5: artifact rules on real builds, including paths and links that must never be read.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::run_with;
+use kiln_buildspec::routing::PhaseType::*;
+use kiln_buildspec::routing::Status::*;
+use kiln_worker::artifacts::{ArtifactTarget, Packaging};
+
+/// Every file under `dir` (relative path to content; links as `-> target`).
+fn tree(dir: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).expect("read dir") {
+            let path = entry.expect("entry").path();
+            let rel = path
+                .strip_prefix(dir)
+                .expect("prefix")
+                .display()
+                .to_string();
+            let meta = path.symlink_metadata().expect("meta");
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).expect("link");
+                out.insert(rel, format!("-> {}", target.display()));
+            } else if meta.is_dir() {
+                stack.push(path);
+            } else {
+                out.insert(rel, std::fs::read_to_string(&path).expect("read"));
+            }
+        }
+    }
+    out
+}
+
+fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect()
+}
+
+const MAKE_TREE: &str = r#"version: 0.2
+phases:
+  build:
+    commands:
+      - mkdir -p dist/js dist/css empty/dir && echo app > dist/js/app.js && echo css > dist/css/site.css && echo top > dist/index.html && echo map > dist/js/app.js.map
+      - cd dist/js
+"#;
+
+async fn build_with_artifacts(
+    artifacts: &str,
+    packaging: Packaging,
+) -> (common::Ran, tempfile::TempDir) {
+    let out = tempfile::tempdir().expect("out");
+    let out_path = out.path().to_path_buf();
+    let ran = run_with(
+        &format!("{MAKE_TREE}{artifacts}"),
+        &[("README.md", "readme\n")],
+        |job| {
+            job.artifacts = ArtifactTarget {
+                out_dir: Some(out_path),
+                packaging,
+            };
+        },
+    )
+    .await;
+    (ran, out)
+}
+
+#[tokio::test]
+async fn paths_resolve_from_the_source_dir_not_the_last_cwd() {
+    let (ran, out) = build_with_artifacts(
+        "artifacts:\n  files:\n    - dist/**/*\n    - README.md\n",
+        Packaging::None,
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert_eq!(
+        tree(&out.path().join("primary")),
+        map(&[
+            ("README.md", "readme\n"),
+            ("dist/css/site.css", "css\n"),
+            ("dist/index.html", "top\n"),
+            ("dist/js/app.js", "app\n"),
+            ("dist/js/app.js.map", "map\n"),
+        ])
+    );
+    let artifact = ran.record.artifacts.as_ref().expect("artifact");
+    assert_eq!(artifact.files.len(), 5);
+    assert_eq!(artifact.size_in_bytes, 7 + 4 + 4 + 4 + 4);
+    let readme = artifact
+        .files
+        .iter()
+        .find(|f| f.path == "README.md")
+        .expect("readme");
+    // sha256("readme\n")
+    assert_eq!(readme.sha256sum, sha256_hex(b"readme\n"));
+    assert_eq!(artifact.sha256sum.len(), 64);
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn base_directory_discard_paths_and_exclusions() {
+    let (ran, out) = build_with_artifacts(
+        "artifacts:\n  base-directory: dist\n  discard-paths: yes\n  exclude-paths:\n    - '**/*.map'\n  files:\n    - '**/*'\n",
+        Packaging::None,
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert_eq!(
+        tree(&out.path().join("primary")),
+        map(&[
+            ("app.js", "app\n"),
+            ("index.html", "top\n"),
+            ("site.css", "css\n")
+        ])
+    );
+}
+
+#[tokio::test]
+async fn secondary_artifacts_and_zip_packaging() {
+    let (ran, out) = build_with_artifacts(
+        "artifacts:\n  files:\n    - README.md\n  secondary-artifacts:\n    web:\n      base-directory: dist\n      files:\n        - index.html\n        - css/*\n    scripts:\n      name: js-$CODEBUILD_BUILD_NUMBER\n      files:\n        - dist/js/*.js\n",
+        Packaging::Zip,
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    let names = |zip_path: &Path| {
+        let file = std::fs::File::open(zip_path).expect("zip exists");
+        let mut zip = zip::ZipArchive::new(file).expect("valid zip");
+        let mut names: Vec<String> = (0..zip.len())
+            .map(|i| zip.by_index(i).expect("entry").name().to_string())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&out.path().join("primary.zip")), vec!["README.md"]);
+    assert_eq!(
+        names(&out.path().join("secondary/web.zip")),
+        vec!["css/site.css", "index.html"]
+    );
+    assert_eq!(
+        names(&out.path().join("secondary/scripts.zip")),
+        vec!["dist/js/app.js"]
+    );
+    let secondary = &ran.record.secondary_artifacts;
+    assert_eq!(secondary.len(), 2);
+    assert_eq!(secondary[1].artifact_identifier.as_deref(), Some("scripts"));
+    assert_eq!(secondary[1].name, "js-1");
+    assert_eq!(secondary[1].packaging, "ZIP");
+    let zip_bytes = std::fs::read(out.path().join("secondary/scripts.zip")).expect("zip");
+    assert_eq!(secondary[1].sha256sum, sha256_hex(&zip_bytes));
+}
+
+#[tokio::test]
+async fn escaping_patterns_and_links_out_are_never_read() {
+    let out = tempfile::tempdir().expect("out");
+    let out_path = out.path().to_path_buf();
+    let ran = run_with(
+        r#"version: 0.2
+phases:
+  build:
+    commands:
+      - echo host-secret > /tmp/outside.txt
+      - ln -s /tmp/outside.txt link-abs
+      - ln -s ../../../../../tmp/outside.txt link-rel
+      - ln -s inside.txt link-in
+      - echo inside > inside.txt
+artifacts:
+  files:
+    - ../../../../tmp/outside.txt
+    - /tmp/outside.txt
+    - link-abs
+    - link-rel
+    - link-in
+    - inside.txt
+"#,
+        &[],
+        |job| {
+            job.artifacts = ArtifactTarget {
+                out_dir: Some(out_path),
+                packaging: Packaging::None,
+            };
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    let files = tree(&out.path().join("primary"));
+    assert_eq!(
+        files,
+        map(&[("inside.txt", "inside\n"), ("link-in", "inside\n")])
+    );
+    assert!(
+        !ran.log.contains("\nhost-secret\n"),
+        "never read, never logged"
+    );
+    ran.assert_log("Skipping artifact path");
+    let skipped = ran.log.matches("Skipping artifact path").count();
+    assert!(skipped >= 4, "each escaping path is logged:\n{}", ran.log);
+}
+
+#[tokio::test]
+async fn enable_symlinks_keeps_links_inside_the_tree() {
+    let out = tempfile::tempdir().expect("out");
+    let out_path = out.path().to_path_buf();
+    let ran = run_with(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - echo v > real.txt && ln -s real.txt alias.txt\nartifacts:\n  enable-symlinks: yes\n  files:\n    - '*.txt'\n",
+        &[],
+        |job| {
+            job.artifacts = ArtifactTarget {
+                out_dir: Some(out_path),
+                packaging: Packaging::None,
+            };
+        },
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert_eq!(
+        tree(&out.path().join("primary")),
+        map(&[("alias.txt", "-> real.txt"), ("real.txt", "v\n")])
+    );
+}
+
+#[tokio::test]
+async fn no_match_fails_upload_with_client_error() {
+    let (ran, out) = build_with_artifacts(
+        "artifacts:\n  files:\n    - missing/**/*\n",
+        Packaging::None,
+    )
+    .await;
+    assert_eq!(ran.status(), Failed);
+    assert_eq!(
+        ran.context(UploadArtifacts).1,
+        "no matching artifact paths found"
+    );
+    assert!(tree(out.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_directory_pattern_includes_its_files_and_empty_dirs_are_dropped() {
+    let (ran, out) = build_with_artifacts(
+        "artifacts:\n  files:\n    - dist/css\n    - empty\n",
+        Packaging::None,
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert_eq!(
+        tree(&out.path().join("primary")),
+        map(&[("dist/css/site.css", "css\n")])
+    );
+    assert!(!out.path().join("primary/empty").exists());
+}

@@ -1,0 +1,222 @@
+//! Semantics §3: how command items run and what carries over between them.
+
+mod common;
+
+use common::{run, run_with};
+use kiln_buildspec::routing::PhaseType::*;
+use kiln_buildspec::routing::Status::*;
+
+#[tokio::test]
+async fn directory_and_variables_carry_over_between_items_and_phases() {
+    let ran = run(r#"version: 0.2
+phases:
+  install:
+    commands:
+      - pwd
+      - mkdir -p /tmp/work && cd /tmp/work
+      - PLAIN=plain-value
+      - export EXPORTED=exported-value
+      - |
+        MULTI='line one
+        line two'
+  build:
+    commands:
+      - echo "cwd=$(pwd) plain=$PLAIN exported=$EXPORTED"
+      - printf '%s\n' "$MULTI" | wc -l
+      - sh -c 'echo child sees plain=$PLAIN'
+"#)
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("pwd\n/codebuild/output/src1/src\n");
+    ran.assert_log("cwd=/tmp/work plain=plain-value exported=exported-value");
+    ran.assert_log("wc -l\n2\n");
+    ran.assert_log("child sees plain=plain-value");
+}
+
+#[tokio::test]
+async fn functions_aliases_options_traps_and_umask_do_not_carry_over() {
+    let ran = run(r#"version: 0.2
+env:
+  shell: bash
+phases:
+  build:
+    commands:
+      - greet() { echo hi; }; set -e; umask 077; trap 'echo trapped' USR1; ARR=(a b c); echo "arr=${ARR[1]}"
+      - type greet >/dev/null 2>&1 && echo fn-kept || echo fn-gone
+      - case $- in *e*) echo errexit-kept;; *) echo errexit-gone;; esac
+      - echo "umask=$(umask)"
+      - echo "arr=${ARR[1]:-gone}"
+"#)
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("arr=b\n");
+    ran.assert_log("fn-gone");
+    ran.assert_log("errexit-gone");
+    ran.assert_log("umask=0022");
+    ran.assert_log("arr=gone");
+}
+
+#[tokio::test]
+async fn a_multi_line_item_fails_only_when_its_last_statement_fails() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - |\n        false\n        echo still-going\n      - |\n        echo last-fails\n        false\n      - echo never\n").await;
+    assert_eq!(ran.status(), Failed);
+    ran.assert_log("still-going");
+    ran.assert_log("last-fails");
+    assert!(!ran.log.contains("never\n"));
+}
+
+#[tokio::test]
+async fn exit_zero_ends_only_that_item() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - X=1; exit 0; echo unreachable\n      - echo next-ran x=$X\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert!(!ran.log.contains("\nunreachable\n"));
+    ran.assert_log("next-ran x=1");
+}
+
+#[tokio::test]
+async fn first_failure_skips_commands_then_finally_runs_and_stops_at_its_own_failure() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - echo one\n      - exit 2\n      - echo skipped-command\n    finally:\n      - echo finally-one\n      - exit 5\n      - echo skipped-finally\n").await;
+    assert_eq!(ran.status(), Failed);
+    ran.assert_log("one\n");
+    ran.assert_log("finally-one");
+    assert!(!ran.log.contains("skipped-command\n"));
+    assert!(!ran.log.contains("skipped-finally\n"));
+    let (_, message) = ran.context(Build);
+    assert_eq!(
+        message,
+        "Error while executing command: exit 2. Reason: exit status 2"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_finally_fails_the_phase() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - echo ok\n    finally:\n      - exit 7\n").await;
+    assert_eq!(ran.status(), Failed);
+    assert!(ran.phases().contains(&(Build, Failed)));
+}
+
+#[tokio::test]
+async fn background_processes_outlive_their_item() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - sleep 300 &\n      - nohup sh -c 'sleep 1; echo done > /tmp/bg' > /dev/null 2>&1 &\n      - for i in $(seq 50); do [ -f /tmp/bg ] && break; sleep 0.1; done; cat /tmp/bg\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("cat /tmp/bg\ndone\n");
+    let build = ran
+        .record
+        .phases
+        .iter()
+        .find(|p| p.phase_type == Build)
+        .expect("build");
+    assert!(
+        build.duration_in_seconds.expect("duration") < 60,
+        "sleep 300 was waited for"
+    );
+}
+
+#[tokio::test]
+async fn default_shell_is_sh_and_bash_is_available_on_request() {
+    let sh = run("version: 0.2\nphases:\n  build:\n    commands:\n      - '[[ 1 == 1 ]] && echo bash-syntax'\n").await;
+    assert_eq!(sh.status(), Failed, "dash has no [[: {}", sh.log);
+    let bash = run("version: 0.2\nenv:\n  shell: bash\nphases:\n  build:\n    commands:\n      - '[[ 1 == 1 ]] && echo bash-syntax'\n").await;
+    assert_eq!(bash.status(), Succeeded, "{}", bash.log);
+    bash.assert_log("bash-syntax");
+}
+
+#[tokio::test]
+async fn run_as_runs_items_as_that_user_with_the_state_kept() {
+    let ran = run(r#"version: 0.2
+phases:
+  install:
+    commands:
+      - whoami
+      - cd /tmp && CARRIED=yes
+  build:
+    run-as: codebuild-user
+    commands:
+      - echo "user=$(whoami) cwd=$(pwd) carried=$CARRIED home=$HOME"
+      - touch /tmp/by-user
+  post_build:
+    commands:
+      - echo "back to $(whoami) home=$HOME owner=$(stat -c %U /tmp/by-user)"
+"#)
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("whoami\nroot\n");
+    ran.assert_log("user=codebuild-user cwd=/tmp carried=yes home=/home/codebuild-user");
+    ran.assert_log("back to root home=/root owner=codebuild-user");
+}
+
+#[tokio::test]
+async fn global_run_as_applies_to_every_phase() {
+    let ran = run("version: 0.2\nrun-as: codebuild-user\nphases:\n  install:\n    commands:\n      - whoami\n  build:\n    commands:\n      - id -un\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert_eq!(
+        ran.log.matches("\ncodebuild-user\n").count(),
+        2,
+        "{}",
+        ran.log
+    );
+}
+
+#[tokio::test]
+async fn version_0_1_runs_every_item_in_a_fresh_shell() {
+    let ran = run("version: 0.1\nenvironment_variables:\n  plaintext:\n    GIVEN: given\nphases:\n  build:\n    commands:\n      - cd /tmp; X=1\n      - echo \"cwd=$(pwd) x=${X:-unset} given=$GIVEN\"\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("cwd=/codebuild/output/src1/src x=unset given=given");
+}
+
+#[tokio::test]
+async fn empty_and_missing_phases_succeed() {
+    let ran = run("version: 0.2\nphases:\n  install:\n    runtime-versions:\n      nodejs: 18\n  build:\n    commands:\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("No commands found for phase name: install");
+    ran.assert_log("nodejs: 18 requested");
+}
+
+#[tokio::test]
+async fn numbers_and_booleans_run_as_written() {
+    let ran = run_with(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - true\n      - 'echo yes: it works'\n",
+        &[],
+        |_| {},
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("Running command true\n");
+    ran.assert_log("yes: it works");
+}
+
+#[tokio::test]
+async fn stderr_is_logged_in_order_with_stdout() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - echo out1; echo err1 >&2; echo out2; echo err2 >&2\n").await;
+    ran.assert_log("out1\nerr1\nout2\nerr2\n");
+}
+
+#[tokio::test]
+async fn items_run_as_root_even_when_the_image_sets_user() {
+    common::engine().await;
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        format!("FROM {}\nUSER codebuild-user\n", common::IMAGE),
+    )
+    .expect("dockerfile");
+    let built = std::process::Command::new("docker")
+        .args(["build", "-q", "-t", "kiln-test/user-image:1"])
+        .arg(dir.path())
+        .env("DOCKER_BUILDKIT", "0")
+        .output()
+        .expect("docker CLI");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let ran = run_with(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - whoami\n",
+        &[],
+        |job| job.image = "kiln-test/user-image:1".into(),
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("whoami\nroot\n");
+}
