@@ -25,7 +25,7 @@ struct Cli {
 #[derive(Debug, clap::Subcommand)]
 enum Command {
     /// Run the buildspec of a checkout locally in Docker, as CodeBuild would
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Check buildspec files; exit 0 when all are valid, 2 otherwise
     Lint(lint::LintArgs),
 }
@@ -41,6 +41,6 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Lint(args) => lint::lint(&args),
-        Command::Run(args) => run::run(args),
+        Command::Run(args) => run::run(*args),
     }
 }

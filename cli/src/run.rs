@@ -140,7 +140,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<BuildJob> {
     }
     let mut limits = args.compute.limits();
     if let Some(cpus) = args.cpus {
-        if !(cpus > 0.0) {
+        if cpus.is_nan() || cpus <= 0.0 {
             bail!("--cpus must be positive");
         }
         limits.cpus = cpus;
@@ -174,19 +174,24 @@ fn prepare(args: &RunArgs) -> anyhow::Result<BuildJob> {
 
 async fn execute(job: BuildJob, json: bool) -> anyhow::Result<Status> {
     let engine = Engine::connect().await?;
-    let reaped = engine
-        .reap_orphans(&host::hostname(), host::is_alive)
-        .await?;
-    if reaped > 0 {
-        tracing::info!(
-            reaped,
-            "removed containers and networks left by earlier kiln processes"
-        );
-    }
+    // Leftovers of killed kiln processes are removed while this build runs: they are other
+    // builds' objects, so nothing here waits for them.
+    let reaper = {
+        let engine = engine.clone();
+        tokio::spawn(async move { engine.reap_orphans(&host::hostname(), host::is_alive).await })
+    };
     let cancel = CancellationToken::new();
     tokio::spawn(stop_on_signal(cancel.clone()));
     let sink = Box::new(TerminalSink::new(json));
     let record = kiln_worker::run_build(engine, job, sink, cancel, &host::owner()).await;
+    match reaper.await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(reaped)) => tracing::info!(reaped, "removed objects left by earlier kiln processes"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "could not remove objects left by earlier kiln processes")
+        }
+        Err(e) => tracing::warn!(error = %e, "the reaper task failed"),
+    }
     if json {
         println!("{}", serde_json::to_string(&record)?);
     } else {

@@ -389,23 +389,17 @@ impl Build {
     async fn provision(&mut self) -> Outcome {
         let image = self.job.image.clone();
         self.log.agent(&format!("Using image {image}"));
-        if let Err(e) = self.engine.ensure_image(&image).await {
-            let code = match e {
-                EngineError::Image { .. } => "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
-                _ => "INTERNAL_ERROR",
-            };
-            let status = match e {
-                EngineError::Image { .. } => Status::Failed,
-                _ => Status::Fault,
-            };
-            return Outcome::with(status, code, e.to_string());
-        }
         match self
             .engine
             .provision(&self.resources, &image, self.job.limits)
             .await
         {
             Ok(()) => Outcome::ok(),
+            Err(e @ EngineError::Image { .. }) => Outcome::with(
+                Status::Failed,
+                "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
+                e.to_string(),
+            ),
             Err(e) => Outcome::fault(&e),
         }
     }
@@ -591,7 +585,7 @@ impl Build {
         }
         drop(output);
         parser.finish(&mut shown);
-        self.show(&mut shown, capture.as_deref_mut());
+        self.show(&mut shown, capture);
         self.log.end_output();
         match parser.end() {
             Some(end) => {

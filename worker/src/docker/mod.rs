@@ -1,7 +1,7 @@
 //! The Docker engine: container lifecycle for one build through the Docker API (bollard).
 //!
-//! Contract, in call order: [`Engine::ensure_image`], [`Engine::provision`] (network, then
-//! container, then start), any number of [`Engine::upload`], [`Engine::exec`] and
+//! Contract, in call order: [`Engine::provision`] (image present or pulled while the network is
+//! created, then the container, then start), any number of [`Engine::upload`], [`Engine::exec`] and
 //! [`Engine::download`] calls (execs of one build run one at a time), then [`Engine::teardown`].
 //! `teardown` is idempotent and safe after a failed or partial `provision`; it ignores objects that
 //! are already gone. [`Engine::reap_orphans`] removes what a killed process left behind, found by
@@ -125,17 +125,24 @@ impl Engine {
         })
     }
 
-    /// Creates the build's network and container and starts it.
+    /// Makes the image available (see [`Engine::ensure_image`]) while the build's network is
+    /// created, then creates and starts the container. On error, what was made is left for
+    /// [`Engine::teardown`].
     pub async fn provision(
         &self,
         resources: &BuildResources,
         image: &str,
         limits: Limits,
     ) -> Result<(), EngineError> {
-        self.docker
-            .create_network(resources.network_request())
-            .await
-            .map_err(docker_err("network create"))?;
+        let network = async {
+            self.docker
+                .create_network(resources.network_request())
+                .await
+                .map_err(docker_err("network create"))
+        };
+        let (image_ready, network_ready) = tokio::join!(self.ensure_image(image), network);
+        image_ready?;
+        network_ready?;
         let options = bollard::query_parameters::CreateContainerOptions {
             name: Some(resources.container.clone()),
             ..Default::default()
@@ -275,9 +282,22 @@ impl Engine {
             .sum())
     }
 
-    /// Removes the build's container and network; objects already gone are fine.
+    /// Removes the build's container and network; objects already gone are fine. The container
+    /// is first cut from the network so both removals can run at once (network removal is the
+    /// slow half: the daemon rewrites its firewall rules).
     pub async fn teardown(&self, container: &str, network: &str) -> Result<(), EngineError> {
-        self.remove_container(container).await?;
+        let disconnect = bollard::models::NetworkDisconnectRequest {
+            container: Some(container.to_string()),
+            force: Some(true),
+        };
+        // Fails when either is already gone; the removals below then settle it.
+        let _ = self.docker.disconnect_network(network, disconnect).await;
+        let (removed, _) = tokio::join!(
+            self.remove_container(container),
+            self.remove_network(network)
+        );
+        removed?;
+        // The network may still have been in use when the container was being removed.
         self.remove_network(network).await
     }
 
