@@ -86,8 +86,10 @@ pub struct Selection {
 /// Why no artifact can be built from the selection.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SelectError {
+    /// Nothing matched; `skipped` says what was refused on the way (escaping paths, links out),
+    /// which is often why.
     #[error("no matching artifact paths found")]
-    NoMatch,
+    NoMatch { skipped: Vec<Skipped> },
     #[error("artifact path '{dest}' would come from both '{first}' and '{second}'")]
     NameCollision {
         dest: String,
@@ -194,7 +196,9 @@ fn select_with_budget(
     }
     let files = assemble(candidates)?;
     if files.is_empty() {
-        return Err(SelectError::NoMatch);
+        return Err(SelectError::NoMatch {
+            skipped: sel.skipped.list,
+        });
     }
     Ok(Selection {
         files,
@@ -837,18 +841,6 @@ mod tests {
         }
     }
 
-    fn selector(tree: &Tree) -> Selector<'_> {
-        Selector {
-            tree,
-            enable_symlinks: false,
-            discard_paths: false,
-            patterns: Vec::new(),
-            excludes: Vec::new(),
-            skipped: SkipLog::default(),
-            linked_budget: 10,
-        }
-    }
-
     fn skipped_paths(sel: &Selection) -> Vec<&str> {
         sel.skipped.iter().map(|s| s.path.as_str()).collect()
     }
@@ -964,10 +956,10 @@ mod tests {
         // `*` matches the directory `src`, but only a literal name pulls in a directory.
         let sel = ok(&project(), &spec(&["*"]));
         assert_eq!(dests(&sel), [".env", "README.md"]);
-        assert_eq!(
+        assert!(matches!(
             select(&project(), &spec(&["s?c"])),
-            Err(SelectError::NoMatch)
-        );
+            Err(SelectError::NoMatch { .. })
+        ));
     }
 
     #[test]
@@ -995,28 +987,34 @@ mod tests {
     fn empty_directories_never_appear() {
         let sel = ok(&project(), &spec(&["**/*", "empty", "target/empty"]));
         assert!(!dests(&sel).iter().any(|d| d.contains("empty")));
-        assert_eq!(
+        assert!(matches!(
             select(&project(), &spec(&["empty"])),
-            Err(SelectError::NoMatch)
-        );
-        assert_eq!(
+            Err(SelectError::NoMatch { .. })
+        ));
+        assert!(matches!(
             select(&project(), &spec(&["target/empty/**/*"])),
-            Err(SelectError::NoMatch)
-        );
+            Err(SelectError::NoMatch { .. })
+        ));
     }
 
     // --- no match ---
 
     #[test]
     fn nothing_matching_is_no_match() {
-        assert_eq!(
+        assert!(matches!(
             select(&project(), &spec(&["*.jar"])),
-            Err(SelectError::NoMatch)
-        );
-        assert_eq!(select(&project(), &spec(&[])), Err(SelectError::NoMatch));
-        assert_eq!(select(&[], &spec(&["**/*"])), Err(SelectError::NoMatch));
+            Err(SelectError::NoMatch { .. })
+        ));
+        assert!(matches!(
+            select(&project(), &spec(&[])),
+            Err(SelectError::NoMatch { .. })
+        ));
+        assert!(matches!(
+            select(&[], &spec(&["**/*"])),
+            Err(SelectError::NoMatch { .. })
+        ));
         assert_eq!(
-            SelectError::NoMatch.to_string(),
+            SelectError::NoMatch { skipped: vec![] }.to_string(),
             "no matching artifact paths found"
         );
     }
@@ -1025,20 +1023,23 @@ mod tests {
     fn everything_excluded_is_no_match() {
         let mut s = spec(&["src/*"]);
         s.exclude_paths = vec!["**/*.rs".into()];
-        assert_eq!(select(&project(), &s), Err(SelectError::NoMatch));
+        assert!(matches!(
+            select(&project(), &s),
+            Err(SelectError::NoMatch { .. })
+        ));
     }
 
     #[test]
     fn only_skipped_entries_is_no_match() {
         let entries = vec![l("out.jar", "/tmp/out.jar")];
-        assert_eq!(
+        assert!(matches!(
             select(&entries, &spec(&["out.jar"])),
-            Err(SelectError::NoMatch)
-        );
-        assert_eq!(
+            Err(SelectError::NoMatch { .. })
+        ));
+        assert!(matches!(
             select(&project(), &spec(&["../x"])),
-            Err(SelectError::NoMatch)
-        );
+            Err(SelectError::NoMatch { .. })
+        ));
     }
 
     #[test]
@@ -1094,17 +1095,18 @@ mod tests {
         for base in ["..", "../other", "/codebuild/output", "a/../.."] {
             let mut s = spec(&["**/*"]);
             s.base_directory = Some(base.into());
-            assert_eq!(select(&project(), &s), Err(SelectError::NoMatch), "{base}");
+            match select(&project(), &s) {
+                Err(SelectError::NoMatch { skipped }) => {
+                    assert_eq!(skipped.len(), 1, "{base}");
+                    assert!(
+                        skipped[0].reason.contains("escapes the source directory"),
+                        "{base}: {}",
+                        skipped[0].reason
+                    );
+                }
+                other => panic!("{base}: {other:?}"),
+            }
         }
-        // NoMatch drops the Skipped list, so look at the base resolution itself.
-        let tree = Tree::build(&project()).0;
-        let mut sel = selector(&tree);
-        let base = Pattern::new("../x").ok();
-        assert!(sel.bases(base.as_ref()).is_empty());
-        assert_eq!(sel.skipped.list.len(), 1);
-        assert!(sel.skipped.list[0]
-            .reason
-            .contains("escapes the source directory"));
     }
 
     #[test]
@@ -1208,11 +1210,20 @@ mod tests {
     fn missing_or_file_base_directory_is_no_match() {
         let mut s = spec(&["**/*"]);
         s.base_directory = Some("nope".into());
-        assert_eq!(select(&builds(), &s), Err(SelectError::NoMatch));
+        assert!(matches!(
+            select(&builds(), &s),
+            Err(SelectError::NoMatch { .. })
+        ));
         s.base_directory = Some("other/x.txt".into());
-        assert_eq!(select(&builds(), &s), Err(SelectError::NoMatch));
+        assert!(matches!(
+            select(&builds(), &s),
+            Err(SelectError::NoMatch { .. })
+        ));
         s.base_directory = Some("nope*".into());
-        assert_eq!(select(&builds(), &s), Err(SelectError::NoMatch));
+        assert!(matches!(
+            select(&builds(), &s),
+            Err(SelectError::NoMatch { .. })
+        ));
     }
 
     #[test]
@@ -1495,14 +1506,13 @@ mod tests {
         assert_eq!(dests(&ok(&entries, &s)), ["app"]);
 
         s.base_directory = Some("bad".into());
-        let err = select(&entries, &s);
-        assert_eq!(err, Err(SelectError::NoMatch));
-        let tree = Tree::build(&entries).0;
-        let mut sel = selector(&tree);
-        let base = Pattern::new("bad").ok();
-        assert!(sel.bases(base.as_ref()).is_empty());
-        assert_eq!(sel.skipped.list[0].path, "bad");
-        assert!(sel.skipped.list[0].reason.contains("'/tmp'"));
+        match select(&entries, &s) {
+            Err(SelectError::NoMatch { skipped }) => {
+                assert_eq!(skipped[0].path, "bad");
+                assert!(skipped[0].reason.contains("'/tmp'"));
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

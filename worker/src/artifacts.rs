@@ -55,7 +55,7 @@ pub struct ArtifactTarget {
 pub enum ArtifactError {
     #[error("{0}")]
     Engine(#[from] EngineError),
-    #[error("{prefix}{source}")]
+    #[error("{prefix}{source}{}", skipped_note(source))]
     Select {
         prefix: String,
         #[source]
@@ -65,6 +65,20 @@ pub enum ArtifactError {
     Io(#[from] io::Error),
     #[error("refusing to write artifact file {0:?}: it would leave the output directory")]
     Unsafe(String),
+}
+
+/// Names what the rules refused when nothing matched, since that is usually why.
+fn skipped_note(error: &SelectError) -> String {
+    match error {
+        SelectError::NoMatch { skipped } if !skipped.is_empty() => {
+            let reasons: Vec<String> = skipped
+                .iter()
+                .map(|s| format!("{}: {}", s.path, s.reason))
+                .collect();
+            format!(" (skipped {})", reasons.join("; "))
+        }
+        _ => String::new(),
+    }
 }
 
 /// What [`collect`] produced.

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeSet;
 use std::future::Future;
-use std::time::Duration;
 
 use futures_util::StreamExt;
 use kiln_buildspec::routing::{final_status, route, PhaseType, Route, Status};
@@ -728,6 +727,3 @@ async fn guarded<T>(
         out = work => Ok(out),
     }
 }
-
-/// Default build timeout when none is given (CodeBuild's default is 60 minutes).
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60 * 60);

@@ -261,3 +261,23 @@ async fn a_directory_pattern_includes_its_files_and_empty_dirs_are_dropped() {
     );
     assert!(!out.path().join("primary/empty").exists());
 }
+
+#[tokio::test]
+async fn no_match_names_the_paths_that_were_refused() {
+    let (ran, _out) = build_with_artifacts(
+        "artifacts:\n  files:\n    - ../outside/*\n",
+        Packaging::None,
+    )
+    .await;
+    assert_eq!(ran.status(), Failed);
+    let (code, message) = ran.context(UploadArtifacts);
+    assert_eq!(code, "CLIENT_ERROR");
+    assert!(
+        message.starts_with("no matching artifact paths found (skipped ../outside/*: "),
+        "{message}"
+    );
+    assert!(
+        message.contains("escapes the source directory"),
+        "{message}"
+    );
+}
