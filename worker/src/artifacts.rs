@@ -234,37 +234,44 @@ fn list_entries(spool: &mut File) -> Result<Vec<Entry>, ArtifactError> {
     Ok(entries)
 }
 
-/// Streams one archive entry to every artifact that wants it; returns its sha256.
+/// Streams one archive entry to every artifact that wants it; returns its sha256. An entry wanted
+/// more than once (by several artifacts, or through in-tree links) is spooled once and copied.
 fn write_entry(
     entry: &mut impl Read,
     consumers: &[(usize, usize)],
     plans: &mut [Plan],
 ) -> Result<String, ArtifactError> {
+    if let [(p, f)] = consumers {
+        let mut sink = plans[*p]
+            .writer
+            .start_file(&plans[*p].selection.files[*f])?;
+        let digest = copy_hashing(entry, &mut sink)?;
+        sink.flush()?;
+        return Ok(digest);
+    }
+    let mut spool = tempfile::tempfile()?;
+    let digest = copy_hashing(entry, &mut spool)?;
+    for &(p, f) in consumers {
+        spool.rewind()?;
+        let mut sink = plans[p].writer.start_file(&plans[p].selection.files[f])?;
+        io::copy(&mut spool, &mut sink)?;
+        sink.flush()?;
+    }
+    Ok(digest)
+}
+
+/// Copies `from` into `to`; returns the hex sha256 of what was copied.
+fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> io::Result<String> {
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
-    // The first consumer gets the bytes as they stream; any other copies from the first's output
-    // (a file picked by several artifacts, or through in-tree links).
-    let (first_plan, first_file) = consumers[0];
-    let mut sink = plans[first_plan]
-        .writer
-        .start_file(&plans[first_plan].selection.files[first_file])?;
     loop {
-        let n = entry.read(&mut buf)?;
+        let n = from.read(&mut buf)?;
         if n == 0 {
-            break;
+            return Ok(hex(&hasher.finalize()));
         }
         hasher.update(&buf[..n]);
-        sink.write_all(&buf[..n])?;
+        to.write_all(&buf[..n])?;
     }
-    let written = sink.finish()?;
-    for &(p, f) in &consumers[1..] {
-        let file = plans[p].selection.files[f].clone();
-        let mut copy = plans[p].writer.start_file(&file)?;
-        let mut from = written.reopen()?;
-        io::copy(&mut from, &mut copy)?;
-        copy.finish()?;
-    }
-    Ok(hex(&hasher.finalize()))
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -318,60 +325,30 @@ enum Writer {
     Zip {
         path: PathBuf,
         zip: Box<zip::ZipWriter<File>>,
-        /// Copies of the files added, for other artifacts that want the same file.
-        staged: usize,
-        stage: tempfile::TempDir,
     },
 }
 
 /// An open output file of a [`Writer`].
 enum FileSink<'a> {
     Discard,
-    File(File, PathBuf),
-    Zip(&'a mut zip::ZipWriter<File>, File, PathBuf),
-}
-
-/// Where a written file's bytes can be read again.
-struct Written(Option<PathBuf>);
-
-impl Written {
-    fn reopen(&self) -> io::Result<Box<dyn Read>> {
-        match &self.0 {
-            Some(path) => Ok(Box::new(File::open(path)?)),
-            None => Ok(Box::new(io::empty())),
-        }
-    }
+    File(File),
+    Zip(&'a mut zip::ZipWriter<File>),
 }
 
 impl Write for FileSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
             FileSink::Discard => Ok(buf.len()),
-            FileSink::File(f, _) => f.write(buf),
-            FileSink::Zip(z, stage, _) => {
-                stage.write_all(buf)?;
-                z.write_all(buf)?;
-                Ok(buf.len())
-            }
+            FileSink::File(f) => f.write(buf),
+            FileSink::Zip(z) => z.write(buf),
         }
     }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
 
-impl FileSink<'_> {
-    fn finish(self) -> io::Result<Written> {
+    fn flush(&mut self) -> io::Result<()> {
         match self {
-            FileSink::Discard => Ok(Written(None)),
-            FileSink::File(mut f, path) => {
-                f.flush()?;
-                Ok(Written(Some(path)))
-            }
-            FileSink::Zip(_, mut stage, path) => {
-                stage.flush()?;
-                Ok(Written(Some(path)))
-            }
+            FileSink::Discard => Ok(()),
+            FileSink::File(f) => f.flush(),
+            FileSink::Zip(z) => z.flush(),
         }
     }
 }
@@ -405,8 +382,6 @@ impl Writer {
                     Writer::Zip {
                         path,
                         zip: Box::new(zip::ZipWriter::new(file)),
-                        staged: 0,
-                        stage: tempfile::tempdir()?,
                     },
                     location,
                 ))
@@ -422,21 +397,15 @@ impl Writer {
             Writer::Discard => Ok(FileSink::Discard),
             Writer::Tree(base) => {
                 let path = safe_join(base, &file.dest)?;
-                let out = open_with_mode(&path, file.mode)?;
-                Ok(FileSink::File(out, path))
+                Ok(FileSink::File(open_with_mode(&path, file.mode)?))
             }
-            Writer::Zip {
-                zip, staged, stage, ..
-            } => {
+            Writer::Zip { zip, .. } => {
                 let options = zip::write::SimpleFileOptions::default()
                     .unix_permissions(file.mode & 0o777)
                     .large_file(file.size >= u32::MAX as u64);
                 zip.start_file(file.dest.as_str(), options)
                     .map_err(zip_error)?;
-                *staged += 1;
-                let staged_path = stage.path().join(staged.to_string());
-                let stage_file = File::create(&staged_path)?;
-                Ok(FileSink::Zip(zip, stage_file, staged_path))
+                Ok(FileSink::Zip(zip))
             }
         }
     }

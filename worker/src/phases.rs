@@ -100,11 +100,6 @@ enum Interrupt {
     Stop,
 }
 
-/// Why an item did not produce an exit status.
-enum ItemError {
-    Engine(EngineError),
-}
-
 struct Build {
     engine: Engine,
     job: BuildJob,
@@ -493,7 +488,7 @@ impl Build {
                         ));
                         break;
                     }
-                    Err(ItemError::Engine(e)) => return Outcome::fault(&e),
+                    Err(e) => return Outcome::fault(&e),
                 }
             }
         }
@@ -516,7 +511,7 @@ impl Build {
     }
 
     /// Runs one command item; returns its exit status. Output goes to the log.
-    async fn run_item(&mut self, text: &str, user: Option<&str>) -> Result<i64, ItemError> {
+    async fn run_item(&mut self, text: &str, user: Option<&str>) -> Result<i64, EngineError> {
         self.log.agent(&format!("Running command {text}"));
         let (code, end_state) = self.exec_item(text, user, None).await?;
         if let (Some(state), Version::V02) = (end_state, self.job.buildspec.version) {
@@ -533,7 +528,7 @@ impl Build {
         text: &str,
         user: Option<&str>,
         mut capture: Option<&mut Vec<u8>>,
-    ) -> Result<(i64, Option<ShellState>), ItemError> {
+    ) -> Result<(i64, Option<ShellState>), EngineError> {
         let version = self.job.buildspec.version;
         let (cwd, mut env) = match version {
             Version::V02 => (self.state.cwd.clone(), self.state.env.clone()),
@@ -566,15 +561,11 @@ impl Build {
             working_dir: cwd,
             user: Some(user.to_string()),
         };
-        let (exec_id, mut output) = self
-            .engine
-            .exec(&self.resources.container, spec)
-            .await
-            .map_err(ItemError::Engine)?;
+        let (exec_id, mut output) = self.engine.exec(&self.resources.container, spec).await?;
         let mut parser = ItemOutput::new(&self.marker);
         let mut shown = Vec::new();
         while let Some(chunk) = output.next().await {
-            let chunk = chunk.map_err(ItemError::Engine)?;
+            let chunk = chunk?;
             parser.push(&chunk, &mut shown);
             self.show(&mut shown, capture.as_deref_mut());
             if parser.end().is_some() {
@@ -598,11 +589,7 @@ impl Build {
             }
             None => {
                 // The shell never ran the wrapper (missing shell, unknown user): Docker's status.
-                let code = self
-                    .engine
-                    .exec_exit_code(&exec_id)
-                    .await
-                    .map_err(ItemError::Engine)?;
+                let code = self.engine.exec_exit_code(&exec_id).await?;
                 Ok((code.unwrap_or(-1), None))
             }
         }
@@ -620,7 +607,7 @@ impl Build {
 
     /// Evaluates `text` as a double-quoted shell word in the build's current environment (the
     /// artifact `name`).
-    async fn shell_evaluate(&mut self, text: &str) -> Result<String, ItemError> {
+    async fn shell_evaluate(&mut self, text: &str) -> Result<String, EngineError> {
         let mut out = Vec::new();
         let command = format!("printf '%s' \"{text}\"");
         let (code, _) = self.exec_item(&command, None, Some(&mut out)).await?;
@@ -658,7 +645,7 @@ impl Build {
             let name = match &definition.name {
                 Some(n) => match self.shell_evaluate(n).await {
                     Ok(v) => v,
-                    Err(ItemError::Engine(e)) => return Outcome::fault(&e),
+                    Err(e) => return Outcome::fault(&e),
                 },
                 None => self.job.project.clone(),
             };

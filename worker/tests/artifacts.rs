@@ -55,18 +55,19 @@ async fn build_with_artifacts(
     artifacts: &str,
     packaging: Packaging,
 ) -> (common::Ran, tempfile::TempDir) {
+    run_collecting(&format!("{MAKE_TREE}{artifacts}"), packaging).await
+}
+
+/// Runs `buildspec` (with a README.md in the checkout), writing artifacts to a new directory.
+async fn run_collecting(buildspec: &str, packaging: Packaging) -> (common::Ran, tempfile::TempDir) {
     let out = tempfile::tempdir().expect("out");
     let out_path = out.path().to_path_buf();
-    let ran = run_with(
-        &format!("{MAKE_TREE}{artifacts}"),
-        &[("README.md", "readme\n")],
-        |job| {
-            job.artifacts = ArtifactTarget {
-                out_dir: Some(out_path),
-                packaging,
-            };
-        },
-    )
+    let ran = run_with(buildspec, &[("README.md", "readme\n")], |job| {
+        job.artifacts = ArtifactTarget {
+            out_dir: Some(out_path),
+            packaging,
+        };
+    })
     .await;
     (ran, out)
 }
@@ -131,7 +132,7 @@ async fn base_directory_discard_paths_and_exclusions() {
 #[tokio::test]
 async fn secondary_artifacts_and_zip_packaging() {
     let (ran, out) = build_with_artifacts(
-        "artifacts:\n  files:\n    - README.md\n  secondary-artifacts:\n    web:\n      base-directory: dist\n      files:\n        - index.html\n        - css/*\n    scripts:\n      name: js-$CODEBUILD_BUILD_NUMBER\n      files:\n        - dist/js/*.js\n",
+        "artifacts:\n  files:\n    - README.md\n    - dist/index.html\n  secondary-artifacts:\n    web:\n      base-directory: dist\n      files:\n        - index.html\n        - css/*\n    scripts:\n      name: js-$CODEBUILD_BUILD_NUMBER\n      files:\n        - dist/js/*.js\n",
         Packaging::Zip,
     )
     .await;
@@ -145,7 +146,11 @@ async fn secondary_artifacts_and_zip_packaging() {
         names.sort();
         names
     };
-    assert_eq!(names(&out.path().join("primary.zip")), vec!["README.md"]);
+    // dist/index.html is in two artifacts: one read of the archive serves both.
+    assert_eq!(
+        names(&out.path().join("primary.zip")),
+        vec!["README.md", "dist/index.html"]
+    );
     assert_eq!(
         names(&out.path().join("secondary/web.zip")),
         vec!["css/site.css", "index.html"]
@@ -165,9 +170,7 @@ async fn secondary_artifacts_and_zip_packaging() {
 
 #[tokio::test]
 async fn escaping_patterns_and_links_out_are_never_read() {
-    let out = tempfile::tempdir().expect("out");
-    let out_path = out.path().to_path_buf();
-    let ran = run_with(
+    let (ran, out) = run_collecting(
         r#"version: 0.2
 phases:
   build:
@@ -186,13 +189,7 @@ artifacts:
     - link-in
     - inside.txt
 "#,
-        &[],
-        |job| {
-            job.artifacts = ArtifactTarget {
-                out_dir: Some(out_path),
-                packaging: Packaging::None,
-            };
-        },
+        Packaging::None,
     )
     .await;
     assert_eq!(ran.status(), Succeeded, "{}", ran.log);
@@ -212,17 +209,9 @@ artifacts:
 
 #[tokio::test]
 async fn enable_symlinks_keeps_links_inside_the_tree() {
-    let out = tempfile::tempdir().expect("out");
-    let out_path = out.path().to_path_buf();
-    let ran = run_with(
+    let (ran, out) = run_collecting(
         "version: 0.2\nphases:\n  build:\n    commands:\n      - echo v > real.txt && ln -s real.txt alias.txt\nartifacts:\n  enable-symlinks: yes\n  files:\n    - '*.txt'\n",
-        &[],
-        |job| {
-            job.artifacts = ArtifactTarget {
-                out_dir: Some(out_path),
-                packaging: Packaging::None,
-            };
-        },
+        Packaging::None,
     )
     .await;
     assert_eq!(ran.status(), Succeeded, "{}", ran.log);
