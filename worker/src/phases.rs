@@ -221,6 +221,9 @@ fn initial_state(job: &BuildJob, build_id: &str, uuid: &str, start: Timestamp) -
     for (k, v) in reserved {
         env.insert(k.to_string(), v);
     }
+    if let Some(commit) = &job.resolved_source_version {
+        env.insert("CODEBUILD_RESOLVED_SOURCE_VERSION".into(), commit.clone());
+    }
     state
 }
 

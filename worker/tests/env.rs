@@ -14,6 +14,7 @@ async fn codebuild_variables_are_set() {
         |job| {
             job.build_number = 42;
             job.source_version = Some("abc123".into());
+            job.resolved_source_version = Some("0123456789abcdef".into());
         },
     )
     .await;
@@ -29,6 +30,7 @@ async fn codebuild_variables_are_set() {
         "CODEBUILD_INITIATOR=kiln".to_string(),
         "CODEBUILD_SRC_DIR=/codebuild/output/src1/src".to_string(),
         "CODEBUILD_SOURCE_VERSION=abc123".to_string(),
+        "CODEBUILD_RESOLVED_SOURCE_VERSION=0123456789abcdef".to_string(),
         "CODEBUILD_CI=true".to_string(),
         "CODEBUILD_PROJECT_ARN=arn:kiln:codebuild:us-east-1:000000000000:project/test".to_string(),
         "HOME=/root".to_string(),
