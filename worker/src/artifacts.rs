@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 
-use crate::docker::{EngineError, ExecOutput};
+use crate::docker::{ByteStream, EngineError};
 use crate::record::{ArtifactFile, BuildArtifact};
 
 /// How artifacts are packaged (CodeBuild's `packaging`).
@@ -93,7 +93,7 @@ pub struct Collected {
 /// Collects the primary artifact and every secondary one from `download` (a tar of
 /// `CODEBUILD_SRC_DIR`). `names[0]` is the primary's evaluated name, then one per secondary.
 pub async fn collect(
-    download: ExecOutput,
+    download: ByteStream,
     spec: &Artifacts,
     names: &[String],
     target: &ArtifactTarget,

@@ -25,6 +25,8 @@ pub struct BuildLog {
     sink: Box<dyn LogSink>,
     scratch: Vec<u8>,
     phase_tail: Vec<u8>,
+    /// Whether the last byte handed to the sink ended a line.
+    at_line_start: bool,
 }
 
 impl BuildLog {
@@ -34,6 +36,7 @@ impl BuildLog {
             sink,
             scratch: Vec::new(),
             phase_tail: Vec::new(),
+            at_line_start: true,
         }
     }
 
@@ -73,7 +76,12 @@ impl BuildLog {
     /// One agent line, `[Container] <time> <text>`.
     pub fn agent(&mut self, text: &str) {
         self.end_output();
-        let line = format!("[Container] {} {text}\n", Timestamp::now().log_format());
+        // Output that did not end its last line must not run into the agent's line.
+        let start = if self.at_line_start { "" } else { "\n" };
+        let line = format!(
+            "{start}[Container] {} {text}\n",
+            Timestamp::now().log_format()
+        );
         self.masker.push(line.as_bytes(), &mut self.scratch);
         self.masker.flush(&mut self.scratch);
         self.emit();
@@ -89,6 +97,7 @@ impl BuildLog {
             return;
         }
         self.sink.write(&self.scratch);
+        self.at_line_start = self.scratch.ends_with(b"\n");
         self.phase_tail.extend_from_slice(&self.scratch);
         if self.phase_tail.len() > 2 * RETRY_TAIL {
             let cut = self.phase_tail.len() - RETRY_TAIL;
@@ -132,6 +141,19 @@ mod tests {
         assert!(text.contains("Running command echo ***\n***\n"), "{text}");
         assert!(!text.contains("s3cret"));
         assert!(log.phase_tail().ends_with("***\n"));
+    }
+
+    #[test]
+    fn agent_lines_start_on_their_own_line() {
+        let cap = Capture::default();
+        let mut log = BuildLog::new(Masker::new::<_, &str>([]), Box::new(cap.clone()));
+        log.output(b"no newline");
+        log.agent("next");
+        log.output(b"done\n");
+        log.agent("last");
+        let text = String::from_utf8(cap.0.lock().expect("lock").clone()).expect("utf8");
+        assert!(text.starts_with("no newline\n[Container] "), "{text}");
+        assert!(text.contains("done\n[Container] "), "{text}");
     }
 
     #[test]

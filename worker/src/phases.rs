@@ -4,8 +4,9 @@
 //! timeout, stop, a panic in the runner), [`run_build`] removes the container and network before it
 //! returns. Routing between phases is the pure state machine of `kiln_buildspec::routing`.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use kiln_buildspec::routing::{final_status, route, PhaseType, Route, Status};
@@ -15,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::artifacts;
-use crate::docker::{BuildResources, Engine, EngineError, ExecSpec, ROOT};
+use crate::docker::{BuildResources, Engine, EngineError, ExecChunk, ExecSpec, ROOT};
 use crate::job::BuildJob;
 use crate::log::{BuildLog, LogSink};
 use crate::mask::Masker;
@@ -23,8 +24,8 @@ use crate::record::{
     BuildEnvironment, BuildPhase, BuildRecord, EnvironmentVariable, NameValue, PhaseContext,
     Timestamp,
 };
-use crate::shell::{wrapper, ItemOutput, ShellState};
-use crate::source::{archive_dir, SRC_DIR};
+use crate::shell::{initial_file, Carry, ItemOutput, ItemRun, StateOp, STATE_DIR};
+use crate::source::{archive_dir, ExtraEntry, SRC_DIR};
 
 /// Runs a build to completion and returns its record. `owner` labels the Docker objects (see
 /// `docker::convert::process_owner`); cancelling `cancel` stops the build (STOPPED).
@@ -106,7 +107,14 @@ struct Build {
     log: BuildLog,
     record: BuildRecord,
     resources: BuildResources,
-    state: ShellState,
+    /// Kiln's variables for the first item (without the image's and the secrets).
+    initial: BTreeMap<String, String>,
+    /// The image's own environment, from PROVISIONING.
+    image_env: Vec<(String, String)>,
+    /// `CODEBUILD_BUILD_SUCCEEDING`.
+    succeeding: bool,
+    /// What the next 0.2 item does to the carried state first (RETRY snapshots).
+    state_op: StateOp,
     marker: String,
     secret_vars: BTreeSet<String>,
     cancel: CancellationToken,
@@ -167,15 +175,17 @@ fn build_arn(job: &BuildJob, build_id: &str) -> String {
     )
 }
 
-/// The environment the first item starts with, lowest precedence first: Kiln's defaults, the
+/// The variables the first item starts with, lowest precedence first: Kiln's defaults, the
 /// buildspec's `env.variables`, the project's, the client's overrides, then the reserved
-/// `CODEBUILD_*` variables that only Kiln sets. Secrets are added in DOWNLOAD_SOURCE.
-fn initial_state(job: &BuildJob, build_id: &str, uuid: &str, start: Timestamp) -> ShellState {
-    let mut state = ShellState {
-        cwd: SRC_DIR.to_string(),
-        env: Default::default(),
-    };
-    let env = &mut state.env;
+/// `CODEBUILD_*` variables that only Kiln sets. The image's environment goes below all of them and
+/// secrets are added in DOWNLOAD_SOURCE.
+fn initial_vars(
+    job: &BuildJob,
+    build_id: &str,
+    uuid: &str,
+    start: Timestamp,
+) -> BTreeMap<String, String> {
+    let mut env = BTreeMap::new();
     for (k, v) in [
         ("HOME", "/root"),
         ("AWS_REGION", job.region.as_str()),
@@ -202,7 +212,6 @@ fn initial_state(job: &BuildJob, build_id: &str, uuid: &str, start: Timestamp) -
         ("CODEBUILD_BUILD_NUMBER", job.build_number.to_string()),
         ("CODEBUILD_BUILD_ARN", build_arn(job, build_id)),
         ("CODEBUILD_BUILD_IMAGE", job.image.clone()),
-        ("CODEBUILD_BUILD_SUCCEEDING", "1".to_string()),
         ("CODEBUILD_INITIATOR", job.initiator.clone()),
         ("CODEBUILD_SRC_DIR", SRC_DIR.to_string()),
         (
@@ -224,7 +233,7 @@ fn initial_state(job: &BuildJob, build_id: &str, uuid: &str, start: Timestamp) -
     if let Some(commit) = &job.resolved_source_version {
         env.insert("CODEBUILD_RESOLVED_SOURCE_VERSION".into(), commit.clone());
     }
-    state
+    env
 }
 
 impl Build {
@@ -238,14 +247,17 @@ impl Build {
         uuid: &str,
     ) -> Build {
         let record = initial_record(&job, &build_id);
-        let state = initial_state(&job, &build_id, uuid, record.start_time);
+        let initial = initial_vars(&job, &build_id, uuid, record.start_time);
         let deadline = Instant::now() + job.timeout;
         Build {
             engine,
             log: BuildLog::new(Masker::new::<_, &str>([]), sink),
             record,
             resources,
-            state,
+            initial,
+            image_env: Vec::new(),
+            succeeding: true,
+            state_op: StateOp::None,
             marker: format!("KILN-END-{}", Uuid::new_v4().simple()),
             secret_vars: BTreeSet::new(),
             cancel,
@@ -257,7 +269,6 @@ impl Build {
     async fn run(mut self) -> BuildRecord {
         let mut phase = PhaseType::Provisioning;
         let mut retries = 0;
-        let mut snapshot = self.state.clone();
         // Attempts that a RETRY superseded do not count toward the final status.
         let mut superseded = BTreeSet::new();
         while phase != PhaseType::Completed {
@@ -265,12 +276,12 @@ impl Build {
             self.log.phase(phase);
             self.log
                 .agent(&format!("Entering phase {}", phase.as_str()));
-            if phase.command_phase().is_some() {
-                if retries == 0 {
-                    snapshot = self.state.clone();
-                } else {
-                    self.state = snapshot.clone();
-                }
+            if let Some(kiln_buildspec::OnFailure::Retry { .. }) = self.on_failure(phase) {
+                // A retry starts again from the state the phase first started with.
+                self.state_op = match retries {
+                    0 => StateOp::Snapshot,
+                    _ => StateOp::Restore,
+                };
             }
             let outcome = self.run_phase(phase).await;
             let status_text = outcome.status.as_str();
@@ -286,10 +297,8 @@ impl Build {
             self.log.agent(&format!(
                 "Phase context status code: {code} Message: {message}"
             ));
-            let on_failure = phase
-                .command_phase()
-                .and_then(|p| self.job.buildspec.phase(p))
-                .and_then(|p| p.on_failure.as_ref());
+            let on_failure = self.on_failure(phase).cloned();
+            let on_failure = on_failure.as_ref();
             let failure_message = format!("{message}\n{}", self.log.phase_tail());
             let next = route(phase, outcome.status, on_failure, retries, &failure_message);
             let context = outcome.context.map(|c| PhaseContext {
@@ -308,13 +317,17 @@ impl Build {
                     ));
                 }
                 Route::Goto(next) => {
+                    self.state_op = StateOp::None;
                     if outcome.status != Status::Succeeded {
-                        self.state
-                            .env
-                            .insert("CODEBUILD_BUILD_SUCCEEDING".into(), "0".into());
+                        self.succeeding = false;
                     }
-                    if phase.command_phase().is_some() {
-                        self.capture_exported_variables();
+                    let interrupted = matches!(outcome.status, Status::TimedOut | Status::Stopped);
+                    // Exported values are taken when the last command phase that runs is over.
+                    if phase.command_phase().is_some()
+                        && next.command_phase().is_none()
+                        && !interrupted
+                    {
+                        self.capture_exported_variables().await;
                     }
                     retries = 0;
                     phase = next;
@@ -391,7 +404,14 @@ impl Build {
             .provision(&self.resources, &image, self.job.limits)
             .await
         {
-            Ok(()) => Outcome::ok(),
+            Ok(image_env) => {
+                self.image_env = image_env
+                    .iter()
+                    .filter_map(|e| e.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                Outcome::ok()
+            }
             Err(e @ EngineError::Image { .. }) => Outcome::with(
                 Status::Failed,
                 "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
@@ -404,7 +424,54 @@ impl Build {
     async fn download_source(&mut self) -> Outcome {
         self.log
             .agent(&format!("YAML location is {}", self.job.buildspec_location));
-        let (tar, archiver) = archive_dir(&self.job.source_dir);
+        let env = &self.job.buildspec.env;
+        let resolved = match self
+            .job
+            .secrets
+            .resolve(&env.parameter_store, &env.secrets_manager)
+        {
+            Ok(resolved) => resolved,
+            Err(e) => return Outcome::with(Status::Failed, "CLIENT_ERROR", e.to_string()),
+        };
+        self.log
+            .set_masker(Masker::new(resolved.iter().map(|s| s.value.as_str())));
+        // Secrets sit with the buildspec's variables: the project and the client override them.
+        let overridden: BTreeSet<&String> = self
+            .job
+            .project_env
+            .iter()
+            .chain(&self.job.env_overrides)
+            .map(|(k, _)| k)
+            .collect();
+        let secrets: Vec<_> = resolved
+            .into_iter()
+            .filter(|s| !overridden.contains(&s.var))
+            .collect();
+        self.secret_vars = secrets.iter().map(|s| s.var.clone()).collect();
+        let vars = self
+            .image_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .chain(secrets.iter().map(|s| (s.var.as_str(), s.value.as_str())))
+            .chain(self.initial.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let state = vec![
+            ExtraEntry {
+                path: "codebuild/output/tmp".into(),
+                mode: 0o777,
+                contents: None,
+            },
+            ExtraEntry {
+                path: STATE_DIR.trim_start_matches('/').into(),
+                mode: 0o777,
+                contents: None,
+            },
+            ExtraEntry {
+                path: format!("{}/initial", STATE_DIR.trim_start_matches('/')),
+                mode: 0o644,
+                contents: Some(initial_file(vars).into_bytes()),
+            },
+        ];
+        let (tar, archiver) = archive_dir(&self.job.source_dir, state);
         let uploaded = self
             .engine
             .upload(&self.resources.container, "/", tar)
@@ -426,32 +493,12 @@ impl Build {
         if let Err(e) = uploaded {
             return Outcome::fault(&e);
         }
-        let env = &self.job.buildspec.env;
-        match self
-            .job
-            .secrets
-            .resolve(&env.parameter_store, &env.secrets_manager)
-        {
-            Ok(resolved) => {
-                self.log
-                    .set_masker(Masker::new(resolved.iter().map(|s| s.value.as_str())));
-                let overridden: BTreeSet<&String> = self
-                    .job
-                    .project_env
-                    .iter()
-                    .chain(&self.job.env_overrides)
-                    .map(|(k, _)| k)
-                    .collect();
-                for secret in resolved {
-                    if !overridden.contains(&secret.var) {
-                        self.state.env.insert(secret.var.clone(), secret.value);
-                        self.secret_vars.insert(secret.var);
-                    }
-                }
-                Outcome::ok()
-            }
-            Err(e) => Outcome::with(Status::Failed, "CLIENT_ERROR", e.to_string()),
+        if self.job.buildspec.cache.is_some() {
+            // Semantics §6: a cache that cannot be used is logged and never fails the build.
+            self.log
+                .agent("Cache not restored: no cache store is configured for this build");
         }
+        Outcome::ok()
     }
 
     async fn command_phase(&mut self, which: CommandPhase) -> Outcome {
@@ -516,35 +563,35 @@ impl Build {
     /// Runs one command item; returns its exit status. Output goes to the log.
     async fn run_item(&mut self, text: &str, user: Option<&str>) -> Result<i64, EngineError> {
         self.log.agent(&format!("Running command {text}"));
-        let (code, end_state) = self.exec_item(text, user, None).await?;
-        if let (Some(state), Version::V02) = (end_state, self.job.buildspec.version) {
-            self.state = state;
-        }
-        Ok(code)
+        let carry = match self.job.buildspec.version {
+            Version::V02 => Carry::State,
+            Version::V01 => Carry::Fresh,
+        };
+        self.exec_item(text, user, carry, None).await
     }
 
-    /// Execs the wrapper for `text` with the carried state. With `capture`, output is collected
-    /// there instead of logged. Returns the exit status and, when the shell reported it, the state
-    /// after the item.
+    /// Execs the wrapper for `text` (see `shell`). With `capture`, output is collected there
+    /// instead of logged. Returns the exit status.
     async fn exec_item(
         &mut self,
         text: &str,
         user: Option<&str>,
+        carry: Carry,
         mut capture: Option<&mut Vec<u8>>,
-    ) -> Result<(i64, Option<ShellState>), EngineError> {
-        let version = self.job.buildspec.version;
-        let (cwd, mut env) = match version {
-            Version::V02 => (self.state.cwd.clone(), self.state.env.clone()),
-            // 0.1: every item starts afresh in the source directory.
-            Version::V01 => (SRC_DIR.to_string(), self.state.env.clone()),
+    ) -> Result<i64, EngineError> {
+        let op = match carry {
+            Carry::State => std::mem::replace(&mut self.state_op, StateOp::None),
+            Carry::Fresh | Carry::ReadOnly => StateOp::None,
         };
-        let previous_home = env.get("HOME").cloned();
-        let user = user.unwrap_or(ROOT);
-        let as_other_user = user != ROOT && user != "root";
-        if as_other_user && previous_home.as_deref() == Some("/root") {
-            // Let Docker give a run-as user its own home instead of root's.
-            env.remove("HOME");
-        }
+        let user = user.filter(|u| *u != ROOT && *u != "root");
+        let run = ItemRun {
+            item: text,
+            succeeding: self.succeeding,
+            carry,
+            op,
+            user,
+            marker: &self.marker,
+        };
         let shell = self
             .job
             .buildspec
@@ -553,49 +600,51 @@ impl Build {
             .unwrap_or(kiln_buildspec::Shell::Sh)
             .program();
         let spec = ExecSpec {
-            cmd: vec![
-                shell.to_string(),
-                "-c".to_string(),
-                wrapper(&self.marker),
-                "kiln".to_string(),
-                text.to_string(),
-            ],
-            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
-            working_dir: cwd,
-            user: Some(user.to_string()),
+            cmd: run.command(shell),
+            env: Vec::new(),
+            working_dir: "/".to_string(),
+            user: Some(user.unwrap_or(ROOT).to_string()),
         };
         let (exec_id, mut output) = self.engine.exec(&self.resources.container, spec).await?;
         let mut parser = ItemOutput::new(&self.marker);
         let mut shown = Vec::new();
-        while let Some(chunk) = output.next().await {
-            let chunk = chunk?;
-            parser.push(&chunk, &mut shown);
+        let mut drain_until = None;
+        loop {
+            let next = match drain_until {
+                // The item is done; background processes may hold the stream open, so only what
+                // follows at once (a user's EXIT trap, say) still belongs to it.
+                Some(deadline) => match tokio::time::timeout_at(deadline, output.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => output.next().await,
+            };
+            match next.transpose()? {
+                None => break,
+                Some(ExecChunk::Stdout(bytes)) => shown.extend_from_slice(&bytes),
+                Some(ExecChunk::Stderr(bytes)) => parser.push_stderr(&bytes, &mut shown),
+            }
             self.show(&mut shown, capture.as_deref_mut());
-            if parser.end().is_some() {
-                // Background processes may hold the stream open; the item itself is done.
-                break;
+            if drain_until.is_none() && parser.exit_code().is_some() {
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
             }
         }
         drop(output);
         parser.finish(&mut shown);
         self.show(&mut shown, capture);
         self.log.end_output();
-        match parser.end() {
-            Some(end) => {
-                let mut state = end.state;
-                if as_other_user && previous_home.as_deref() == Some("/root") {
-                    if let Some(home) = previous_home {
-                        state.env.insert("HOME".into(), home);
-                    }
-                }
-                Ok((end.exit_code, Some(state)))
-            }
-            None => {
-                // The shell never ran the wrapper (missing shell, unknown user): Docker's status.
-                let code = self.engine.exec_exit_code(&exec_id).await?;
-                Ok((code.unwrap_or(-1), None))
-            }
+        if let Some(code) = parser.exit_code() {
+            return Ok(code);
         }
+        // The wrapper did not finish: the shell could not start, or the item replaced the
+        // wrapper's EXIT trap and exited. Docker still knows the exit status.
+        if carry == Carry::State {
+            self.log.agent(
+                "Kiln could not save this command's variables and directory; the next command starts from the state before it",
+            );
+        }
+        let code = self.engine.exec_exit_code(&exec_id).await?;
+        Ok(code.unwrap_or(-1))
     }
 
     fn show(&mut self, bytes: &mut Vec<u8>, capture: Option<&mut Vec<u8>>) {
@@ -613,33 +662,74 @@ impl Build {
     async fn shell_evaluate(&mut self, text: &str) -> Result<String, EngineError> {
         let mut out = Vec::new();
         let command = format!("printf '%s' \"{text}\"");
-        let (code, _) = self.exec_item(&command, None, Some(&mut out)).await?;
-        let value = String::from_utf8_lossy(&out).into_owned();
+        let code = self
+            .exec_item(&command, None, Carry::ReadOnly, Some(&mut out))
+            .await?;
         if code != 0 {
             self.log.agent(&format!(
                 "Could not evaluate artifact name {text:?}; using it as written"
             ));
             return Ok(text.to_string());
         }
-        Ok(value)
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
-    fn capture_exported_variables(&mut self) {
-        self.record.exported_environment_variables = self
+    /// Records the `exported-variables` as they are now. Secrets and `AWS_` names are never
+    /// exported.
+    async fn capture_exported_variables(&mut self) {
+        let names: Vec<String> = self
             .job
             .buildspec
             .env
             .exported_variables
             .iter()
             .filter(|name| !self.secret_vars.contains(*name) && !name.starts_with("AWS_"))
-            .map(|name| NameValue {
-                name: name.clone(),
-                value: self.state.env.get(name).cloned().unwrap_or_default(),
-            })
+            .cloned()
             .collect();
+        if names.is_empty() {
+            return;
+        }
+        let words: Vec<String> = names.iter().map(|n| format!("\"${{{n}-}}\"")).collect();
+        let command = format!("printf '%s\\0' {}", words.join(" "));
+        let mut out = Vec::new();
+        let read = match self.job.buildspec.version {
+            Version::V02 => Carry::ReadOnly,
+            Version::V01 => Carry::Fresh,
+        };
+        match self.exec_item(&command, None, read, Some(&mut out)).await {
+            Ok(0) => {
+                let values = out.split(|b| *b == 0).map(String::from_utf8_lossy);
+                self.record.exported_environment_variables = names
+                    .iter()
+                    .zip(values)
+                    .map(|(name, value)| NameValue {
+                        name: name.clone(),
+                        value: value.into_owned(),
+                    })
+                    .collect();
+            }
+            Ok(code) => self.log.agent(&format!(
+                "Could not read the exported variables (exit status {code})"
+            )),
+            Err(e) => self
+                .log
+                .agent(&format!("Could not read the exported variables: {e}")),
+        }
+    }
+
+    fn on_failure(&self, phase: PhaseType) -> Option<&kiln_buildspec::OnFailure> {
+        phase
+            .command_phase()
+            .and_then(|p| self.job.buildspec.phase(p))
+            .and_then(|p| p.on_failure.as_ref())
     }
 
     async fn upload_artifacts(&mut self) -> Outcome {
+        for (group, _) in &self.job.buildspec.reports {
+            self.log.agent(&format!(
+                "Report group {group}: test reports are not uploaded by this version of Kiln"
+            ));
+        }
         let Some(spec) = self.job.buildspec.artifacts.clone() else {
             return Outcome::ok();
         };
@@ -717,3 +807,6 @@ async fn guarded<T>(
         out = work => Ok(out),
     }
 }
+
+/// How long output is still read after an item reported its exit status.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);

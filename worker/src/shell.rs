@@ -1,258 +1,500 @@
-//! How one command item runs in the build container, and how its state is carried to the next.
+//! How one command item runs in the build container, and how its state carries to the next.
 //!
-//! Each item is one `docker exec` of the configured shell running [`wrapper`]: the wrapper merges
-//! stderr into stdout (so the log keeps the order the build wrote it in), `eval`s the item, and on
-//! exit (also through `exit N` in the item) exports every shell variable and prints a block fenced by
-//! a per-build random marker: the exit status, the working directory and the exported environment.
-//! The runner keeps that state and hands it to the next item's exec as its environment and working
-//! directory, which is CodeBuild 0.2's carry-over: working directory and every exportable variable,
-//! but no arrays, functions, aliases, options, traps, umask or ulimits.
+//! Like CodeBuild (which keeps the state in `/codebuild/output/tmp/env.sh`), the state lives in the
+//! container, in [`STATE_DIR`]: `initial` holds the build's starting variables (written by Kiln in
+//! DOWNLOAD_SOURCE), `env` the variables and working directory after the last item. Each item is
+//! one `docker exec` of the configured shell running [`WRAPPER`], which:
+//!
+//! 1. keeps the exec's stderr as fd 3, Kiln's private channel, and sends the item's stderr to
+//!    stdout (so the log keeps the order the build wrote it in);
+//! 2. on a RETRY, snapshots or restores the state file;
+//! 3. loads the state: the first item (and every 0.1 item) sources `initial` on top of the image's
+//!    environment; later items unset every variable, then source `env`, so unsets carry over too;
+//! 4. `eval`s the item with no positional parameters;
+//! 5. afterwards (or on `exit` in the item) writes every shell variable, exported or not, and the
+//!    working directory to `env`, then prints `<marker> <exit status>` on fd 3.
+//!
+//! Nothing the item does to stdout, stderr or its own traps reaches the state channel, and values
+//! of any size carry over (they never pass through an exec's environment). Arrays, functions,
+//! aliases, `set` options, traps, umask and ulimits do not carry over, as in CodeBuild.
 
-use std::collections::BTreeMap;
+/// Where the carried state lives in the container (world-writable, so `run-as` users can save it).
+pub const STATE_DIR: &str = "/codebuild/output/tmp/kiln";
 
-/// The shell state carried between items: working directory and environment.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ShellState {
-    pub cwd: String,
-    pub env: BTreeMap<String, String>,
+/// `$0` of every item, as in CodeBuild's logs.
+pub const SCRIPT_NAME: &str = "/codebuild/output/tmp/script.sh";
+
+/// The script run for every item. Positional parameters, in order: the item, the value of
+/// `CODEBUILD_BUILD_SUCCEEDING`, what to load (`initial` or `state`), whether to save (`save` or
+/// `nosave`), the state operation (`none`, `snapshot`, `restore`), the run-as user (empty for root),
+/// the end marker and the state directory.
+pub const WRAPPER: &str = r#"__kiln_item=$1 __kiln_succeeding=$2 __kiln_load=$3 __kiln_save=$4 __kiln_op=$5 __kiln_user=$6 __kiln_mark=$7 __kiln_dir=$8
+shift 8
+exec 3>&2 2>&1
+__kiln_skip() {
+  case $1 in
+    *[!A-Za-z0-9_]*|__kiln_*|_|IFS|PS1|PS2|PS4|PPID|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|LINENO|SHELLOPTS|BASHOPTS|BASH|BASH_*|BASHPID|EUID|UID|GROUPS|HOSTTYPE|MACHTYPE|OSTYPE|RANDOM|SRANDOM|SECONDS|EPOCHREALTIME|EPOCHSECONDS|COLUMNS|LINES|DIRSTACK|PIPESTATUS|FUNCNAME|HISTCMD|HISTFILE|HISTFILESIZE|HISTSIZE|COMP_WORDBREAKS) return 0 ;;
+  esac
+  return 1
 }
-
-impl ShellState {
-    /// The environment as `NAME=value` strings for the Docker exec API.
-    pub fn env_list(&self) -> Vec<String> {
-        self.env.iter().map(|(k, v)| format!("{k}={v}")).collect()
-    }
+__kiln_quote() {
+  __kiln_s=$1
+  printf "'"
+  while :; do
+    case $__kiln_s in
+      *\'*) printf '%s' "${__kiln_s%%\'*}" "'\''"; __kiln_s=${__kiln_s#*\'} ;;
+      *) printf '%s' "$__kiln_s"; break ;;
+    esac
+  done
+  printf "'"
 }
-
-/// The script that runs one item; the item text is passed as `$1` so it is never re-quoted.
-pub fn wrapper(marker: &str) -> String {
-    format!(
-        r#"exec 2>&1
-__kiln_done() {{
-  __kiln_rc=$?
-  trap - EXIT
-  set +eu
+__kiln_replace() {
+  command -p cp "$1" "$__kiln_dir/tmp.$$" && command -p mv -f "$__kiln_dir/tmp.$$" "$2"
+}
+case $__kiln_op in
+  snapshot)
+    if [ -f "$__kiln_dir/env" ]; then __kiln_replace "$__kiln_dir/env" "$__kiln_dir/env.snapshot"
+    else command -p rm -f "$__kiln_dir/env.snapshot"; fi ;;
+  restore)
+    if [ -f "$__kiln_dir/env.snapshot" ]; then __kiln_replace "$__kiln_dir/env.snapshot" "$__kiln_dir/env"
+    else command -p rm -f "$__kiln_dir/env"; fi ;;
+esac
+if [ "$__kiln_load" = state ] && [ -f "$__kiln_dir/env" ]; then
   __kiln_vars=$(set)
   while IFS= read -r __kiln_l; do
-    case $__kiln_l in
-      [A-Za-z_]*=*)
-        __kiln_n=${{__kiln_l%%=*}}
-        case $__kiln_n in *[!A-Za-z0-9_]*) ;; *) export "$__kiln_n" 2>/dev/null ;; esac ;;
-    esac
+    case $__kiln_l in [A-Za-z_]*=*) ;; *) continue ;; esac
+    __kiln_skip "${__kiln_l%%=*}" || unset "${__kiln_l%%=*}" 2>/dev/null
   done <<__KILN_EOF
 $__kiln_vars
 __KILN_EOF
-  printf '\n%s\n%s\0%s\0' '{marker}' "$__kiln_rc" "$(pwd)"
-  command -p cat /proc/self/environ
-  printf '%s\n' '{marker}'
+  . "$__kiln_dir/env"
+else
+  . "$__kiln_dir/initial"
+fi
+CODEBUILD_BUILD_SUCCEEDING=$__kiln_succeeding
+export CODEBUILD_BUILD_SUCCEEDING
+__kiln_root_home= __kiln_user_home=
+if [ -n "$__kiln_user" ] && [ "$HOME" = /root ]; then
+  __kiln_root_home=$HOME
+  eval "HOME=~$__kiln_user"
+  case $HOME in "~"*) HOME=$__kiln_root_home ;; esac
+  __kiln_user_home=$HOME
+fi
+if ! cd "${__kiln_cwd:-$CODEBUILD_SRC_DIR}" 2>/dev/null; then
+  printf 'kiln: the working directory %s no longer exists; running in %s\n' "$__kiln_cwd" "$CODEBUILD_SRC_DIR"
+  cd "$CODEBUILD_SRC_DIR" || cd /
+fi
+__kiln_dump() {
+  umask 022
+  __kiln_exported=' '
+  __kiln_vars=$(export -p)
+  while IFS= read -r __kiln_l; do
+    case $__kiln_l in
+      'export '*) __kiln_l=${__kiln_l#export } ;;
+      'declare -x '*) __kiln_l=${__kiln_l#declare -x } ;;
+      *) continue ;;
+    esac
+    __kiln_exported="$__kiln_exported${__kiln_l%%=*} "
+  done <<__KILN_EOF
+$__kiln_vars
+__KILN_EOF
+  # A run-as user's own home is not carried into root's later items.
+  if [ -n "$__kiln_root_home" ] && [ "$HOME" = "$__kiln_user_home" ]; then HOME=$__kiln_root_home; fi
+  __kiln_vars=$(set)
+  {
+    printf '__kiln_cwd='; __kiln_quote "$PWD"; printf '\n'
+    while IFS= read -r __kiln_l; do
+      case $__kiln_l in [A-Za-z_]*=*) ;; *) continue ;; esac
+      __kiln_n=${__kiln_l%%=*}
+      __kiln_skip "$__kiln_n" && continue
+      eval "[ -n \"\${$__kiln_n+set}\" ]" || continue
+      eval "__kiln_v=\${$__kiln_n}"
+      printf '%s=' "$__kiln_n"; __kiln_quote "$__kiln_v"; printf '\n'
+      case $__kiln_exported in *" $__kiln_n "*) printf 'export %s\n' "$__kiln_n" ;; esac
+    done <<__KILN_EOF
+$__kiln_vars
+__KILN_EOF
+  } >| "$__kiln_dir/env.$$" && command -p mv -f "$__kiln_dir/env.$$" "$__kiln_dir/env"
+}
+__kiln_saved=
+__kiln_done() {
+  { __kiln_rc=$?; set +x; } 2>/dev/null
+  set +eu
+  if [ -z "$__kiln_saved" ]; then
+    __kiln_saved=1
+    [ "$__kiln_save" = save ] && __kiln_dump
+    printf '%s %s\n' "$__kiln_mark" "$__kiln_rc" >&3
+  fi
   exit "$__kiln_rc"
-}}
+}
 trap __kiln_done EXIT
-__kiln_cmd=$1
-shift
-eval "$__kiln_cmd"
-"#
-    )
+eval "$__kiln_item"
+__kiln_done
+"#;
+
+/// What an item loads and saves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// 0.2: load the carried state (or `initial` before the first save) and save it afterwards.
+    State,
+    /// 0.1: start from `initial`, save nothing.
+    Fresh,
+    /// Evaluate something in the current state without changing it (artifact names, exports).
+    ReadOnly,
 }
 
-/// Variables the shell manages itself, or that belong to the wrapper: never carried over.
-fn is_shell_internal(name: &str) -> bool {
-    const NAMES: &[&str] = &[
-        "_",
-        "IFS",
-        "PS1",
-        "PS2",
-        "PS4",
-        "PPID",
-        "PWD",
-        "OLDPWD",
-        "SHLVL",
-        "OPTIND",
-        "OPTARG",
-        "LINENO",
-        "SHELLOPTS",
-        "BASHOPTS",
-        "EUID",
-        "UID",
-        "GROUPS",
-        "HOSTTYPE",
-        "MACHTYPE",
-        "OSTYPE",
-        "RANDOM",
-        "SECONDS",
-        "COLUMNS",
-        "LINES",
-        "DIRSTACK",
-        "PIPESTATUS",
-        "FUNCNAME",
-        "HISTCMD",
-        "HISTFILE",
-        "HISTFILESIZE",
-        "HISTSIZE",
-        "EPOCHREALTIME",
-        "EPOCHSECONDS",
-        "SRANDOM",
-        "BASHPID",
-        "BASH",
-        "COMP_WORDBREAKS",
-    ];
-    NAMES.contains(&name) || name.starts_with("BASH_") || name.starts_with("__kiln")
+/// A RETRY's operation on the state, done before loading it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StateOp {
+    None,
+    /// Remember the state as the phase starts.
+    Snapshot,
+    /// Go back to the state remembered when the phase started.
+    Restore,
 }
 
-/// What an item's output stream ends with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ItemEnd {
-    pub exit_code: i64,
-    pub state: ShellState,
+/// One item run: everything the wrapper needs besides the item text.
+#[derive(Debug, Clone)]
+pub struct ItemRun<'a> {
+    pub item: &'a str,
+    pub succeeding: bool,
+    pub carry: Carry,
+    pub op: StateOp,
+    /// The run-as user, `None` for root.
+    pub user: Option<&'a str>,
+    pub marker: &'a str,
 }
 
-/// Splits an item's output into the build's own output and the wrapper's closing state block.
-///
-/// Output is passed through as it arrives, except a short tail that could be the start of the
-/// marker. Once the closing block is complete, [`ItemOutput::end`] returns it and the caller stops
-/// reading (background processes may keep the stream open).
+impl ItemRun<'_> {
+    /// The exec's command line: `SHELL -c WRAPPER script.sh ARGS...`.
+    pub fn command(&self, shell: &str) -> Vec<String> {
+        let load = match self.carry {
+            Carry::Fresh => "initial",
+            Carry::State | Carry::ReadOnly => "state",
+        };
+        let save = match self.carry {
+            Carry::State => "save",
+            Carry::Fresh | Carry::ReadOnly => "nosave",
+        };
+        let op = match self.op {
+            StateOp::None => "none",
+            StateOp::Snapshot => "snapshot",
+            StateOp::Restore => "restore",
+        };
+        [
+            shell,
+            "-c",
+            WRAPPER,
+            SCRIPT_NAME,
+            self.item,
+            if self.succeeding { "1" } else { "0" },
+            load,
+            save,
+            op,
+            self.user.unwrap_or(""),
+            self.marker,
+            STATE_DIR,
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+}
+
+/// Single-quotes a value for a POSIX shell.
+fn quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// The `initial` state file: every variable exported, in order (later ones win).
+pub fn initial_file<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
+    vars.into_iter()
+        .filter(|(name, _)| is_shell_name(name))
+        .map(|(name, value)| format!("export {name}={}\n", quote(value)))
+        .collect()
+}
+
+fn is_shell_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+/// Splits an item's output: stdout is the build's; stderr carries the end marker line (and, before
+/// the wrapper takes over, the shell's own errors, which belong in the log).
 #[derive(Debug)]
 pub struct ItemOutput {
-    open: Vec<u8>,
-    pending: Vec<u8>,
-    block: Option<Vec<u8>>,
-    close: Vec<u8>,
+    marker: Vec<u8>,
+    stderr_line: Vec<u8>,
+    exit_code: Option<i64>,
 }
 
 impl ItemOutput {
     pub fn new(marker: &str) -> ItemOutput {
         ItemOutput {
-            open: format!("\n{marker}\n").into_bytes(),
-            pending: Vec::new(),
-            block: None,
-            close: format!("{marker}\n").into_bytes(),
+            marker: format!("{marker} ").into_bytes(),
+            stderr_line: Vec::new(),
+            exit_code: None,
         }
     }
 
-    /// Feeds a chunk; appends build output that is safe to show to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        if let Some(block) = &mut self.block {
-            block.extend_from_slice(chunk);
-            return;
+    /// Feeds stderr bytes; appends anything that is not the marker to `out`.
+    pub fn push_stderr(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for &b in chunk {
+            self.stderr_line.push(b);
+            if b == b'\n' {
+                self.take_line(out);
+            }
         }
-        self.pending.extend_from_slice(chunk);
-        if let Some(at) = find(&self.pending, &self.open) {
-            out.extend_from_slice(&self.pending[..at]);
-            self.block = Some(self.pending.split_off(at + self.open.len()));
-            self.pending.clear();
-            return;
-        }
-        let keep = self.open.len() - 1;
-        let safe = self.pending.len().saturating_sub(keep);
-        out.extend(self.pending.drain(..safe));
     }
 
-    /// The closing state, once the whole block has arrived.
-    pub fn end(&self) -> Option<ItemEnd> {
-        let block = self.block.as_ref()?;
-        if !block.ends_with(&self.close) {
-            return None;
+    fn take_line(&mut self, out: &mut Vec<u8>) {
+        let line = std::mem::take(&mut self.stderr_line);
+        let code = line
+            .strip_prefix(self.marker.as_slice())
+            .and_then(|rest| std::str::from_utf8(rest).ok())
+            .and_then(|rest| rest.trim().parse().ok());
+        match code {
+            Some(code) if self.exit_code.is_none() => self.exit_code = Some(code),
+            _ => out.extend_from_slice(&line),
         }
-        let body = &block[..block.len() - self.close.len()];
-        let mut fields = body.split(|b| *b == 0);
-        let exit_code = std::str::from_utf8(fields.next()?)
-            .ok()?
-            .trim()
-            .parse()
-            .ok()?;
-        let cwd = String::from_utf8_lossy(fields.next()?).into_owned();
-        let env = fields
-            .filter_map(|entry| {
-                let entry = String::from_utf8_lossy(entry);
-                let (name, value) = entry.split_once('=')?;
-                (!name.is_empty() && !is_shell_internal(name))
-                    .then(|| (name.to_string(), value.to_string()))
-            })
-            .collect();
-        Some(ItemEnd {
-            exit_code,
-            state: ShellState { cwd, env },
-        })
     }
 
-    /// Output held back when the stream ended without a closing block (the shell could not start).
+    /// The item's exit status, once the wrapper reported it.
+    pub fn exit_code(&self) -> Option<i64> {
+        self.exit_code
+    }
+
+    /// The end of the stream: any unterminated stderr line goes to `out`.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        if self.block.is_none() {
-            out.append(&mut self.pending);
+        if !self.stderr_line.is_empty() {
+            self.take_line(out);
         }
     }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    memchr::memmem::find(haystack, needle)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn block(marker: &str, rc: i64, cwd: &str, env: &[&str]) -> Vec<u8> {
-        let mut b = format!("\n{marker}\n{rc}\0{cwd}\0").into_bytes();
-        for e in env {
-            b.extend_from_slice(e.as_bytes());
-            b.push(0);
-        }
-        b.extend_from_slice(format!("{marker}\n").as_bytes());
-        b
-    }
-
     #[test]
-    fn separates_output_from_state_at_any_split() {
-        let marker = "KILN-abc";
-        let mut stream = b"hello\nworld".to_vec();
-        stream.extend(block(
-            marker,
-            3,
-            "/src",
-            &["A=1", "PWD=/src", "__kiln_rc=3", "B=x=y"],
-        ));
+    fn finds_the_marker_on_stderr_at_any_split() {
+        let stream = b"sh: oops\nKILN-abc 3\n";
         for split in 0..stream.len() {
-            let mut p = ItemOutput::new(marker);
+            let mut p = ItemOutput::new("KILN-abc");
             let mut out = Vec::new();
-            p.push(&stream[..split], &mut out);
-            p.push(&stream[split..], &mut out);
-            assert_eq!(out, b"hello\nworld", "split {split}");
-            let end = p.end().expect("end");
-            assert_eq!(end.exit_code, 3);
-            assert_eq!(end.state.cwd, "/src");
-            let env: Vec<_> = end.state.env_list();
-            assert_eq!(env, vec!["A=1", "B=x=y"]);
+            p.push_stderr(&stream[..split], &mut out);
+            p.push_stderr(&stream[split..], &mut out);
+            p.finish(&mut out);
+            assert_eq!(out, b"sh: oops\n", "split {split}");
+            assert_eq!(p.exit_code(), Some(3));
         }
     }
 
     #[test]
-    fn no_end_until_the_block_is_complete() {
-        let marker = "KILN-x";
-        let full = block(marker, 0, "/", &["A=1"]);
-        let mut p = ItemOutput::new(marker);
-        let mut out = Vec::new();
-        p.push(&full[..full.len() - 2], &mut out);
-        assert!(p.end().is_none());
-        p.push(&full[full.len() - 2..], &mut out);
-        assert!(p.end().is_some());
-    }
-
-    #[test]
-    fn stream_without_block_returns_all_output() {
+    fn other_stderr_is_output() {
         let mut p = ItemOutput::new("KILN-x");
         let mut out = Vec::new();
-        p.push(b"exec failed: no such file", &mut out);
+        p.push_stderr(b"OCI runtime exec failed", &mut out);
         p.finish(&mut out);
-        assert_eq!(out, b"exec failed: no such file");
-        assert!(p.end().is_none());
+        assert_eq!(out, b"OCI runtime exec failed");
+        assert_eq!(p.exit_code(), None);
+        let mut q = ItemOutput::new("KILN-x");
+        q.push_stderr(b"KILN-x notanumber\n", &mut out);
+        assert_eq!(q.exit_code(), None);
     }
 
     #[test]
-    fn filters_shell_internals() {
-        assert!(is_shell_internal("BASH_VERSINFO"));
-        assert!(is_shell_internal("SHLVL"));
-        assert!(is_shell_internal("__kiln_n"));
-        assert!(!is_shell_internal("PATH"));
-        assert!(!is_shell_internal("HOME"));
+    fn quoting_round_trips_through_a_shell() {
+        let value = "it's a \"test\" $HOME `x` \\ \n new line";
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("{}printf %s \"$V\"", initial_file([("V", value)])))
+            .output()
+            .expect("sh");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), value);
+    }
+
+    /// Runs items through the wrapper in a local shell with a scratch state directory.
+    struct LocalShell {
+        shell: &'static str,
+        dir: tempfile::TempDir,
+    }
+
+    impl LocalShell {
+        fn new(shell: &'static str) -> LocalShell {
+            let dir = tempfile::tempdir().expect("tmp");
+            let initial = initial_file([
+                ("CODEBUILD_SRC_DIR", "/"),
+                ("GIVEN", "given value"),
+                ("HOME", "/root"),
+            ]);
+            std::fs::write(dir.path().join("initial"), initial).expect("initial");
+            LocalShell { shell, dir }
+        }
+
+        /// Runs `item`; returns (output, exit code reported on fd 3).
+        fn run(&self, item: &str, carry: Carry, op: StateOp) -> (String, Option<i64>) {
+            let run = ItemRun {
+                item,
+                succeeding: true,
+                carry,
+                op,
+                user: None,
+                marker: "KILN-T",
+            };
+            let mut cmd = run.command(self.shell);
+            let last = cmd.len() - 1;
+            cmd[last] = self.dir.path().display().to_string();
+            let out = std::process::Command::new(&cmd[0])
+                .args(&cmd[1..])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .expect("shell runs");
+            let mut parser = ItemOutput::new("KILN-T");
+            let mut shown = out.stdout.clone();
+            parser.push_stderr(&out.stderr, &mut shown);
+            parser.finish(&mut shown);
+            (
+                String::from_utf8_lossy(&shown).into_owned(),
+                parser.exit_code(),
+            )
+        }
+
+        fn item(&self, item: &str) -> (String, Option<i64>) {
+            self.run(item, Carry::State, StateOp::None)
+        }
+    }
+
+    const SHELLS: [&str; 2] = ["/bin/sh", "bash"];
+
+    #[test]
+    fn variables_and_directory_carry_over() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            assert_eq!(
+                sh.item("cd /tmp; PLAIN='a b'; export EXP=\"x'y\"").1,
+                Some(0)
+            );
+            let (out, code) = sh
+                .item("echo \"$(pwd)|$PLAIN|$EXP|$GIVEN\"; sh -c 'echo child:${PLAIN:-none}:$EXP'");
+            assert_eq!(code, Some(0));
+            assert_eq!(out, "/tmp|a b|x'y|given value\nchild:none:x'y\n", "{shell}");
+        }
+    }
+
+    #[test]
+    fn unset_exit_and_user_traps_carry_over() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            sh.item("unset GIVEN; A=1");
+            assert_eq!(sh.item("B=2; exit 3; B=4").1, Some(3));
+            let (out, _) = sh.item("trap 'echo trapped' EXIT; C=3");
+            assert_eq!(out, "trapped\n", "{shell}");
+            let (out, _) = sh.item("echo \"${GIVEN-unset} $A $B $C\"");
+            assert_eq!(out, "unset 1 2 3\n", "{shell}");
+        }
+    }
+
+    #[test]
+    fn redirections_and_xtrace_do_not_touch_the_state() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            let file = sh.dir.path().join("out.log");
+            let (_, code) = sh.item(&format!(
+                "exec > {} 2>&1; echo to-file; R=1",
+                file.display()
+            ));
+            assert_eq!(code, Some(0));
+            assert_eq!(std::fs::read_to_string(&file).expect("file"), "to-file\n");
+            let (out, code) = sh.item("set -x; X=1");
+            assert_eq!(code, Some(0));
+            assert!(
+                !out.contains("__kiln_dump") && !out.contains("__kiln_quote"),
+                "{shell}: {out}"
+            );
+            let (out, _) = sh.item("echo \"$R $X\"; case $- in *x*) echo traced;; esac");
+            assert_eq!(out, "1 1\n", "{shell}");
+        }
+    }
+
+    #[test]
+    fn big_and_strange_values_carry_over() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            sh.item("BIG=$(head -c 200000 /dev/zero | tr '\\0' a); W=\"a'b\\\"c\\\\d $(printf 'x\\ny')\"");
+            let (out, _) = sh.item("printf '%s|%s|%s' \"${#BIG}\" \"$W\" \"$GIVEN\"");
+            assert_eq!(out, "200000|a'b\"c\\d x\ny|given value", "{shell}");
+        }
+    }
+
+    #[test]
+    fn missing_directory_falls_back_to_the_source_dir() {
+        let sh = LocalShell::new("/bin/sh");
+        let gone = sh.dir.path().join("gone");
+        sh.item(&format!("mkdir {0} && cd {0} && rmdir {0}", gone.display()));
+        let (out, code) = sh.item("pwd");
+        assert_eq!(code, Some(0));
+        assert!(
+            out.contains("no longer exists") && out.ends_with("\n/\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn fresh_and_read_only_runs_leave_the_state_alone() {
+        let sh = LocalShell::new("/bin/sh");
+        sh.item("A=1");
+        sh.run("A=2", Carry::ReadOnly, StateOp::None);
+        let (out, _) = sh.run("echo ${A-unset}", Carry::Fresh, StateOp::None);
+        assert_eq!(out, "unset\n");
+        assert_eq!(sh.item("echo $A").0, "1\n");
+    }
+
+    #[test]
+    fn snapshot_and_restore() {
+        let sh = LocalShell::new("/bin/sh");
+        sh.item("A=before");
+        sh.run("A=during", Carry::State, StateOp::Snapshot);
+        assert_eq!(sh.item("echo $A").0, "during\n");
+        assert_eq!(
+            sh.run("echo $A", Carry::State, StateOp::Restore).0,
+            "before\n"
+        );
+    }
+
+    #[test]
+    fn initial_file_skips_names_a_shell_cannot_set() {
+        let file = initial_file([("A_1", "x"), ("1A", "y"), ("a.b", "z"), ("", "e")]);
+        assert_eq!(file, "export A_1='x'\n");
+    }
+
+    #[test]
+    fn command_line_carries_the_run() {
+        let run = ItemRun {
+            item: "echo hi",
+            succeeding: false,
+            carry: Carry::Fresh,
+            op: StateOp::Snapshot,
+            user: Some("codebuild-user"),
+            marker: "M",
+        };
+        let cmd = run.command("bash");
+        assert_eq!(&cmd[..2], ["bash", "-c"]);
+        assert_eq!(
+            &cmd[3..],
+            [
+                SCRIPT_NAME,
+                "echo hi",
+                "0",
+                "initial",
+                "nosave",
+                "snapshot",
+                "codebuild-user",
+                "M",
+                STATE_DIR
+            ]
+        );
     }
 }

@@ -38,11 +38,22 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Streams `dir` as a tar whose entries sit under `SRC_DIR` (relative to `/`). Symlinks are
-/// archived as links, never followed, so nothing outside `dir` is read. The returned task yields the
-/// archiving error, if any (the stream then ends early and the upload fails).
+/// A file or directory Kiln adds to the archive besides the source (the build's state files).
+#[derive(Debug, Clone)]
+pub struct ExtraEntry {
+    /// Relative to `/`.
+    pub path: String,
+    pub mode: u32,
+    /// `None`: a directory.
+    pub contents: Option<Vec<u8>>,
+}
+
+/// Streams `dir` as a tar whose entries sit under `SRC_DIR` (relative to `/`), then `extra`.
+/// Symlinks are archived as links, never followed, so nothing outside `dir` is read. The returned
+/// task yields the archiving error, if any (the stream then ends early and the upload fails).
 pub fn archive_dir(
     dir: &Path,
+    extra: Vec<ExtraEntry>,
 ) -> (
     impl Stream<Item = Bytes> + Send + 'static,
     tokio::task::JoinHandle<io::Result<()>>,
@@ -67,6 +78,22 @@ pub fn archive_dir(
             builder.append_data(&mut header, &prefix, io::empty())?;
         }
         builder.append_dir_all(&prefix, &dir)?;
+        for entry in extra {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(entry.mode);
+            match &entry.contents {
+                None => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_size(0);
+                    builder.append_data(&mut header, &entry.path, io::empty())?;
+                }
+                Some(bytes) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_size(bytes.len() as u64);
+                    builder.append_data(&mut header, &entry.path, bytes.as_slice())?;
+                }
+            }
+        }
         let mut writer = builder.into_inner()?;
         writer.flush()
     });

@@ -23,14 +23,15 @@ phases:
     commands:
       - echo "cwd=$(pwd) plain=$PLAIN exported=$EXPORTED"
       - printf '%s\n' "$MULTI" | wc -l
-      - sh -c 'echo child sees plain=$PLAIN'
+      - sh -c 'echo child sees plain=${PLAIN:-unexported} exported=$EXPORTED'
 "#)
     .await;
     assert_eq!(ran.status(), Succeeded, "{}", ran.log);
     ran.assert_log("pwd\n/codebuild/output/src1/src\n");
     ran.assert_log("cwd=/tmp/work plain=plain-value exported=exported-value");
     ran.assert_log("wc -l\n2\n");
-    ran.assert_log("child sees plain=plain-value");
+    // Plain assignments stay shell variables, as in the item that made them.
+    ran.assert_log("child sees plain=unexported exported=exported-value");
 }
 
 #[tokio::test]
@@ -219,4 +220,64 @@ async fn items_run_as_root_even_when_the_image_sets_user() {
     .await;
     assert_eq!(ran.status(), Succeeded, "{}", ran.log);
     ran.assert_log("whoami\nroot\n");
+}
+
+#[tokio::test]
+async fn state_survives_big_values_traps_redirections_xtrace_and_background_output() {
+    let ran = run(r#"version: 0.2
+env:
+  shell: bash
+  variables:
+    KEEP: kept
+phases:
+  build:
+    commands:
+      - BIG=$(head -c 140000 /dev/zero | tr '\0' a); cd /tmp
+      - echo "big=${#BIG} keep=$KEEP src=$CODEBUILD_SRC_DIR cwd=$(pwd)"
+      - trap 'echo user-trap-ran' EXIT; TRAPPED=yes
+      - exec > /tmp/redirected.log 2>&1; echo into-file; REDIRECTED=yes
+      - set -x; TRACED=yes
+      - (for i in $(seq 1 20000); do echo tick; done) & BACKGROUND=yes
+      - wait; unset LANG; export -n KEEP
+      - echo "trapped=$TRAPPED redirected=$REDIRECTED traced=$TRACED background=$BACKGROUND lang=${LANG-unset}"
+      - sh -c 'echo child keep=${KEEP-unexported}'; cat /tmp/redirected.log
+"#)
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("big=140000 keep=kept src=/codebuild/output/src1/src cwd=/tmp\n");
+    ran.assert_log("user-trap-ran\n");
+    ran.assert_log("trapped=yes redirected=yes traced=yes background=yes lang=unset\n");
+    ran.assert_log("child keep=unexported\ninto-file\n");
+    assert!(
+        !ran.log.contains("KILN-END"),
+        "the marker stays out of the log"
+    );
+    assert!(
+        !ran.log.contains("__kiln_dump"),
+        "the wrapper is not traced"
+    );
+}
+
+#[tokio::test]
+async fn a_deleted_working_directory_does_not_break_later_items() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir -p /tmp/gone && cd /tmp/gone\n      - rm -rf /tmp/gone\n      - pwd\n  post_build:\n    commands:\n      - echo post-ran\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log(
+        "no longer exists; running in /codebuild/output/src1/src\n/codebuild/output/src1/src\n",
+    );
+    ran.assert_log("\npost-ran\n");
+}
+
+#[tokio::test]
+async fn output_without_a_final_newline_does_not_run_into_the_next_line() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - printf 'no newline'\n      - echo after\n").await;
+    ran.assert_log("no newline\n[Container] ");
+}
+
+#[tokio::test]
+async fn cache_and_reports_are_logged_and_never_fail_the_build() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\nreports:\n  unit:\n    files:\n      - 'reports/*.xml'\ncache:\n  paths:\n    - /root/.m2/**/*\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("Cache not restored: no cache store is configured");
+    ran.assert_log("Report group unit: test reports are not uploaded");
 }

@@ -508,7 +508,12 @@ impl<'f> Checker<'f> {
                     // rebuild it from a one-entry mapping.
                     let hint = match entries.as_slice() {
                         [e] => match e.value.scalar() {
-                            Some(v) => format!(": write it as - \"{}: {}\"", e.key, v),
+                            Some(v) => {
+                                format!(
+                                    ": write it as - {}",
+                                    yaml_quote(&format!("{}: {v}", e.key))
+                                )
+                            }
                             None => String::new(),
                         },
                         _ => String::new(),
@@ -610,4 +615,14 @@ fn regex_error(e: &regex::Error) -> String {
             || text.split_whitespace().collect::<Vec<_>>().join(" "),
             str::to_string,
         )
+}
+
+/// `text` as a YAML flow scalar: double-quoted when nothing in it needs escaping there,
+/// single-quoted (with `'` doubled) otherwise.
+fn yaml_quote(text: &str) -> String {
+    if text.contains(['"', '\\']) {
+        format!("'{}'", text.replace('\'', "''"))
+    } else {
+        format!("\"{text}\"")
+    }
 }

@@ -1162,3 +1162,22 @@ fn parse_file_reads_and_reports_io_errors() {
     assert_eq!(e.0[0].file, present.display().to_string());
     assert_eq!((e.0[0].line, e.0[0].col), (3, 3));
 }
+
+#[test]
+fn the_quoting_hint_is_valid_yaml() {
+    let err = parse(
+        "b.yml",
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - echo \"key: it's\"\n",
+    )
+    .expect_err("mapping command");
+    let message = err.0[0].to_string();
+    let hint = message.split("write it as - ").nth(1).expect("hint");
+    assert_eq!(hint, "'echo \"key: it''s\"'");
+    let fixed = format!("version: 0.2\nphases:\n  build:\n    commands:\n      - {hint}\n");
+    let parsed = parse("b.yml", &fixed).expect("the hint parses");
+    let build = parsed
+        .buildspec
+        .phase(crate::CommandPhase::Build)
+        .expect("build");
+    assert_eq!(build.commands[0].text, "echo \"key: it's\"");
+}

@@ -56,8 +56,18 @@ fn is_not_found(e: &bollard::errors::Error) -> bool {
     )
 }
 
-/// A stream of an exec's output (stdout and stderr as Docker sends them).
-pub type ExecOutput = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
+/// A stream of bytes from the daemon (a tar archive).
+pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, EngineError>> + Send>>;
+
+/// One piece of an exec's output.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecChunk {
+    Stdout(Bytes),
+    Stderr(Bytes),
+}
+
+/// An exec's output, stdout and stderr apart, in the order Docker sends them.
+pub type ExecOutput = Pin<Box<dyn Stream<Item = Result<ExecChunk, EngineError>> + Send>>;
 
 /// The user items run as without `run-as`: root by uid, whatever `USER` the image sets.
 pub const ROOT: &str = "0";
@@ -95,10 +105,14 @@ impl Engine {
         })
     }
 
-    /// Uses the image when present locally, pulls it otherwise.
-    pub async fn ensure_image(&self, image: &str) -> Result<(), EngineError> {
+    /// Uses the image when present locally, pulls it otherwise. Returns the image's environment
+    /// (`NAME=value`), which the build starts from.
+    pub async fn ensure_image(&self, image: &str) -> Result<Vec<String>, EngineError> {
+        let image_env = |inspect: bollard::models::ImageInspect| {
+            inspect.config.and_then(|c| c.env).unwrap_or_default()
+        };
         match self.docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(inspect) => return Ok(image_env(inspect)),
             Err(e) if is_not_found(&e) => {}
             Err(e) => return Err(docker_err("image inspect")(e)),
         }
@@ -113,7 +127,7 @@ impl Engine {
             .await;
         let reason = match pulled {
             Ok(_) => match self.docker.inspect_image(image).await {
-                Ok(_) => return Ok(()),
+                Ok(inspect) => return Ok(image_env(inspect)),
                 Err(e) => e.to_string(),
             },
             Err(bollard::errors::Error::DockerResponseServerError { message, .. }) => message,
@@ -126,14 +140,14 @@ impl Engine {
     }
 
     /// Makes the image available (see [`Engine::ensure_image`]) while the build's network is
-    /// created, then creates and starts the container. On error, what was made is left for
-    /// [`Engine::teardown`].
+    /// created, then creates and starts the container; returns the image's environment. On error,
+    /// what was made is left for [`Engine::teardown`].
     pub async fn provision(
         &self,
         resources: &BuildResources,
         image: &str,
         limits: Limits,
-    ) -> Result<(), EngineError> {
+    ) -> Result<Vec<String>, EngineError> {
         let network = async {
             self.docker
                 .create_network(resources.network_request())
@@ -141,7 +155,7 @@ impl Engine {
                 .map_err(docker_err("network create"))
         };
         let (image_ready, network_ready) = tokio::join!(self.ensure_image(image), network);
-        image_ready?;
+        let image_env = image_ready?;
         network_ready?;
         let options = bollard::query_parameters::CreateContainerOptions {
             name: Some(resources.container.clone()),
@@ -158,7 +172,8 @@ impl Engine {
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await
-            .map_err(docker_err("container start"))
+            .map_err(docker_err("container start"))?;
+        Ok(image_env)
     }
 
     /// Extracts a tar stream at `path` (which must exist) in the container.
@@ -179,7 +194,7 @@ impl Engine {
     }
 
     /// A tar stream of `path` in the container (its last component is the archive's top entry).
-    pub fn download(&self, container: &str, path: &str) -> ExecOutput {
+    pub fn download(&self, container: &str, path: &str) -> ByteStream {
         let options = DownloadFromContainerOptions {
             path: path.to_string(),
         };
@@ -221,10 +236,11 @@ impl Engine {
             return Ok((created.id, Box::pin(futures_util::stream::empty())));
         };
         let output = output.map(|item| match item {
-            Ok(LogOutput::StdOut { message })
-            | Ok(LogOutput::StdErr { message })
-            | Ok(LogOutput::Console { message }) => Ok(message),
-            Ok(LogOutput::StdIn { .. }) => Ok(Bytes::new()),
+            Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
+                Ok(ExecChunk::Stdout(message))
+            }
+            Ok(LogOutput::StdErr { message }) => Ok(ExecChunk::Stderr(message)),
+            Ok(LogOutput::StdIn { message }) => Ok(ExecChunk::Stdout(message)),
             Err(e) => Err(docker_err("exec output")(e)),
         });
         Ok((created.id, Box::pin(output)))
@@ -273,8 +289,14 @@ impl Engine {
             user: Some(ROOT.to_string()),
         };
         let (_, output) = self.exec(container, spec).await?;
-        let text: Vec<Bytes> = output.try_collect().await?;
-        let text = String::from_utf8_lossy(&text.concat()).into_owned();
+        let chunks: Vec<ExecChunk> = output.try_collect().await?;
+        let text: String = chunks
+            .iter()
+            .filter_map(|c| match c {
+                ExecChunk::Stdout(b) => Some(String::from_utf8_lossy(b).into_owned()),
+                ExecChunk::Stderr(_) => None,
+            })
+            .collect();
         Ok(text
             .lines()
             .filter_map(|l| l.strip_prefix("oom_kill "))
