@@ -6,6 +6,7 @@ pub mod artifacts;
 pub mod diagnostic;
 pub mod glob;
 pub mod model;
+pub mod names;
 pub mod parse;
 pub mod routing;
 

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use kiln_buildspec::names::{is_shell_name, RESERVED_PREFIX};
+
 /// `90s`, `20m`, `2h`, `1h30m`: a positive duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad =
@@ -57,18 +59,14 @@ pub fn parse_variable(text: &str) -> Result<(String, String), String> {
     let (name, value) = text
         .split_once('=')
         .ok_or_else(|| format!("invalid variable {text:?}: expected NAME=VALUE"))?;
-    let valid = name
-        .chars()
-        .enumerate()
-        .all(|(i, c)| c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit()));
-    if name.is_empty() || !valid {
+    if !is_shell_name(name) {
         return Err(format!(
             "invalid variable name {name:?}: use letters, digits and _ (not starting with a digit)"
         ));
     }
-    if name.starts_with("CODEBUILD_") {
+    if name.starts_with(RESERVED_PREFIX) {
         return Err(format!(
-            "variable {name}: names starting with CODEBUILD_ are reserved for Kiln"
+            "variable {name}: names starting with {RESERVED_PREFIX} are reserved for Kiln"
         ));
     }
     Ok((name.to_string(), value.to_string()))

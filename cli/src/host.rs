@@ -27,9 +27,10 @@ pub fn owner() -> String {
     process_owner(&hostname(), std::process::id(), &ticks)
 }
 
-/// Whether the process that created an object is still running.
+/// Whether the process that created an object is still running. An owner whose start time was
+/// unknown is taken as alive: removing a running build would be far worse than leaving one.
 pub fn is_alive(pid: u32, ticks: &str) -> bool {
-    start_ticks(&pid.to_string()).is_some_and(|t| t == ticks)
+    ticks.is_empty() || start_ticks(&pid.to_string()).is_some_and(|t| t == ticks)
 }
 
 /// The next build number of a project for `kiln run`, kept in the user's state directory.
@@ -71,5 +72,6 @@ mod tests {
             kiln_worker::docker::convert::parse_owner(&owner).expect("owner parses");
         assert!(is_alive(pid, ticks));
         assert!(!is_alive(pid, "0"));
+        assert!(is_alive(pid, ""), "unknown start time: never reaped");
     }
 }

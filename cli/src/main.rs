@@ -1,5 +1,6 @@
 //! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs.
-//! Exit status: 0 success, 1 a build that did not succeed, 2 invalid input (nothing ran).
+//! Exit status: 0 success; 1 a build that did not succeed, or Docker that could not be reached;
+//! 2 invalid input (nothing ran); 130 a second Ctrl-C (exit at once).
 
 mod args;
 mod host;
@@ -11,7 +12,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-#[derive(Debug, Parser)]
+// No `Debug`: the arguments hold secret values (`--secret`).
+#[derive(Parser)]
 #[command(
     name = "kiln",
     version,
@@ -22,7 +24,7 @@ struct Cli {
     command: Command,
 }
 
-#[derive(Debug, clap::Subcommand)]
+#[derive(clap::Subcommand)]
 enum Command {
     /// Run the buildspec of a checkout locally in Docker, as CodeBuild would
     Run(Box<run::RunArgs>),

@@ -19,7 +19,7 @@ use crate::terminal::TerminalSink;
 /// The image `kiln run` uses without `-i`; `deploy/build-image.sh` builds it without a registry.
 pub const DEFAULT_IMAGE: &str = "kiln/build-image:bookworm";
 
-#[derive(Debug, clap::Args)]
+#[derive(clap::Args)]
 pub struct RunArgs {
     /// The checkout to build (copied into the container; never written to)
     #[arg(default_value = ".")]

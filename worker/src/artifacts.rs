@@ -129,7 +129,7 @@ fn collect_from_tar(
     target: &ArtifactTarget,
 ) -> Result<Collected, ArtifactError> {
     spool.rewind()?;
-    let entries = list_entries(&mut spool)?;
+    let (entries, hard_links) = list_entries(&mut spool)?;
     let definitions =
         std::iter::once((None, spec)).chain(spec.secondary.iter().map(|(id, a)| (Some(id), a)));
     let mut plans = Vec::new();
@@ -156,7 +156,8 @@ fn collect_from_tar(
     for (p, plan) in plans.iter().enumerate() {
         for (f, file) in plan.selection.files.iter().enumerate() {
             if file.symlink.is_none() {
-                wanted.entry(file.source.clone()).or_default().push((p, f));
+                let holder = hard_links.get(&file.source).unwrap_or(&file.source);
+                wanted.entry(holder.clone()).or_default().push((p, f));
             }
         }
     }
@@ -205,9 +206,13 @@ fn tree_path(path: &Path) -> Option<String> {
     normalize(rest)
 }
 
-fn list_entries(spool: &mut File) -> Result<Vec<Entry>, ArtifactError> {
+/// The source tree as the archive lists it, and its hard links (a second name for a file earlier
+/// in the archive, which the archive does not repeat): link path to the path holding the bytes.
+fn list_entries(spool: &mut File) -> Result<(Vec<Entry>, HashMap<String, String>), ArtifactError> {
     let mut archive = tar::Archive::new(spool);
     let mut entries = Vec::new();
+    let mut files: HashMap<String, EntryKind> = HashMap::new();
+    let mut hard_links = HashMap::new();
     for entry in archive.entries()? {
         let entry = entry?;
         let Some(path) = tree_path(&entry.path()?) else {
@@ -215,10 +220,14 @@ fn list_entries(spool: &mut File) -> Result<Vec<Entry>, ArtifactError> {
         };
         let header = entry.header();
         let kind = match header.entry_type() {
-            tar::EntryType::Regular | tar::EntryType::Continuous => EntryKind::File {
-                size: header.size()?,
-                mode: header.mode()?,
-            },
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let kind = EntryKind::File {
+                    size: header.size()?,
+                    mode: header.mode()?,
+                };
+                files.insert(path.clone(), kind.clone());
+                kind
+            }
             tar::EntryType::Directory => EntryKind::Dir,
             tar::EntryType::Symlink => EntryKind::Symlink {
                 target: entry
@@ -226,12 +235,22 @@ fn list_entries(spool: &mut File) -> Result<Vec<Entry>, ArtifactError> {
                     .map(|l| l.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             },
-            // Hard links, devices, fifos: never artifact content.
+            tar::EntryType::Link => {
+                let target = entry.link_name()?.and_then(|l| tree_path(&l));
+                match target.and_then(|t| files.get(&t).cloned().map(|kind| (t, kind))) {
+                    Some((target, kind)) => {
+                        hard_links.insert(path.clone(), target);
+                        kind
+                    }
+                    None => continue,
+                }
+            }
+            // Devices and fifos are never artifact content.
             _ => continue,
         };
         entries.push(Entry { path, kind });
     }
-    Ok(entries)
+    Ok((entries, hard_links))
 }
 
 /// Streams one archive entry to every artifact that wants it; returns its sha256. An entry wanted

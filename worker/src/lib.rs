@@ -1,6 +1,8 @@
 //! Kiln's build engine: runs one buildspec in a Docker container the way AWS CodeBuild does.
-//! `docker` is the container lifecycle, `phases` the phase runner, `shell` how one command item
-//! runs, `mask` secret masking, `artifacts` artifact collection.
+//! `job` is what to build; `phases` the phase runner; `shell` how one command item runs and
+//! carries its state; `docker` the container lifecycle; `source` the checkout going in;
+//! `artifacts` what comes out; `secrets` the local secret store; `mask` and `log` the masked
+//! build log; `record` the CodeBuild-shaped build record.
 
 pub mod artifacts;
 pub mod docker;

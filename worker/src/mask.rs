@@ -10,17 +10,43 @@ use aho_corasick::{AhoCorasick, MatchKind};
 pub const MASK: &[u8] = b"***";
 
 /// Masks a byte stream. Feed chunks with [`Masker::push`], then [`Masker::flush`] at a boundary
-/// where no secret can continue (the end of a command's output).
-#[derive(Debug)]
+/// where no secret can continue (the end of a command's output). Its `Debug` shows no secret.
 pub struct Masker {
     matcher: Option<AhoCorasick>,
     longest: usize,
     pending: Vec<u8>,
 }
 
+impl std::fmt::Debug for Masker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Masker")
+            .field(
+                "secrets",
+                &self.matcher.as_ref().map_or(0, |m| m.patterns_len()),
+            )
+            .field("pending_bytes", &self.pending.len())
+            .finish()
+    }
+}
+
+/// The secrets could not be turned into a matcher (far too many or too large); the build must
+/// not go on unmasked.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot prepare secret masking: {0}")]
+pub struct MaskError(#[from] aho_corasick::BuildError);
+
 impl Masker {
+    /// A masker that masks nothing (before any secret is known).
+    pub fn none() -> Masker {
+        Masker {
+            matcher: None,
+            longest: 0,
+            pending: Vec::new(),
+        }
+    }
+
     /// A masker for these secret values. Empty values are ignored (they would mask everything).
-    pub fn new<I, S>(secrets: I) -> Masker
+    pub fn new<I, S>(secrets: I) -> Result<Masker, MaskError>
     where
         I: IntoIterator<Item = S>,
         S: AsRef<[u8]>,
@@ -34,16 +60,17 @@ impl Masker {
         let matcher = if values.is_empty() {
             None
         } else {
-            AhoCorasick::builder()
-                .match_kind(MatchKind::LeftmostLongest)
-                .build(&values)
-                .ok()
+            Some(
+                AhoCorasick::builder()
+                    .match_kind(MatchKind::LeftmostLongest)
+                    .build(&values)?,
+            )
         };
-        Masker {
+        Ok(Masker {
             matcher,
             longest,
             pending: Vec::new(),
-        }
+        })
     }
 
     /// Adds a chunk; appends to `out` every byte that is now safe to show.
@@ -102,7 +129,7 @@ mod tests {
     use super::*;
 
     fn run(secrets: &[&str], chunks: &[&str]) -> String {
-        let mut m = Masker::new(secrets);
+        let mut m = Masker::new(secrets).expect("masker");
         let mut out = Vec::new();
         for c in chunks {
             m.push(c.as_bytes(), &mut out);
@@ -142,7 +169,7 @@ mod tests {
 
     #[test]
     fn holds_back_only_a_short_tail() {
-        let mut m = Masker::new(["secret"]);
+        let mut m = Masker::new(["secret"]).expect("masker");
         let mut out = Vec::new();
         m.push(b"hello world", &mut out);
         assert_eq!(out, b"hello ");
@@ -158,7 +185,8 @@ mod tests {
 
     #[test]
     fn mask_str_masks() {
-        let m = Masker::new(["tok"]);
+        let m = Masker::new(["tok"]).expect("masker");
         assert_eq!(m.mask_str("a tok b"), "a *** b");
+        assert!(!format!("{m:?}").contains("tok"));
     }
 }

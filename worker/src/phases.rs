@@ -39,25 +39,24 @@ pub async fn run_build(
     let uuid = Uuid::new_v4().to_string();
     let build_id = format!("{}:{uuid}", job.project);
     let resources = BuildResources::new(&build_id, &uuid, &job.project, owner);
-    let (container, network) = (resources.container.clone(), resources.network.clone());
-    let fallback = initial_record(&job, &build_id);
+    let record = initial_record(&job, &build_id);
     let build = Build::new(
         engine.clone(),
         job,
         sink,
         cancel,
-        resources,
-        build_id,
+        resources.clone(),
+        record.clone(),
         &uuid,
     );
     // A separate task, so a panic in the runner still reaches the teardown below.
     let outcome = tokio::spawn(build.run()).await;
-    if let Err(e) = engine.teardown(&container, &network).await {
-        tracing::warn!(error = %e, container, "teardown after the build failed");
+    if let Err(e) = engine.teardown(&resources).await {
+        tracing::warn!(error = %e, build_id = resources.build_id, "teardown after the build failed");
     }
     outcome.unwrap_or_else(|panic| {
         tracing::error!(error = %panic, "the phase runner panicked");
-        let mut record = fallback;
+        let mut record = record;
         record.build_status = Status::Fault;
         record.current_phase = PhaseType::Completed;
         record.build_complete = true;
@@ -115,6 +114,8 @@ struct Build {
     succeeding: bool,
     /// What the next 0.2 item does to the carried state first (RETRY snapshots).
     state_op: StateOp,
+    /// The container's OOM kill count when last read.
+    oom_kills_seen: u64,
     marker: String,
     secret_vars: BTreeSet<String>,
     cancel: CancellationToken,
@@ -243,21 +244,21 @@ impl Build {
         sink: Box<dyn LogSink>,
         cancel: CancellationToken,
         resources: BuildResources,
-        build_id: String,
+        record: BuildRecord,
         uuid: &str,
     ) -> Build {
-        let record = initial_record(&job, &build_id);
-        let initial = initial_vars(&job, &build_id, uuid, record.start_time);
+        let initial = initial_vars(&job, &record.id, uuid, record.start_time);
         let deadline = Instant::now() + job.timeout;
         Build {
             engine,
-            log: BuildLog::new(Masker::new::<_, &str>([]), sink),
+            log: BuildLog::new(Masker::none(), sink),
             record,
             resources,
             initial,
             image_env: Vec::new(),
             succeeding: true,
             state_op: StateOp::None,
+            oom_kills_seen: 0,
             marker: format!("KILN-END-{}", Uuid::new_v4().simple()),
             secret_vars: BTreeSet::new(),
             cancel,
@@ -284,22 +285,23 @@ impl Build {
                 };
             }
             let outcome = self.run_phase(phase).await;
-            let status_text = outcome.status.as_str();
-            self.log.agent(&format!(
-                "Phase complete: {} State: {status_text}",
-                phase.as_str()
-            ));
             let (code, message) = outcome
                 .context
                 .as_ref()
                 .map(|c| (c.status_code.as_str(), c.message.as_str()))
                 .unwrap_or(("", ""));
+            // Taken before the closing lines, so a RETRY regex sees only what the phase printed.
+            let failure_message = format!("{message}\n{}", self.log.phase_tail());
+            self.log.agent(&format!(
+                "Phase complete: {} State: {}",
+                phase.as_str(),
+                outcome.status.as_str()
+            ));
             self.log.agent(&format!(
                 "Phase context status code: {code} Message: {message}"
             ));
             let on_failure = self.on_failure(phase).cloned();
             let on_failure = on_failure.as_ref();
-            let failure_message = format!("{message}\n{}", self.log.phase_tail());
             let next = route(phase, outcome.status, on_failure, retries, &failure_message);
             let context = outcome.context.map(|c| PhaseContext {
                 message: self.log.mask(&c.message),
@@ -327,7 +329,13 @@ impl Build {
                         && next.command_phase().is_none()
                         && !interrupted
                     {
-                        self.capture_exported_variables().await;
+                        let (cancel, deadline) = (self.cancel.clone(), self.deadline);
+                        let captured =
+                            guarded(self.capture_exported_variables(), cancel, deadline).await;
+                        if captured.is_err() {
+                            self.log
+                                .agent("Exported variables not recorded: the build ended first");
+                        }
                     }
                     retries = 0;
                     phase = next;
@@ -433,8 +441,10 @@ impl Build {
             Ok(resolved) => resolved,
             Err(e) => return Outcome::with(Status::Failed, "CLIENT_ERROR", e.to_string()),
         };
-        self.log
-            .set_masker(Masker::new(resolved.iter().map(|s| s.value.as_str())));
+        match Masker::new(resolved.iter().map(|s| s.value.as_str())) {
+            Ok(masker) => self.log.set_masker(masker),
+            Err(e) => return Outcome::with(Status::Fault, "INTERNAL_ERROR", e.to_string()),
+        }
         // Secrets sit with the buildspec's variables: the project and the client override them.
         let overridden: BTreeSet<&String> = self
             .job
@@ -476,9 +486,12 @@ impl Build {
             .engine
             .upload(&self.resources.container, "/", tar)
             .await;
-        match archiver.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
+        match (archiver.await, uploaded) {
+            // The daemon stopped reading (the upload failed): Kiln's fault, not the source's.
+            (Ok(Err(e)), Err(upload)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                return Outcome::fault(&upload)
+            }
+            (Ok(Err(e)), _) => {
                 return Outcome::with(
                     Status::Failed,
                     "CLIENT_ERROR",
@@ -488,10 +501,9 @@ impl Build {
                     ),
                 )
             }
-            Err(e) => return Outcome::with(Status::Fault, "INTERNAL_ERROR", e.to_string()),
-        }
-        if let Err(e) = uploaded {
-            return Outcome::fault(&e);
+            (Err(e), _) => return Outcome::with(Status::Fault, "INTERNAL_ERROR", e.to_string()),
+            (Ok(Ok(())), Err(e)) => return Outcome::fault(&e),
+            (Ok(Ok(())), Ok(())) => {}
         }
         if self.job.buildspec.cache.is_some() {
             // Semantics §6: a cache that cannot be used is logged and never fails the build.
@@ -545,13 +557,18 @@ impl Build {
         failure.unwrap_or_else(Outcome::ok)
     }
 
-    /// `exit status N`, with the out-of-memory kill named when that is what happened.
-    async fn exit_reason(&self, code: i64) -> String {
-        let oom = match code {
-            137 => self.engine.oom_kills(&self.resources.container).await,
-            _ => Ok(0),
+    /// `exit status N`, with the out-of-memory kill named when that is what happened: the
+    /// container's OOM kill count went up since it was last looked at.
+    async fn exit_reason(&mut self, code: i64) -> String {
+        let kills = match code {
+            137 => self.engine.oom_kills(&self.resources.container).await.ok(),
+            _ => None,
         };
-        if oom.is_ok_and(|kills| kills > 0) {
+        let new_kill = kills.is_some_and(|k| k > self.oom_kills_seen);
+        if let Some(k) = kills {
+            self.oom_kills_seen = k;
+        }
+        if new_kill {
             return format!(
                 "exit status {code} (out of memory: the build container is limited to {} MiB)",
                 self.job.limits.memory_bytes >> 20
@@ -601,50 +618,55 @@ impl Build {
             .program();
         let spec = ExecSpec {
             cmd: run.command(shell),
-            env: Vec::new(),
             working_dir: "/".to_string(),
-            user: Some(user.unwrap_or(ROOT).to_string()),
+            user: user.unwrap_or(ROOT).to_string(),
         };
         let (exec_id, mut output) = self.engine.exec(&self.resources.container, spec).await?;
         let mut parser = ItemOutput::new(&self.marker);
         let mut shown = Vec::new();
-        let mut drain_until = None;
+        let mut notices = Vec::new();
+        let mut docker_exit = None;
+        // Set once the item is over (the wrapper reported, or Docker says the process ended):
+        // background processes may hold the stream open, so only output that follows closely
+        // (a user's EXIT trap, the last of a burst) still belongs to the item.
+        let mut drain: Option<Drain> = None;
+        let mut poll = tokio::time::interval(EXEC_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        poll.tick().await;
         loop {
-            let next = match drain_until {
-                // The item is done; background processes may hold the stream open, so only what
-                // follows at once (a user's EXIT trap, say) still belongs to it.
-                Some(deadline) => match tokio::time::timeout_at(deadline, output.next()).await {
-                    Ok(next) => next,
-                    Err(_) => break,
-                },
-                None => output.next().await,
-            };
-            match next.transpose()? {
-                None => break,
-                Some(ExecChunk::Stdout(bytes)) => shown.extend_from_slice(&bytes),
-                Some(ExecChunk::Stderr(bytes)) => parser.push_stderr(&bytes, &mut shown),
+            let drain_deadline = drain.as_ref().map(Drain::deadline);
+            tokio::select! {
+                next = output.next() => {
+                    match next.transpose()? {
+                        None => break,
+                        Some(ExecChunk::Stdout(bytes)) => shown.extend_from_slice(&bytes),
+                        Some(ExecChunk::Stderr(bytes)) => parser.push_stderr(&bytes, &mut notices),
+                    }
+                    if let Some(d) = &mut drain {
+                        d.touch();
+                    }
+                }
+                _ = poll.tick(), if drain.is_none() => {
+                    docker_exit = self.engine.exec_finished(&exec_id).await?;
+                }
+                _ = sleep_until_or_never(drain_deadline) => break,
             }
             self.show(&mut shown, capture.as_deref_mut());
-            if drain_until.is_none() && parser.exit_code().is_some() {
-                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+            self.log.output(&notices);
+            notices.clear();
+            if drain.is_none() && (parser.exit_code().is_some() || docker_exit.is_some()) {
+                drain = Some(Drain::new());
             }
         }
         drop(output);
-        parser.finish(&mut shown);
+        parser.finish(&mut notices);
         self.show(&mut shown, capture);
+        self.log.output(&notices);
         self.log.end_output();
-        if let Some(code) = parser.exit_code() {
-            return Ok(code);
+        match parser.exit_code().or(docker_exit) {
+            Some(code) => Ok(code),
+            None => Ok(self.engine.exec_finished(&exec_id).await?.unwrap_or(-1)),
         }
-        // The wrapper did not finish: the shell could not start, or the item replaced the
-        // wrapper's EXIT trap and exited. Docker still knows the exit status.
-        if carry == Carry::State {
-            self.log.agent(
-                "Kiln could not save this command's variables and directory; the next command starts from the state before it",
-            );
-        }
-        let code = self.engine.exec_exit_code(&exec_id).await?;
-        Ok(code.unwrap_or(-1))
     }
 
     fn show(&mut self, bytes: &mut Vec<u8>, capture: Option<&mut Vec<u8>>) {
@@ -671,7 +693,7 @@ impl Build {
             ));
             return Ok(text.to_string());
         }
-        Ok(String::from_utf8_lossy(&out).into_owned())
+        Ok(self.log.mask(&String::from_utf8_lossy(&out)))
     }
 
     /// Records the `exported-variables` as they are now. Secrets and `AWS_` names are never
@@ -704,7 +726,8 @@ impl Build {
                     .zip(values)
                     .map(|(name, value)| NameValue {
                         name: name.clone(),
-                        value: value.into_owned(),
+                        // A copy of a secret is still a secret.
+                        value: self.log.mask(&value),
                     })
                     .collect();
             }
@@ -776,11 +799,7 @@ impl Build {
     }
 
     async fn finalize(&mut self) -> Outcome {
-        match self
-            .engine
-            .teardown(&self.resources.container, &self.resources.network)
-            .await
-        {
+        match self.engine.teardown(&self.resources).await {
             Ok(()) => Outcome::ok(),
             Err(e) => Outcome::fault(&e),
         }
@@ -808,5 +827,40 @@ async fn guarded<T>(
     }
 }
 
-/// How long output is still read after an item reported its exit status.
-const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(100);
+/// How often a running item's process is checked (for items whose wrapper never reports).
+const EXEC_POLL: Duration = Duration::from_millis(500);
+
+/// Reading what follows the end of an item: until the stream is quiet for a moment, at most a
+/// little longer.
+struct Drain {
+    quiet_until: Instant,
+    stop_at: Instant,
+}
+
+impl Drain {
+    const QUIET: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(2);
+
+    fn new() -> Drain {
+        let now = Instant::now();
+        Drain {
+            quiet_until: now + Self::QUIET,
+            stop_at: now + Self::MAX,
+        }
+    }
+
+    fn touch(&mut self) {
+        self.quiet_until = Instant::now() + Self::QUIET;
+    }
+
+    fn deadline(&self) -> Instant {
+        self.quiet_until.min(self.stop_at)
+    }
+}
+
+async fn sleep_until_or_never(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

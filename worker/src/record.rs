@@ -86,7 +86,7 @@ pub struct BuildEnvironment {
     pub environment_variables: Vec<EnvironmentVariable>,
 }
 
-/// A variable on the record: plaintext values, or the reference for secrets.
+/// A plaintext variable set by the project or the client (secrets are never on the record).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct EnvironmentVariable {
     pub name: String,
@@ -172,11 +172,6 @@ impl BuildRecord {
             phase.end_time = Some(end);
             phase.contexts.extend(context);
         }
-    }
-
-    /// The statuses of the phases that ran.
-    pub fn phase_statuses(&self) -> impl Iterator<Item = Status> + '_ {
-        self.phases.iter().filter_map(|p| p.phase_status)
     }
 }
 

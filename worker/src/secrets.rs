@@ -77,17 +77,24 @@ impl SecretStore {
         };
         let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
         if text.trim_start().starts_with('{') {
-            let map: BTreeMap<String, String> = serde_json::from_str(&text)
-                .map_err(|e| bad(format!("expected a JSON object of string values: {e}")))?;
+            // serde's message would quote the offending value, which may be a secret.
+            let map: BTreeMap<String, String> = serde_json::from_str(&text).map_err(|e| {
+                bad(format!(
+                    "expected a JSON object of string values (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ))
+            })?;
             self.values.extend(map);
             return Ok(());
         }
         for (n, line) in text.lines().enumerate() {
-            let line = line.trim();
-            if line.is_empty() || line.starts_with('#') {
+            let trimmed = line.trim_start();
+            if trimmed.trim_end().is_empty() || trimmed.starts_with('#') {
                 continue;
             }
-            let (id, value) = line
+            // The value is everything after the first `=`, exactly: secrets may have spaces.
+            let (id, value) = trimmed
                 .split_once('=')
                 .filter(|(id, _)| !id.trim().is_empty())
                 .ok_or_else(|| bad(format!("line {}: expected ID=VALUE", n + 1)))?;
@@ -263,16 +270,21 @@ mod tests {
     fn secrets_files_in_both_formats() {
         let dir = tempfile::tempdir().expect("tmp");
         let lines = dir.path().join("s.env");
-        std::fs::write(&lines, "# c\n\nprod/db = x=y\n").expect("write");
+        std::fs::write(&lines, "# c\n\n  prod/db = x=y \n").expect("write");
         let json = dir.path().join("s.json");
         std::fs::write(&json, r#"{"a":"b"}"#).expect("write");
         let mut s = SecretStore::default();
         s.load_file(&lines).expect("lines");
         s.load_file(&json).expect("json");
-        assert_eq!(s.values.get("prod/db").map(String::as_str), Some(" x=y"));
+        assert_eq!(s.values.get("prod/db").map(String::as_str), Some(" x=y "));
         assert_eq!(s.values.get("a").map(String::as_str), Some("b"));
         std::fs::write(&lines, "novalue\n").expect("write");
         assert!(SecretStore::default().load_file(&lines).is_err());
+        std::fs::write(&json, r#"{"a": 5432}"#).expect("write");
+        let err = SecretStore::default()
+            .load_file(&json)
+            .expect_err("not a string");
+        assert!(!err.to_string().contains("5432"), "{err}");
         assert!(!format!("{s:?}").contains("x=y"));
     }
 

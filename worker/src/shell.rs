@@ -3,20 +3,29 @@
 //! Like CodeBuild (which keeps the state in `/codebuild/output/tmp/env.sh`), the state lives in the
 //! container, in [`STATE_DIR`]: `initial` holds the build's starting variables (written by Kiln in
 //! DOWNLOAD_SOURCE), `env` the variables and working directory after the last item. Each item is
-//! one `docker exec` of the configured shell running [`WRAPPER`], which:
+//! one `docker exec` of the configured shell running [`wrapper`], which:
 //!
-//! 1. keeps the exec's stderr as fd 3, Kiln's private channel, and sends the item's stderr to
+//! 1. keeps the exec's stderr as fd 8, Kiln's private channel, and sends the item's stderr to
 //!    stdout (so the log keeps the order the build wrote it in);
 //! 2. on a RETRY, snapshots or restores the state file;
 //! 3. loads the state: the first item (and every 0.1 item) sources `initial` on top of the image's
 //!    environment; later items unset every variable, then source `env`, so unsets carry over too;
 //! 4. `eval`s the item with no positional parameters;
-//! 5. afterwards (or on `exit` in the item) writes every shell variable, exported or not, and the
-//!    working directory to `env`, then prints `<marker> <exit status>` on fd 3.
+//! 5. afterwards (or on `exit` in the item) writes every shell variable, exported or not (and
+//!    which were exported), and the working directory to `env`, then prints `<marker> <exit
+//!    status>` on fd 8. Before it does, it switches bash to POSIX mode and drops functions named
+//!    like the builtins it uses, so an item's own `printf()` or `read()` cannot corrupt the state.
 //!
-//! Nothing the item does to stdout, stderr or its own traps reaches the state channel, and values
-//! of any size carry over (they never pass through an exec's environment). Arrays, functions,
-//! aliases, `set` options, traps, umask and ulimits do not carry over, as in CodeBuild.
+//! The item's stdout and stderr redirections, `set -x` and background jobs do not reach the state,
+//! and values of any size carry over (they never pass through an exec's environment). The runner
+//! also watches the exec itself, so an item that never lets the wrapper finish (it replaces the
+//! EXIT trap and exits, or `exec`s another program) still ends when its process does, with Docker's
+//! exit status; its variables are then not saved. Arrays, functions, aliases, `set` options,
+//! traps, umask and ulimits do not carry over, as in CodeBuild.
+
+use std::sync::LazyLock;
+
+use kiln_buildspec::names::{is_shell_managed, is_shell_name, SHELL_MANAGED};
 
 /// Where the carried state lives in the container (world-writable, so `run-as` users can save it).
 pub const STATE_DIR: &str = "/codebuild/output/tmp/kiln";
@@ -28,25 +37,34 @@ pub const SCRIPT_NAME: &str = "/codebuild/output/tmp/script.sh";
 /// `CODEBUILD_BUILD_SUCCEEDING`, what to load (`initial` or `state`), whether to save (`save` or
 /// `nosave`), the state operation (`none`, `snapshot`, `restore`), the run-as user (empty for root),
 /// the end marker and the state directory.
-pub const WRAPPER: &str = r#"__kiln_item=$1 __kiln_succeeding=$2 __kiln_load=$3 __kiln_save=$4 __kiln_op=$5 __kiln_user=$6 __kiln_mark=$7 __kiln_dir=$8
+pub fn wrapper() -> &'static str {
+    &WRAPPER
+}
+
+static WRAPPER: LazyLock<String> =
+    LazyLock::new(|| WRAPPER_TEMPLATE.replace("@SHELL_MANAGED@", &SHELL_MANAGED.join("|")));
+
+const WRAPPER_TEMPLATE: &str = r#"__kiln_item=$1 __kiln_succeeding=$2 __kiln_load=$3 __kiln_save=$4 __kiln_op=$5 __kiln_user=$6 __kiln_mark=$7 __kiln_dir=$8
 shift 8
-exec 3>&2 2>&1
+exec 8>&2 2>&1
 __kiln_skip() {
   case $1 in
-    *[!A-Za-z0-9_]*|__kiln_*|_|IFS|PS1|PS2|PS4|PPID|PWD|OLDPWD|SHLVL|OPTIND|OPTARG|OPTERR|LINENO|SHELLOPTS|BASHOPTS|BASH|BASH_*|BASHPID|EUID|UID|GROUPS|HOSTTYPE|MACHTYPE|OSTYPE|RANDOM|SRANDOM|SECONDS|EPOCHREALTIME|EPOCHSECONDS|COLUMNS|LINES|DIRSTACK|PIPESTATUS|FUNCNAME|HISTCMD|HISTFILE|HISTFILESIZE|HISTSIZE|COMP_WORDBREAKS) return 0 ;;
+    *[!A-Za-z0-9_]*|__kiln_*|@SHELL_MANAGED@) return 0 ;;
   esac
   return 1
 }
 __kiln_quote() {
-  __kiln_s=$1
+  case $1 in
+    *\'*) ;;
+    *) printf "'%s'" "$1"; return ;;
+  esac
+  # One pass over the value: split at each ' and join the pieces with '\''.
+  IFS=\'
+  set -f
+  set -- ${1}x
   printf "'"
-  while :; do
-    case $__kiln_s in
-      *\'*) printf '%s' "${__kiln_s%%\'*}" "'\''"; __kiln_s=${__kiln_s#*\'} ;;
-      *) printf '%s' "$__kiln_s"; break ;;
-    esac
-  done
-  printf "'"
+  while [ $# -gt 1 ]; do printf '%s' "$1" "'\''"; shift; done
+  printf "%s'" "${1%x}"
 }
 __kiln_replace() {
   command -p cp "$1" "$__kiln_dir/tmp.$$" && command -p mv -f "$__kiln_dir/tmp.$$" "$2"
@@ -81,7 +99,7 @@ if [ -n "$__kiln_user" ] && [ "$HOME" = /root ]; then
   __kiln_user_home=$HOME
 fi
 if ! cd "${__kiln_cwd:-$CODEBUILD_SRC_DIR}" 2>/dev/null; then
-  printf 'kiln: the working directory %s no longer exists; running in %s\n' "$__kiln_cwd" "$CODEBUILD_SRC_DIR"
+  printf 'kiln: cannot enter the working directory %s (it is gone or not accessible); running in %s\n' "$__kiln_cwd" "$CODEBUILD_SRC_DIR" >&8
   cd "$CODEBUILD_SRC_DIR" || cd /
 fi
 __kiln_dump() {
@@ -91,7 +109,7 @@ __kiln_dump() {
   while IFS= read -r __kiln_l; do
     case $__kiln_l in
       'export '*) __kiln_l=${__kiln_l#export } ;;
-      'declare -x '*) __kiln_l=${__kiln_l#declare -x } ;;
+      'declare -'*) __kiln_l=${__kiln_l#declare -* } ;;
       *) continue ;;
     esac
     __kiln_exported="$__kiln_exported${__kiln_l%%=*} "
@@ -107,6 +125,8 @@ __KILN_EOF
       case $__kiln_l in [A-Za-z_]*=*) ;; *) continue ;; esac
       __kiln_n=${__kiln_l%%=*}
       __kiln_skip "$__kiln_n" && continue
+      # bash prints arrays as NAME=(...); arrays do not carry over.
+      case ${__kiln_l#"$__kiln_n="} in \(*) continue ;; esac
       eval "[ -n \"\${$__kiln_n+set}\" ]" || continue
       eval "__kiln_v=\${$__kiln_n}"
       printf '%s=' "$__kiln_n"; __kiln_quote "$__kiln_v"; printf '\n'
@@ -118,12 +138,14 @@ __KILN_EOF
 }
 __kiln_saved=
 __kiln_done() {
-  { __kiln_rc=$?; set +x; } 2>/dev/null
+  { __kiln_rc=$?; POSIXLY_CORRECT=1; set +x; } 2>/dev/null
   set +eu
+  unset -f printf read command umask test cd eval set exit export unset cp mv rm 2>/dev/null
+  case ${BASH_VERSION-} in ?*) unset -f '[' ;; esac
   if [ -z "$__kiln_saved" ]; then
     __kiln_saved=1
     [ "$__kiln_save" = save ] && __kiln_dump
-    printf '%s %s\n' "$__kiln_mark" "$__kiln_rc" >&3
+    printf '%s %s\n' "$__kiln_mark" "$__kiln_rc" >&8
   fi
   exit "$__kiln_rc"
 }
@@ -184,7 +206,7 @@ impl ItemRun<'_> {
         [
             shell,
             "-c",
-            WRAPPER,
+            wrapper(),
             SCRIPT_NAME,
             self.item,
             if self.succeeding { "1" } else { "0" },
@@ -205,20 +227,13 @@ fn quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
 }
 
-/// The `initial` state file: every variable exported, in order (later ones win).
+/// The `initial` state file: every variable exported, in order (later ones win). Names a shell
+/// cannot or will not set (`UID` under bash, say) are left out.
 pub fn initial_file<'a>(vars: impl IntoIterator<Item = (&'a str, &'a str)>) -> String {
     vars.into_iter()
-        .filter(|(name, _)| is_shell_name(name))
+        .filter(|(name, _)| is_shell_name(name) && !is_shell_managed(name))
         .map(|(name, value)| format!("export {name}={}\n", quote(value)))
         .collect()
-}
-
-fn is_shell_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    chars
-        .next()
-        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
-        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
 /// Splits an item's output: stdout is the build's; stderr carries the end marker line (and, before
@@ -430,16 +445,47 @@ mod tests {
     }
 
     #[test]
+    fn functions_named_like_builtins_and_fd_3_do_not_break_saving() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            let (out, code) = sh.item(
+                "read() { :; }; printf() { :; }; command() { :; }; umask() { :; }; exec 3>&1; echo to-three >&3; X=1",
+            );
+            assert_eq!(code, Some(0), "{shell}: {out}");
+            assert_eq!(out, "to-three\n", "{shell}");
+            let (out, _) = sh.item("echo \"$X $GIVEN\"; command -v sh >/dev/null && echo path-ok");
+            assert_eq!(out, "1 given value\npath-ok\n", "{shell}");
+        }
+    }
+
+    #[test]
+    fn bash_exports_with_attributes_carry_and_arrays_do_not() {
+        let sh = LocalShell::new("bash");
+        sh.item("declare -rx R=1; export F=2; readonly F; ARR=(a b); declare -A MAP=([k]=v)");
+        let (out, code) = sh.item("sh -c 'echo $R $F'; echo \"${ARR-unset} ${MAP-unset}\"");
+        assert_eq!(code, Some(0));
+        assert_eq!(out, "1 2\nunset unset\n");
+    }
+
+    #[test]
+    fn values_full_of_quotes_save_in_linear_time() {
+        let sh = LocalShell::new("/bin/sh");
+        let (_, code) = sh.item("V=$(for i in $(seq 20000); do echo \"it's\"; done)");
+        assert_eq!(code, Some(0));
+        let (out, _) = sh.item("printf '%s' \"$V\" | wc -c");
+        assert_eq!(out.trim(), "99999");
+    }
+
+    #[test]
     fn missing_directory_falls_back_to_the_source_dir() {
         let sh = LocalShell::new("/bin/sh");
         let gone = sh.dir.path().join("gone");
         sh.item(&format!("mkdir {0} && cd {0} && rmdir {0}", gone.display()));
         let (out, code) = sh.item("pwd");
         assert_eq!(code, Some(0));
-        assert!(
-            out.contains("no longer exists") && out.ends_with("\n/\n"),
-            "{out}"
-        );
+        // The notice travels on the private channel, the output on stdout.
+        assert!(out.starts_with("/\n"), "{out}");
+        assert!(out.contains("cannot enter the working directory"), "{out}");
     }
 
     #[test]
@@ -466,7 +512,13 @@ mod tests {
 
     #[test]
     fn initial_file_skips_names_a_shell_cannot_set() {
-        let file = initial_file([("A_1", "x"), ("1A", "y"), ("a.b", "z"), ("", "e")]);
+        let file = initial_file([
+            ("A_1", "x"),
+            ("1A", "y"),
+            ("a.b", "z"),
+            ("", "e"),
+            ("UID", "1000"),
+        ]);
         assert_eq!(file, "export A_1='x'\n");
     }
 

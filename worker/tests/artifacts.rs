@@ -270,3 +270,17 @@ async fn no_match_names_the_paths_that_were_refused() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn hard_linked_files_are_collected() {
+    let (ran, out) = run_collecting(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir out && echo data > out/a.txt && ln out/a.txt out/b.txt\nartifacts:\n  files:\n    - out/*\n",
+        Packaging::None,
+    )
+    .await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    assert_eq!(
+        tree(&out.path().join("primary")),
+        map(&[("out/a.txt", "data\n"), ("out/b.txt", "data\n")])
+    );
+}

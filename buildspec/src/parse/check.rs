@@ -109,12 +109,26 @@ impl<'f> Checker<'f> {
         }
     }
 
-    /// A user name for `run-as`: must be present and non-empty.
+    /// A user for `run-as`: a user name or uid (optionally `:group`), as Docker takes it.
     fn run_as(&mut self, node: &Node, path: &str) -> Option<String> {
+        let user_part = |p: &str| {
+            !p.is_empty()
+                && !p.starts_with('-')
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        };
         match self.string(node, path) {
-            Some(s) if !s.trim().is_empty() => Some(s),
-            Some(_) => {
+            Some(s) if s.split(':').count() <= 2 && s.split(':').all(user_part) => Some(s),
+            Some(s) if s.trim().is_empty() => {
                 self.error(node.pos, path, "must be a non-empty user name");
+                None
+            }
+            Some(s) => {
+                self.error(
+                    node.pos,
+                    path,
+                    format!("{s:?} is not a user name or uid (letters, digits, _ - and ., optionally :group)"),
+                );
                 None
             }
             None if node.is_null() => {
@@ -380,19 +394,14 @@ impl<'f> Checker<'f> {
     /// Checks a variable name. `setting`: the buildspec assigns it, so the reserved
     /// `CODEBUILD_` prefix is refused; exporting one (reading it) is fine.
     fn var_name(&mut self, name: &str, pos: Span, path: &str, setting: bool) -> bool {
-        let mut chars = name.chars();
-        let shell_name = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !shell_name {
+        if !crate::names::is_shell_name(name) {
             self.error(
                 pos,
                 path,
                 format!("\"{name}\" is not a valid variable name (letters, digits and _, not starting with a digit)"),
             );
             false
-        } else if setting && name.starts_with("CODEBUILD_") {
+        } else if setting && name.starts_with(crate::names::RESERVED_PREFIX) {
             self.error(
                 pos,
                 path,

@@ -1181,3 +1181,28 @@ fn the_quoting_hint_is_valid_yaml() {
         .expect("build");
     assert_eq!(build.commands[0].text, "echo \"key: it's\"");
 }
+
+#[test]
+fn run_as_must_be_a_user_name_or_uid() {
+    for ok_user in [
+        "codebuild-user",
+        "1000",
+        "1000:1000",
+        "app.user",
+        "svc_1:staff",
+    ] {
+        let text = format!(
+            "version: 0.2\nrun-as: {ok_user}\nphases:\n  build:\n    commands:\n      - id\n"
+        );
+        assert!(parse("b.yml", &text).is_ok(), "{ok_user}");
+    }
+    for bad in ["'bob; rm -rf /'", "'$(id)'", "'-x'", "'a:b:c'", "'~root'"] {
+        let text =
+            format!("version: 0.2\nrun-as: {bad}\nphases:\n  build:\n    commands:\n      - id\n");
+        let err = parse("b.yml", &text).expect_err(bad);
+        assert!(
+            err.0[0].message.contains("is not a user name or uid"),
+            "{bad}: {err}"
+        );
+    }
+}

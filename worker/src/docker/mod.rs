@@ -72,14 +72,14 @@ pub type ExecOutput = Pin<Box<dyn Stream<Item = Result<ExecChunk, EngineError>> 
 /// The user items run as without `run-as`: root by uid, whatever `USER` the image sets.
 pub const ROOT: &str = "0";
 
-/// One `docker exec`.
+/// One `docker exec`. It gets the container's environment and nothing more: build variables
+/// travel in the state files (see `shell`), never in an exec's environment.
 #[derive(Debug, Clone)]
 pub struct ExecSpec {
     pub cmd: Vec<String>,
-    pub env: Vec<String>,
     pub working_dir: String,
-    /// `None`: the image's `USER`.
-    pub user: Option<String>,
+    /// A user name or uid; [`ROOT`] for root whatever the image's `USER`.
+    pub user: String,
 }
 
 /// A connection to one Docker daemon.
@@ -217,9 +217,8 @@ impl Engine {
                 container,
                 CreateExecOptions {
                     cmd: Some(spec.cmd),
-                    env: Some(spec.env),
                     working_dir: Some(spec.working_dir),
-                    user: spec.user,
+                    user: Some(spec.user),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -233,7 +232,14 @@ impl Engine {
             .await
             .map_err(docker_err("exec start"))?;
         let StartExecResults::Attached { output, .. } = started else {
-            return Ok((created.id, Box::pin(futures_util::stream::empty())));
+            // Only a detached start returns no stream, and this one is never detached.
+            return Err(EngineError::Docker {
+                op: "exec start",
+                source: bollard::errors::Error::DockerResponseServerError {
+                    status_code: 500,
+                    message: "the daemon did not attach to the exec".into(),
+                },
+            });
         };
         let output = output.map(|item| match item {
             Ok(LogOutput::StdOut { message }) | Ok(LogOutput::Console { message }) => {
@@ -246,14 +252,17 @@ impl Engine {
         Ok((created.id, Box::pin(output)))
     }
 
-    /// The exit code of a finished exec.
-    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+    /// The exit code of the exec once its process has ended; `None` while it runs.
+    pub async fn exec_finished(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
         let inspect = self
             .docker
             .inspect_exec(exec_id)
             .await
             .map_err(docker_err("exec inspect"))?;
-        Ok(inspect.exit_code)
+        Ok(match inspect.running {
+            Some(false) => Some(inspect.exit_code.unwrap_or(-1)),
+            _ => None,
+        })
     }
 
     /// Kills every process in the container (timeout, stop); teardown removes it later.
@@ -284,9 +293,8 @@ impl Engine {
             ]
             .map(String::from)
             .to_vec(),
-            env: Vec::new(),
             working_dir: "/".to_string(),
-            user: Some(ROOT.to_string()),
+            user: ROOT.to_string(),
         };
         let (_, output) = self.exec(container, spec).await?;
         let chunks: Vec<ExecChunk> = output.try_collect().await?;
@@ -306,21 +314,30 @@ impl Engine {
 
     /// Removes the build's container and network; objects already gone are fine. The container
     /// is first cut from the network so both removals can run at once (network removal is the
-    /// slow half: the daemon rewrites its firewall rules).
-    pub async fn teardown(&self, container: &str, network: &str) -> Result<(), EngineError> {
+    /// slow half: the daemon rewrites its firewall rules). Then anything else labelled with the
+    /// build's id goes too: a create the daemon finished after an interrupted provisioning.
+    pub async fn teardown(&self, resources: &BuildResources) -> Result<(), EngineError> {
+        let (container, network) = (&resources.container, &resources.network);
         let disconnect = bollard::models::NetworkDisconnectRequest {
             container: Some(container.to_string()),
             force: Some(true),
         };
-        // Fails when either is already gone; the removals below then settle it.
+        // Fails when either is already gone; the removals below settle it.
         let _ = self.docker.disconnect_network(network, disconnect).await;
-        let (removed, _) = tokio::join!(
+        let (container_removed, network_removed) = tokio::join!(
             self.remove_container(container),
             self.remove_network(network)
         );
-        removed?;
-        // The network may still have been in use when the container was being removed.
-        self.remove_network(network).await
+        let network_removed = match network_removed {
+            Ok(()) => Ok(()),
+            // Still in use while the container was going: try again now that it is gone.
+            Err(_) => self.remove_network(network).await,
+        };
+        let label = format!("{}={}", convert::LABEL_BUILD_ID, resources.build_id);
+        let swept = self.remove_labelled(&label, |_| true).await;
+        container_removed
+            .and(network_removed)
+            .and(swept.map(|_| ()))
     }
 
     async fn remove_container(&self, name: &str) -> Result<(), EngineError> {
@@ -356,16 +373,24 @@ impl Engine {
         host: &str,
         is_alive: impl Fn(u32, &str) -> bool,
     ) -> Result<usize, EngineError> {
-        let filters = HashMap::from([(
-            "label".to_string(),
-            vec![format!("{}=true", convert::LABEL_MANAGED)],
-        )]);
-        let orphaned = |labels: Option<&HashMap<String, String>>| {
+        let label = format!("{}=true", convert::LABEL_MANAGED);
+        self.remove_labelled(&label, |labels| {
             labels
                 .and_then(|l| l.get(convert::LABEL_OWNER))
                 .and_then(|o| convert::parse_owner(o))
                 .is_some_and(|(h, pid, ticks)| h == host && !is_alive(pid, ticks))
-        };
+        })
+        .await
+    }
+
+    /// Removes the containers, then the networks, that carry `label` (`key=value`) and that
+    /// `pick` chooses by their labels. Returns how many were removed.
+    async fn remove_labelled(
+        &self,
+        label: &str,
+        pick: impl Fn(Option<&HashMap<String, String>>) -> bool,
+    ) -> Result<usize, EngineError> {
+        let filters = HashMap::from([("label".to_string(), vec![label.to_string()])]);
         let containers = self
             .docker
             .list_containers(Some(ListContainersOptions {
@@ -377,7 +402,7 @@ impl Engine {
             .map_err(docker_err("container list"))?;
         let mut removed = 0;
         for c in containers {
-            if let (true, Some(id)) = (orphaned(c.labels.as_ref()), c.id.as_deref()) {
+            if let (true, Some(id)) = (pick(c.labels.as_ref()), c.id.as_deref()) {
                 self.remove_container(id).await?;
                 removed += 1;
             }
@@ -390,7 +415,7 @@ impl Engine {
             .await
             .map_err(docker_err("network list"))?;
         for n in networks {
-            if let (true, Some(id)) = (orphaned(n.labels.as_ref()), n.id.as_deref()) {
+            if let (true, Some(id)) = (pick(n.labels.as_ref()), n.id.as_deref()) {
                 self.remove_network(id).await?;
                 removed += 1;
             }
