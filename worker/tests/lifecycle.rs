@@ -110,3 +110,38 @@ async fn out_of_memory_is_reported_as_such() {
     assert_eq!(code, "COMMAND_EXECUTION_ERROR");
     assert!(message.contains("out of memory"), "{message}");
 }
+
+/// A log sink that fails the way a bug in the runner would: by panicking mid-build.
+struct PanickingSink;
+
+impl kiln_worker::log::LogSink for PanickingSink {
+    fn phase(&mut self, phase: kiln_buildspec::routing::PhaseType) {
+        if phase == Build {
+            panic!("injected failure at the start of BUILD");
+        }
+    }
+    fn write(&mut self, _bytes: &[u8]) {}
+}
+
+#[tokio::test]
+async fn a_panic_in_the_runner_still_tears_down_and_ends_fault() {
+    let dir = checkout(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\n",
+        &[],
+    );
+    let job = job(dir.path());
+    let record = kiln_worker::run_build(
+        common::engine().await,
+        job,
+        Box::new(PanickingSink),
+        CancellationToken::new(),
+        common::OWNER,
+    )
+    .await;
+    assert_eq!(record.build_status, Fault);
+    assert!(record.build_complete);
+    assert!(
+        leftovers(&record.id).await.is_empty(),
+        "container or network left after a panic"
+    );
+}
