@@ -14,6 +14,16 @@ fn kiln() -> Command {
     cmd
 }
 
+/// `kiln run ARGS... DIR`, to completion.
+fn kiln_run(args: &[&str], dir: &Path) -> Output {
+    kiln()
+        .arg("run")
+        .args(args)
+        .arg(dir)
+        .output()
+        .expect("kiln runs")
+}
+
 fn examples() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples")
 }
@@ -52,12 +62,8 @@ fn the_example_succeeds_with_artifacts_json_and_an_untouched_source() {
     let source = examples().join("hello");
     let before = snapshot(&source);
     let out = tempfile::tempdir().expect("out");
-    let result = kiln()
-        .args(["run", "--json", "-a"])
-        .arg(out.path())
-        .arg(&source)
-        .output()
-        .expect("kiln runs");
+    let out_dir = out.path().display().to_string();
+    let result = kiln_run(&["--json", "-a", &out_dir], &source);
     assert!(result.status.success(), "stderr:\n{}", text(&result.stderr));
     let record: serde_json::Value =
         serde_json::from_slice(&result.stdout).expect("one JSON object on stdout");
@@ -126,11 +132,7 @@ fn the_example_succeeds_with_artifacts_json_and_an_untouched_source() {
 #[test]
 fn a_failed_build_exits_1() {
     let dir = checkout("version: 0.2\nphases:\n  build:\n    commands:\n      - exit 3\n");
-    let result = kiln()
-        .arg("run")
-        .arg(dir.path())
-        .output()
-        .expect("kiln runs");
+    let result = kiln_run(&[], dir.path());
     assert_eq!(result.status.code(), Some(1));
     let stdout = text(&result.stdout);
     assert!(
@@ -143,11 +145,7 @@ fn a_failed_build_exits_1() {
 #[test]
 fn invalid_input_exits_2_and_runs_nothing() {
     let bad = checkout("version: 0.2\nphases:\n  biuld:\n    commands:\n      - echo hi\n");
-    let result = kiln()
-        .arg("run")
-        .arg(bad.path())
-        .output()
-        .expect("kiln runs");
+    let result = kiln_run(&[], bad.path());
     assert_eq!(result.status.code(), Some(2));
     let err = text(&result.stderr);
     assert!(
@@ -156,10 +154,7 @@ fn invalid_input_exits_2_and_runs_nothing() {
     );
     assert!(!err.contains("PROVISIONING") && result.stdout.is_empty());
 
-    let missing = kiln()
-        .args(["run", "/nonexistent/kiln-dir"])
-        .output()
-        .expect("kiln runs");
+    let missing = kiln_run(&[], Path::new("/nonexistent/kiln-dir"));
     assert_eq!(missing.status.code(), Some(2));
     assert!(text(&missing.stderr).contains("/nonexistent/kiln-dir"));
 
@@ -171,12 +166,7 @@ fn invalid_input_exits_2_and_runs_nothing() {
         vec!["--secret", "novalue"],
         vec!["--no-such-flag"],
     ] {
-        let result = kiln()
-            .arg("run")
-            .args(&args)
-            .arg(ok.path())
-            .output()
-            .expect("kiln runs");
+        let result = kiln_run(&args, ok.path());
         assert_eq!(
             result.status.code(),
             Some(2),
@@ -195,20 +185,19 @@ fn variables_secrets_files_and_timeouts_from_the_command_line() {
         .join("..")
         .join(format!("secrets-{}.env", std::process::id()));
     std::fs::write(&secrets, "prod/db={\"password\":\"swordfish\"}\n").expect("secrets");
-    let result = kiln()
-        .args([
-            "run",
+    let secrets_file = secrets.display().to_string();
+    let result = kiln_run(
+        &[
             "--json",
             "-e",
             "X=from-cli",
             "--timeout",
             "3s",
             "--secrets-file",
-        ])
-        .arg(&secrets)
-        .arg(dir.path())
-        .output()
-        .expect("kiln runs");
+            &secrets_file,
+        ],
+        dir.path(),
+    );
     std::fs::remove_file(&secrets).expect("cleanup");
     assert_eq!(result.status.code(), Some(1));
     let record: serde_json::Value = serde_json::from_slice(&result.stdout).expect("json");
@@ -313,11 +302,7 @@ fn leftovers_of_a_killed_kiln_are_reaped_at_the_next_start() {
     );
     assert_eq!(networks_of(&project).len(), 1);
     let quick = checkout("version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\n");
-    let next = kiln()
-        .arg("run")
-        .arg(quick.path())
-        .output()
-        .expect("kiln runs");
+    let next = kiln_run(&[], quick.path());
     assert!(next.status.success(), "{}", text(&next.stderr));
     assert!(
         containers_of(&project).is_empty(),
@@ -329,12 +314,11 @@ fn leftovers_of_a_killed_kiln_are_reaped_at_the_next_start() {
 #[test]
 fn zip_packaging_writes_one_file_per_artifact() {
     let out = tempfile::tempdir().expect("out");
-    let result = kiln()
-        .args(["run", "--packaging", "zip", "-a"])
-        .arg(out.path())
-        .arg(examples().join("hello"))
-        .output()
-        .expect("kiln runs");
+    let out_dir = out.path().display().to_string();
+    let result = kiln_run(
+        &["--packaging", "zip", "-a", &out_dir],
+        &examples().join("hello"),
+    );
     assert!(result.status.success(), "{}", text(&result.stderr));
     let zip = std::fs::File::open(out.path().join("primary.zip")).expect("primary.zip");
     let archive = zip::ZipArchive::new(zip).expect("a valid zip");
