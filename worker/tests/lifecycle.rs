@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{checkout, job, leftovers, run, run_job, run_with};
+use common::{checkout, job, leftovers, run, run_with};
 use kiln_buildspec::routing::PhaseType::*;
 use kiln_buildspec::routing::Status::*;
 use tokio_util::sync::CancellationToken;
@@ -14,7 +14,7 @@ async fn timeout_kills_the_running_item_skips_finally_and_artifacts() {
     let ran = run_with(
         "version: 0.2\nphases:\n  build:\n    commands:\n      - echo started; sleep 120\n    finally:\n      - echo finally-ran\n  post_build:\n    commands:\n      - echo post-ran\nartifacts:\n  files:\n    - buildspec.yml\n",
         &[],
-        |job| job.timeout = Duration::from_secs(4),
+        |job| job.timeout = Duration::from_secs(8),
     )
     .await;
     assert_eq!(ran.status(), TimedOut, "{}", ran.log);
@@ -45,12 +45,28 @@ async fn stop_ends_the_build_stopped() {
     );
     let job = job(dir.path());
     let cancel = CancellationToken::new();
-    let stopper = cancel.clone();
+    let capture = common::Capture::default();
+    // Stop once the command is running, however long provisioning took.
+    let (stopper, log) = (cancel.clone(), capture.clone());
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_secs(3)).await;
+        while !log.text().contains("\nstarted\n") {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         stopper.cancel();
     });
-    let ran = run_job(job, dir, cancel).await;
+    let record = kiln_worker::run_build(
+        common::engine().await,
+        job,
+        Box::new(capture.clone()),
+        cancel,
+        common::OWNER,
+    )
+    .await;
+    let ran = common::Ran {
+        record,
+        log: capture.text(),
+        dir,
+    };
     assert_eq!(ran.status(), Stopped, "{}", ran.log);
     assert!(ran.phases().contains(&(Build, Stopped)));
     assert_eq!(ran.context(Build).0, "BUILD_STOPPED");
