@@ -3,49 +3,58 @@
 /// Names Kiln sets itself; a buildspec, project or client may not set them.
 pub const RESERVED_PREFIX: &str = "CODEBUILD_";
 
-/// Variables the shells (dash, bash) manage themselves, as `case` patterns: a build never sets
-/// them (bash refuses to assign several of them) and they never carry from one command to the next.
+/// Names of Kiln's own shell variables in the command wrapper; a build may not set them either.
+pub const WRAPPER_PREFIX: &str = "__kiln";
+
+/// The reserved prefix `name` starts with, if any.
+pub fn reserved_prefix(name: &str) -> Option<&'static str> {
+    [RESERVED_PREFIX, WRAPPER_PREFIX]
+        .into_iter()
+        .find(|prefix| name.starts_with(prefix))
+}
+
+/// Variables every shell keeps for itself, as `case` patterns: each new shell sets its own, so
+/// they never carry from one command to the next.
 pub const SHELL_MANAGED: &[&str] = &[
     "_",
-    "IFS",
-    "PS1",
-    "PS2",
-    "PS4",
-    "PPID",
     "PWD",
-    "OLDPWD",
     "SHLVL",
     "OPTIND",
-    "OPTARG",
-    "OPTERR",
+    "PPID",
     "LINENO",
-    "SHELLOPTS",
-    "BASHOPTS",
+    "POSIXLY_CORRECT",
+];
+
+/// Variables bash keeps for itself (several are read-only): they do not carry under bash, and the
+/// build environment never sets them (an `initial` file assigning `UID` would stop bash).
+pub const BASH_MANAGED: &[&str] = &[
     "BASH",
     "BASH_*",
+    "BASHOPTS",
     "BASHPID",
+    "SHELLOPTS",
     "EUID",
     "UID",
     "GROUPS",
-    "HOSTTYPE",
-    "MACHTYPE",
-    "OSTYPE",
+    "FUNCNAME",
     "RANDOM",
     "SRANDOM",
     "SECONDS",
     "EPOCHREALTIME",
     "EPOCHSECONDS",
-    "COLUMNS",
-    "LINES",
-    "DIRSTACK",
-    "PIPESTATUS",
-    "FUNCNAME",
     "HISTCMD",
     "HISTFILE",
     "HISTFILESIZE",
     "HISTSIZE",
+    "DIRSTACK",
+    "PIPESTATUS",
     "COMP_WORDBREAKS",
-    "POSIXLY_CORRECT",
+    "OPTERR",
+    "HOSTTYPE",
+    "MACHTYPE",
+    "OSTYPE",
+    "COLUMNS",
+    "LINES",
 ];
 
 /// A name a POSIX shell can assign: letters, digits and `_`, not starting with a digit.
@@ -57,10 +66,11 @@ pub fn is_shell_name(name: &str) -> bool {
         && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
 }
 
-/// Whether the shell manages `name` itself (see [`SHELL_MANAGED`]).
+/// Whether a shell (any shell, or bash) manages `name` itself.
 pub fn is_shell_managed(name: &str) -> bool {
     SHELL_MANAGED
         .iter()
+        .chain(BASH_MANAGED)
         .any(|pattern| match pattern.strip_suffix('*') {
             Some(prefix) => name.starts_with(prefix),
             None => name == *pattern,
@@ -81,6 +91,10 @@ mod tests {
     #[test]
     fn shell_managed_names() {
         assert!(is_shell_managed("UID") && is_shell_managed("BASH_VERSINFO"));
+        assert!(is_shell_managed("PWD") && !is_shell_managed("OLDPWD") && !is_shell_managed("PS4"));
+        assert_eq!(reserved_prefix("CODEBUILD_X"), Some("CODEBUILD_"));
+        assert_eq!(reserved_prefix("__kiln_x"), Some("__kiln"));
+        assert_eq!(reserved_prefix("KILN"), None);
         assert!(
             !is_shell_managed("PATH") && !is_shell_managed("HOME") && !is_shell_managed("BASHFUL")
         );

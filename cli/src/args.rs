@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use kiln_buildspec::names::{is_shell_name, RESERVED_PREFIX};
+use kiln_buildspec::names::{is_shell_name, reserved_prefix};
 
 /// `90s`, `20m`, `2h`, `1h30m`: a positive duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -64,9 +64,9 @@ pub fn parse_variable(text: &str) -> Result<(String, String), String> {
             "invalid variable name {name:?}: use letters, digits and _ (not starting with a digit)"
         ));
     }
-    if name.starts_with(RESERVED_PREFIX) {
+    if let Some(prefix) = reserved_prefix(name) {
         return Err(format!(
-            "variable {name}: names starting with {RESERVED_PREFIX} are reserved for Kiln"
+            "variable {name}: names starting with {prefix} are reserved for Kiln"
         ));
     }
     Ok((name.to_string(), value.to_string()))

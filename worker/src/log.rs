@@ -22,6 +22,8 @@ const RETRY_TAIL: usize = 4096;
 /// The masked log of one build.
 pub struct BuildLog {
     masker: Masker,
+    /// Masks background jobs' lines, apart from the running command's output.
+    background_masker: Masker,
     sink: Box<dyn LogSink>,
     scratch: Vec<u8>,
     phase_tail: Vec<u8>,
@@ -32,6 +34,7 @@ pub struct BuildLog {
 impl BuildLog {
     pub fn new(masker: Masker, sink: Box<dyn LogSink>) -> BuildLog {
         BuildLog {
+            background_masker: masker.clone(),
             masker,
             sink,
             scratch: Vec::new(),
@@ -43,6 +46,7 @@ impl BuildLog {
     /// Replaces the masker once secrets are known (DOWNLOAD_SOURCE).
     pub fn set_masker(&mut self, masker: Masker) {
         self.end_output();
+        self.background_masker = masker.clone();
         self.masker = masker;
     }
 
@@ -65,6 +69,15 @@ impl BuildLog {
         }
         self.masker.push(chunk, &mut self.scratch);
         self.emit();
+    }
+
+    /// One whole line from a background job of an earlier command.
+    pub fn background_line(&mut self, line: &[u8]) {
+        let mut masked = Vec::new();
+        self.background_masker.push(line, &mut masked);
+        self.background_masker.flush(&mut masked);
+        self.sink.write(&masked);
+        self.at_line_start = masked.ends_with(b"\n");
     }
 
     /// The end of one command's output: nothing held back any more.

@@ -11,6 +11,7 @@ pub const MASK: &[u8] = b"***";
 
 /// Masks a byte stream. Feed chunks with [`Masker::push`], then [`Masker::flush`] at a boundary
 /// where no secret can continue (the end of a command's output). Its `Debug` shows no secret.
+#[derive(Clone)]
 pub struct Masker {
     matcher: Option<AhoCorasick>,
     longest: usize,

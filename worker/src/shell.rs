@@ -25,7 +25,7 @@
 
 use std::sync::LazyLock;
 
-use kiln_buildspec::names::{is_shell_managed, is_shell_name, SHELL_MANAGED};
+use kiln_buildspec::names::{is_shell_managed, is_shell_name, BASH_MANAGED, SHELL_MANAGED};
 
 /// Where the carried state lives in the container (world-writable, so `run-as` users can save it).
 pub const STATE_DIR: &str = "/codebuild/output/tmp/kiln";
@@ -41,8 +41,11 @@ pub fn wrapper() -> &'static str {
     &WRAPPER
 }
 
-static WRAPPER: LazyLock<String> =
-    LazyLock::new(|| WRAPPER_TEMPLATE.replace("@SHELL_MANAGED@", &SHELL_MANAGED.join("|")));
+static WRAPPER: LazyLock<String> = LazyLock::new(|| {
+    WRAPPER_TEMPLATE
+        .replace("@SHELL_MANAGED@", &SHELL_MANAGED.join("|"))
+        .replace("@BASH_MANAGED@", &BASH_MANAGED.join("|"))
+});
 
 const WRAPPER_TEMPLATE: &str = r#"__kiln_item=$1 __kiln_succeeding=$2 __kiln_load=$3 __kiln_save=$4 __kiln_op=$5 __kiln_user=$6 __kiln_mark=$7 __kiln_dir=$8
 shift 8
@@ -51,6 +54,9 @@ __kiln_skip() {
   case $1 in
     *[!A-Za-z0-9_]*|__kiln_*|@SHELL_MANAGED@) return 0 ;;
   esac
+  case ${BASH_VERSION-} in
+    ?*) case $1 in @BASH_MANAGED@) return 0 ;; esac ;;
+  esac
   return 1
 }
 __kiln_quote() {
@@ -58,23 +64,27 @@ __kiln_quote() {
     *\'*) ;;
     *) printf "'%s'" "$1"; return ;;
   esac
-  # One pass over the value: split at each ' and join the pieces with '\''.
+  # One pass over the value: split at each ' and join the pieces with '\''. Field splitting
+  # drops a final empty piece, so a trailing ' is added back at the end.
   IFS=\'
   set -f
-  set -- ${1}x
+  __kiln_first=1
   printf "'"
-  while [ $# -gt 1 ]; do printf '%s' "$1" "'\''"; shift; done
-  printf "%s'" "${1%x}"
+  for __kiln_p in $1; do
+    if [ -n "$__kiln_first" ]; then __kiln_first=; else printf '%s' "'\\''"; fi
+    printf '%s' "$__kiln_p"
+  done
+  case $1 in *\') printf '%s' "'\\''" ;; esac
+  printf "'"
 }
-__kiln_replace() {
-  command -p cp "$1" "$__kiln_dir/tmp.$$" && command -p mv -f "$__kiln_dir/tmp.$$" "$2"
-}
+# State files are world-writable: items of different run-as users replace each other's.
+umask 000
 case $__kiln_op in
   snapshot)
-    if [ -f "$__kiln_dir/env" ]; then __kiln_replace "$__kiln_dir/env" "$__kiln_dir/env.snapshot"
+    if [ -f "$__kiln_dir/env" ]; then command -p cp "$__kiln_dir/env" "$__kiln_dir/env.snapshot"
     else command -p rm -f "$__kiln_dir/env.snapshot"; fi ;;
   restore)
-    if [ -f "$__kiln_dir/env.snapshot" ]; then __kiln_replace "$__kiln_dir/env.snapshot" "$__kiln_dir/env"
+    if [ -f "$__kiln_dir/env.snapshot" ]; then command -p cp "$__kiln_dir/env.snapshot" "$__kiln_dir/env"
     else command -p rm -f "$__kiln_dir/env"; fi ;;
 esac
 if [ "$__kiln_load" = state ] && [ -f "$__kiln_dir/env" ]; then
@@ -89,6 +99,7 @@ __KILN_EOF
 else
   . "$__kiln_dir/initial"
 fi
+umask 022
 CODEBUILD_BUILD_SUCCEEDING=$__kiln_succeeding
 export CODEBUILD_BUILD_SUCCEEDING
 __kiln_root_home= __kiln_user_home=
@@ -98,12 +109,17 @@ if [ -n "$__kiln_user" ] && [ "$HOME" = /root ]; then
   case $HOME in "~"*) HOME=$__kiln_root_home ;; esac
   __kiln_user_home=$HOME
 fi
+# Entering the carried directory must not change the carried OLDPWD.
+__kiln_oldpwd_set=${OLDPWD+1} __kiln_oldpwd=${OLDPWD-}
 if ! cd "${__kiln_cwd:-$CODEBUILD_SRC_DIR}" 2>/dev/null; then
   printf 'kiln: cannot enter the working directory %s (it is gone or not accessible); running in %s\n' "$__kiln_cwd" "$CODEBUILD_SRC_DIR" >&8
   cd "$CODEBUILD_SRC_DIR" || cd /
 fi
+if [ -n "$__kiln_oldpwd_set" ]; then OLDPWD=$__kiln_oldpwd; else unset OLDPWD; fi
 __kiln_dump() {
-  umask 022
+  # Written in place by the shell alone: an external program would fail to start when an
+  # exported value is larger than the kernel allows in an environment.
+  umask 000
   __kiln_exported=' '
   __kiln_vars=$(export -p)
   while IFS= read -r __kiln_l; do
@@ -118,6 +134,8 @@ $__kiln_vars
 __KILN_EOF
   # A run-as user's own home is not carried into root's later items.
   if [ -n "$__kiln_root_home" ] && [ "$HOME" = "$__kiln_user_home" ]; then HOME=$__kiln_root_home; fi
+  # __kiln_quote changes IFS: keep the item's own.
+  __kiln_ifs_set=${IFS+1} __kiln_ifs=${IFS-}
   __kiln_vars=$(set)
   {
     printf '__kiln_cwd='; __kiln_quote "$PWD"; printf '\n'
@@ -127,21 +145,30 @@ __KILN_EOF
       __kiln_skip "$__kiln_n" && continue
       # bash prints arrays as NAME=(...); arrays do not carry over.
       case ${__kiln_l#"$__kiln_n="} in \(*) continue ;; esac
-      eval "[ -n \"\${$__kiln_n+set}\" ]" || continue
-      eval "__kiln_v=\${$__kiln_n}"
+      if [ "$__kiln_n" = IFS ]; then
+        [ -n "$__kiln_ifs_set" ] || continue
+        __kiln_v=$__kiln_ifs
+      else
+        eval "[ -n \"\${$__kiln_n+set}\" ]" || continue
+        eval "__kiln_v=\${$__kiln_n}"
+      fi
       printf '%s=' "$__kiln_n"; __kiln_quote "$__kiln_v"; printf '\n'
       case $__kiln_exported in *" $__kiln_n "*) printf 'export %s\n' "$__kiln_n" ;; esac
     done <<__KILN_EOF
 $__kiln_vars
 __KILN_EOF
-  } >| "$__kiln_dir/env.$$" && command -p mv -f "$__kiln_dir/env.$$" "$__kiln_dir/env"
+  } >| "$__kiln_dir/env"
 }
 __kiln_saved=
 __kiln_done() {
   { __kiln_rc=$?; POSIXLY_CORRECT=1; set +x; } 2>/dev/null
+  # Called inside { } 2>/dev/null so that a `set -x` item does not trace the call: stderr back.
+  exec 2>&1
   set +eu
-  unset -f printf read command umask test cd eval set exit export unset cp mv rm 2>/dev/null
-  case ${BASH_VERSION-} in ?*) unset -f '[' ;; esac
+  unset -f printf read command umask test cd eval set exit export unset trap 2>/dev/null
+  case ${BASH_VERSION-} in
+    ?*) unset -f '['; trap - DEBUG RETURN ERR; set +o functrace +o errtrace ;;
+  esac
   if [ -z "$__kiln_saved" ]; then
     __kiln_saved=1
     [ "$__kiln_save" = save ] && __kiln_dump
@@ -149,9 +176,9 @@ __kiln_done() {
   fi
   exit "$__kiln_rc"
 }
-trap __kiln_done EXIT
+trap '{ __kiln_done; } 2>/dev/null' EXIT
 eval "$__kiln_item"
-__kiln_done
+{ __kiln_done; } 2>/dev/null
 "#;
 
 /// What an item loads and saves.
@@ -468,12 +495,36 @@ mod tests {
     }
 
     #[test]
-    fn values_full_of_quotes_save_in_linear_time() {
-        let sh = LocalShell::new("/bin/sh");
-        let (_, code) = sh.item("V=$(for i in $(seq 20000); do echo \"it's\"; done)");
+    fn values_full_of_quotes_and_huge_exports_carry_over() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            // 100,000 pieces: a quadratic save would take minutes here.
+            let (_, code) = sh.item(
+                "V=\"$(head -c 100000 /dev/zero | tr '\\0' \"'\")x'\"; export BIG=$(head -c 140000 /dev/zero | tr '\\0' b); A=kept",
+            );
+            assert_eq!(code, Some(0), "{shell}");
+            let (out, _) = sh.item("echo \"${#V} ${#BIG} $A\"");
+            assert_eq!(out, "100002 140000 kept\n", "{shell}");
+        }
+    }
+
+    #[test]
+    fn debug_and_return_traps_do_not_reach_the_state() {
+        let sh = LocalShell::new("bash");
+        sh.item("set -T -E; trap 'echo DBG' DEBUG; trap 'echo RET' RETURN; trap 'echo ERR' ERR; D=1; cd /tmp");
+        let (out, code) = sh.item("echo \"D=$D $(pwd)\"");
         assert_eq!(code, Some(0));
-        let (out, _) = sh.item("printf '%s' \"$V\" | wc -c");
-        assert_eq!(out.trim(), "99999");
+        assert_eq!(out, "D=1 /tmp\n");
+    }
+
+    #[test]
+    fn ordinary_shell_variables_carry_over() {
+        for shell in SHELLS {
+            let sh = LocalShell::new(shell);
+            sh.item("cd /tmp && cd /; export PS4='T> '; IFS=:");
+            let (out, _) = sh.item("echo \"$OLDPWD [$PS4] [$IFS]\"");
+            assert_eq!(out, "/tmp [T> ] [:]\n", "{shell}");
+        }
     }
 
     #[test]

@@ -301,3 +301,19 @@ async fn an_item_that_replaces_the_shell_ends_when_its_process_does() {
         "waited for the background sleep"
     );
 }
+
+#[tokio::test]
+async fn background_jobs_keep_logging_after_their_command_ends() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - (sleep 1; echo late-background-output) & echo started\n      - sleep 3; echo next-done\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    let late = ran
+        .log
+        .find("late-background-output\n")
+        .expect("background output logged");
+    let next = ran.log.find("\nnext-done\n").expect("next item");
+    assert!(
+        late < next,
+        "logged while the next command ran:\n{}",
+        ran.log
+    );
+}

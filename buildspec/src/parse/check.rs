@@ -401,11 +401,11 @@ impl<'f> Checker<'f> {
                 format!("\"{name}\" is not a valid variable name (letters, digits and _, not starting with a digit)"),
             );
             false
-        } else if setting && name.starts_with(crate::names::RESERVED_PREFIX) {
+        } else if let Some(prefix) = crate::names::reserved_prefix(name).filter(|_| setting) {
             self.error(
                 pos,
                 path,
-                "variable names starting with CODEBUILD_ are reserved",
+                format!("variable names starting with {prefix} are reserved"),
             );
             false
         } else {

@@ -1206,3 +1206,18 @@ fn run_as_must_be_a_user_name_or_uid() {
         );
     }
 }
+
+#[test]
+fn kiln_wrapper_names_are_reserved() {
+    let err = parse(
+        "b.yml",
+        "version: 0.2\nenv:\n  variables:\n    __kiln_dir: x\nphases:\n  build:\n    commands:\n      - id\n",
+    )
+    .expect_err("reserved");
+    assert!(
+        err.0[0]
+            .message
+            .contains("names starting with __kiln are reserved"),
+        "{err}"
+    );
+}

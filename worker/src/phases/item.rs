@@ -2,14 +2,16 @@
 //! (the wrapper's report, or the process ending without one); plus the read-only evaluations in
 //! the build's environment (artifact names, exported variables).
 
+use std::pin::Pin;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use futures_util::{FutureExt, Stream, StreamExt};
 use kiln_buildspec::Version;
 use tokio::time::Instant;
 
 use super::Build;
-use crate::docker::{EngineError, ExecChunk, ExecSpec, ROOT};
+use crate::docker::{EngineError, ExecChunk, ExecOutput, ExecSpec, ROOT};
 use crate::record::NameValue;
 use crate::shell::{Carry, ItemOutput, ItemRun, StateOp};
 
@@ -35,7 +37,7 @@ impl Build {
         text: &str,
         user: Option<&str>,
         carry: Carry,
-        mut capture: Option<&mut Vec<u8>>,
+        capture: Option<&mut Vec<u8>>,
     ) -> Result<i64, EngineError> {
         let op = match carry {
             Carry::State => std::mem::replace(&mut self.state_op, StateOp::None),
@@ -62,7 +64,33 @@ impl Build {
             working_dir: "/".to_string(),
             user: user.unwrap_or(ROOT).to_string(),
         };
-        let (exec_id, mut output) = self.engine.exec(&self.resources.container, spec).await?;
+        let (exec_id, output) = self.engine.exec(&self.resources.container, spec).await?;
+        // Background jobs of earlier items are read while this one runs.
+        let mut background = std::mem::take(&mut self.background);
+        let read = self
+            .read_item(&exec_id, output, &mut background, capture)
+            .await;
+        self.background = background;
+        let (reported, still_open) = read?;
+        if let Some(output) = still_open {
+            // Still open: background processes of this item hold it. Their output goes on.
+            self.background.push(lines_of(output));
+        }
+        // Docker's word on the status wins: a user's EXIT trap may have changed it after the
+        // wrapper reported; the wrapper's stands while that trap still runs.
+        let finished = self.engine.exec_finished(&exec_id).await?;
+        Ok(finished.or(reported).unwrap_or(-1))
+    }
+
+    /// Reads an item's output until the item is over. Returns the status the wrapper reported
+    /// (or Docker, when the wrapper could not), and the stream when it is still open.
+    async fn read_item(
+        &mut self,
+        exec_id: &str,
+        mut output: ExecOutput,
+        background: &mut SelectAll<BackgroundLines>,
+        mut capture: Option<&mut Vec<u8>>,
+    ) -> Result<(Option<i64>, Option<ExecOutput>), EngineError> {
         let mut parser = ItemOutput::new(&self.marker);
         let mut shown = Vec::new();
         let mut notices = Vec::new();
@@ -74,12 +102,12 @@ impl Build {
         let mut poll = tokio::time::interval(EXEC_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
-        loop {
+        let open = loop {
             let drain_deadline = drain.as_ref().map(Drain::deadline);
             tokio::select! {
                 next = output.next() => {
                     match next.transpose()? {
-                        None => break,
+                        None => break false,
                         Some(ExecChunk::Stdout(bytes)) => shown.extend_from_slice(&bytes),
                         Some(ExecChunk::Stderr(bytes)) => parser.push_stderr(&bytes, &mut notices),
                     }
@@ -87,10 +115,13 @@ impl Build {
                         d.touch();
                     }
                 }
-                _ = poll.tick(), if drain.is_none() => {
-                    docker_exit = self.engine.exec_finished(&exec_id).await?;
+                Some(line) = background.next(), if !background.is_empty() => {
+                    self.log.background_line(&line);
                 }
-                _ = sleep_until_or_never(drain_deadline) => break,
+                _ = poll.tick(), if drain.is_none() => {
+                    docker_exit = self.engine.exec_finished(exec_id).await?;
+                }
+                _ = sleep_until_or_never(drain_deadline) => break true,
             }
             self.show(&mut shown, capture.as_deref_mut());
             self.log.output(&notices);
@@ -98,15 +129,18 @@ impl Build {
             if drain.is_none() && (parser.exit_code().is_some() || docker_exit.is_some()) {
                 drain = Some(Drain::new());
             }
-        }
-        drop(output);
+        };
         parser.finish(&mut notices);
         self.show(&mut shown, capture);
         self.log.output(&notices);
         self.log.end_output();
-        match parser.exit_code().or(docker_exit) {
-            Some(code) => Ok(code),
-            None => Ok(self.engine.exec_finished(&exec_id).await?.unwrap_or(-1)),
+        Ok((parser.exit_code().or(docker_exit), open.then_some(output)))
+    }
+
+    /// Logs what background jobs have written so far, without waiting for more.
+    pub(super) fn log_background_output(&mut self) {
+        while let Some(Some(line)) = self.background.next().now_or_never() {
+            self.log.background_line(&line);
         }
     }
 
@@ -218,4 +252,37 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
     }
+}
+
+/// What background processes of finished items print, a line at a time (so that each line is
+/// masked whole, whatever else is being logged meanwhile).
+pub(super) type BackgroundLines = Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>;
+
+fn lines_of(output: ExecOutput) -> BackgroundLines {
+    let state = (output, Vec::new(), false);
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |(mut output, mut buf, mut ended)| async move {
+            loop {
+                if let Some(end) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=end).collect();
+                    return Some((line, (output, buf, ended)));
+                }
+                if ended {
+                    if buf.is_empty() {
+                        return None;
+                    }
+                    buf.push(b'\n');
+                    let line = std::mem::take(&mut buf);
+                    return Some((line, (output, buf, ended)));
+                }
+                match output.next().await {
+                    Some(Ok(ExecChunk::Stdout(bytes) | ExecChunk::Stderr(bytes))) => {
+                        buf.extend_from_slice(&bytes)
+                    }
+                    Some(Err(_)) | None => ended = true,
+                }
+            }
+        },
+    ))
 }

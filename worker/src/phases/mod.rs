@@ -115,6 +115,8 @@ struct Build {
     state_op: StateOp,
     /// The container's OOM kill count when last read.
     oom_kills_seen: u64,
+    /// Output streams of finished items still held open by their background processes.
+    background: futures_util::stream::SelectAll<item::BackgroundLines>,
     marker: String,
     secret_vars: BTreeSet<String>,
     cancel: CancellationToken,
@@ -258,6 +260,7 @@ impl Build {
             succeeding: true,
             state_op: StateOp::None,
             oom_kills_seen: 0,
+            background: Default::default(),
             marker: format!("KILN-END-{}", Uuid::new_v4().simple()),
             secret_vars: BTreeSet::new(),
             cancel,
@@ -635,6 +638,7 @@ impl Build {
     }
 
     async fn finalize(&mut self) -> Outcome {
+        self.log_background_output();
         match self.engine.teardown(&self.resources).await {
             Ok(()) => Outcome::ok(),
             Err(e) => Outcome::fault(&e),
