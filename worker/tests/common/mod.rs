@@ -85,6 +85,17 @@ impl Ran {
         (c.status_code.clone(), c.message.clone())
     }
 
+    /// How long the last attempt of `phase` took, in whole seconds.
+    pub fn duration(&self, phase: PhaseType) -> i64 {
+        self.record
+            .phases
+            .iter()
+            .rev()
+            .find(|p| p.phase_type == phase)
+            .and_then(|p| p.duration_in_seconds)
+            .unwrap_or_else(|| panic!("phase {phase:?} has no duration"))
+    }
+
     /// Asserts the log contains `needle`, printing the log when it does not.
     pub fn assert_log(&self, needle: &str) {
         assert!(
