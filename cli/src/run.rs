@@ -195,21 +195,23 @@ async fn execute(job: BuildJob, json: bool) -> anyhow::Result<Status> {
     if json {
         println!("{}", serde_json::to_string(&record)?);
     } else {
+        let problems: Vec<String> = record
+            .phases
+            .iter()
+            .filter(|p| p.phase_status != Some(Status::Succeeded))
+            .map(|p| {
+                let message = p.contexts.first().map_or("", |c| c.message.as_str());
+                format!("{}: {message}", p.phase_type.as_str())
+            })
+            .collect();
+        let detail = match problems.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", problems.join("; ")),
+        };
         eprintln!(
-            "build {} {} ({})",
+            "build {} {}{detail}",
             record.id,
-            record.build_status.as_str(),
-            record
-                .phases
-                .iter()
-                .filter(|p| p.phase_status != Some(Status::Succeeded))
-                .map(|p| format!(
-                    "{}: {}",
-                    p.phase_type.as_str(),
-                    p.contexts.first().map(|c| c.message.as_str()).unwrap_or("")
-                ))
-                .collect::<Vec<_>>()
-                .join("; ")
+            record.build_status.as_str()
         );
     }
     Ok(record.build_status)
