@@ -281,6 +281,30 @@ impl ItemOutput {
         }
     }
 
+    /// Feeds stdout bytes; appends them to `out`, less the marker line should an item have
+    /// pointed fd 8 at stdout (`exec 8>&1`). A marker split across two chunks is not caught.
+    pub fn push_stdout(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        let Some(at) = memchr::memmem::find(chunk, &self.marker) else {
+            out.extend_from_slice(chunk);
+            return;
+        };
+        let line_end = chunk[at..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map_or(chunk.len(), |i| at + i + 1);
+        let code = std::str::from_utf8(&chunk[at + self.marker.len()..line_end])
+            .ok()
+            .and_then(|rest| rest.trim().parse().ok());
+        match code {
+            Some(code) if self.exit_code.is_none() => {
+                self.exit_code = Some(code);
+                out.extend_from_slice(&chunk[..at]);
+                out.extend_from_slice(&chunk[line_end..]);
+            }
+            _ => out.extend_from_slice(chunk),
+        }
+    }
+
     /// Feeds stderr bytes; appends anything that is not the marker to `out`.
     pub fn push_stderr(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
         for &b in chunk {
@@ -332,6 +356,17 @@ mod tests {
             assert_eq!(out, b"sh: oops\n", "split {split}");
             assert_eq!(p.exit_code(), Some(3));
         }
+    }
+
+    #[test]
+    fn a_marker_sent_to_stdout_is_taken_out() {
+        let mut p = ItemOutput::new("KILN-x");
+        let mut out = Vec::new();
+        p.push_stdout(b"before\nKILN-x 4\nafter\n", &mut out);
+        assert_eq!(out, b"before\nafter\n");
+        assert_eq!(p.exit_code(), Some(4));
+        p.push_stdout(b"KILN-x 5\n", &mut out);
+        assert_eq!(out, b"before\nafter\nKILN-x 5\n", "only one end per item");
     }
 
     #[test]

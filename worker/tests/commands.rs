@@ -299,3 +299,11 @@ async fn background_jobs_keep_logging_after_their_command_ends() {
         ran.log
     );
 }
+
+#[tokio::test]
+async fn an_item_using_kiln_s_fd_does_not_leak_the_end_marker() {
+    let ran = run("version: 0.2\nphases:\n  build:\n    commands:\n      - exec 8>&1; I=1\n      - echo \"i=$I\"\n").await;
+    assert_eq!(ran.status(), Succeeded, "{}", ran.log);
+    ran.assert_log("\ni=1\n");
+    assert!(!ran.log.contains("KILN-END"), "{}", ran.log);
+}

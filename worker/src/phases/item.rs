@@ -108,7 +108,7 @@ impl Build {
                 next = output.next() => {
                     match next.transpose()? {
                         None => break false,
-                        Some(ExecChunk::Stdout(bytes)) => shown.extend_from_slice(&bytes),
+                        Some(ExecChunk::Stdout(bytes)) => parser.push_stdout(&bytes, &mut shown),
                         Some(ExecChunk::Stderr(bytes)) => parser.push_stderr(&bytes, &mut notices),
                     }
                     if let Some(d) = &mut drain {
