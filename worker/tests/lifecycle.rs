@@ -81,7 +81,7 @@ async fn nothing_is_left_after_success_failure_or_a_provisioning_error() {
     let bad_image = run_with(
         "version: 0.2\nphases:\n  build:\n    commands:\n      - echo ok\n",
         &[],
-        |job| job.image = "kiln-test/missing:1".into(),
+        |job| job.image = common::UNPULLABLE_IMAGE.into(),
     )
     .await;
     assert_eq!(

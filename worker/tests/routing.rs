@@ -35,14 +35,15 @@ async fn provisioning_failure_goes_straight_to_completed() {
     let ran = run_with(
         "version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\n",
         &[],
-        |job| job.image = "kiln-test/does-not-exist:1".into(),
+        // A registry on loopback that refuses: the pull fails without leaving this machine.
+        |job| job.image = common::UNPULLABLE_IMAGE.into(),
     )
     .await;
     assert_eq!(ran.status(), Failed);
     assert_eq!(ran.phases(), vec![(Provisioning, Failed)]);
     let (code, message) = ran.context(Provisioning);
     assert_eq!(code, "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE");
-    assert!(message.contains("kiln-test/does-not-exist:1"), "{message}");
+    assert!(message.contains(common::UNPULLABLE_IMAGE), "{message}");
     assert!(message.contains("not found locally"), "{message}");
 }
 

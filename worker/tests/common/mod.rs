@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 pub const IMAGE: &str = "kiln/build-image:bookworm";
 
+/// An image that is not present and whose registry, on loopback, refuses connections: pulling it
+/// fails at once and sends nothing off this machine.
+pub const UNPULLABLE_IMAGE: &str = "127.0.0.1:9/kiln-test/missing:1";
+
 /// Collects the log in memory.
 #[derive(Clone, Default)]
 pub struct Capture(pub Arc<Mutex<Vec<u8>>>);
