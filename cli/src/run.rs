@@ -195,10 +195,12 @@ async fn execute(job: BuildJob, json: bool) -> anyhow::Result<Status> {
     if json {
         println!("{}", serde_json::to_string(&record)?);
     } else {
+        // A phase that failed and then passed on a retry is no problem of the build's.
+        let succeeded = record.build_status == Status::Succeeded;
         let problems: Vec<String> = record
             .phases
             .iter()
-            .filter(|p| p.phase_status != Some(Status::Succeeded))
+            .filter(|p| !succeeded && p.phase_status != Some(Status::Succeeded))
             .map(|p| {
                 let message = p.contexts.first().map_or("", |c| c.message.as_str());
                 format!("{}: {message}", p.phase_type.as_str())

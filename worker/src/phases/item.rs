@@ -255,7 +255,8 @@ async fn sleep_until_or_never(deadline: Option<Instant>) {
 }
 
 /// What background processes of finished items print, a line at a time (so that each line is
-/// masked whole, whatever else is being logged meanwhile).
+/// masked whole, whatever else is being logged meanwhile). Docker closes an exec's streams about
+/// 2 s after its main process exits, so this covers a job's output for that long.
 pub(super) type BackgroundLines = Pin<Box<dyn Stream<Item = Vec<u8>> + Send>>;
 
 fn lines_of(output: ExecOutput) -> BackgroundLines {
