@@ -76,8 +76,7 @@ impl BuildLog {
         let mut masked = Vec::new();
         self.background_masker.push(line, &mut masked);
         self.background_masker.flush(&mut masked);
-        self.sink.write(&masked);
-        self.at_line_start = masked.ends_with(b"\n");
+        self.send(&masked);
     }
 
     /// The end of one command's output: nothing held back any more.
@@ -106,12 +105,19 @@ impl BuildLog {
         String::from_utf8_lossy(&self.phase_tail[start..]).into_owned()
     }
 
+    /// Hands masked bytes to the sink, noting whether they ended a line.
+    fn send(&mut self, bytes: &[u8]) {
+        self.sink.write(bytes);
+        self.at_line_start = bytes.ends_with(b"\n");
+    }
+
     fn emit(&mut self) {
         if self.scratch.is_empty() {
             return;
         }
-        self.sink.write(&self.scratch);
-        self.at_line_start = self.scratch.ends_with(b"\n");
+        let scratch = std::mem::take(&mut self.scratch);
+        self.send(&scratch);
+        self.scratch = scratch;
         self.phase_tail.extend_from_slice(&self.scratch);
         if self.phase_tail.len() > 2 * RETRY_TAIL {
             let cut = self.phase_tail.len() - RETRY_TAIL;

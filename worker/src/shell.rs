@@ -292,10 +292,7 @@ impl ItemOutput {
             .iter()
             .position(|b| *b == b'\n')
             .map_or(chunk.len(), |i| at + i + 1);
-        let code = std::str::from_utf8(&chunk[at + self.marker.len()..line_end])
-            .ok()
-            .and_then(|rest| rest.trim().parse().ok());
-        match code {
+        match self.marker_code(&chunk[at..line_end]) {
             Some(code) if self.exit_code.is_none() => {
                 self.exit_code = Some(code);
                 out.extend_from_slice(&chunk[..at]);
@@ -317,14 +314,16 @@ impl ItemOutput {
 
     fn take_line(&mut self, out: &mut Vec<u8>) {
         let line = std::mem::take(&mut self.stderr_line);
-        let code = line
-            .strip_prefix(self.marker.as_slice())
-            .and_then(|rest| std::str::from_utf8(rest).ok())
-            .and_then(|rest| rest.trim().parse().ok());
-        match code {
+        match self.marker_code(&line) {
             Some(code) if self.exit_code.is_none() => self.exit_code = Some(code),
             _ => out.extend_from_slice(&line),
         }
+    }
+
+    /// The exit status in a `<marker> <status>` line.
+    fn marker_code(&self, line: &[u8]) -> Option<i64> {
+        let rest = line.strip_prefix(self.marker.as_slice())?;
+        std::str::from_utf8(rest).ok()?.trim().parse().ok()
     }
 
     /// The item's exit status, once the wrapper reported it.
