@@ -1,0 +1,21 @@
+//! Compiles `kiln/v1/*.proto` with protox (no system `protoc`), and keeps the descriptor set for
+//! server reflection.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = [
+        "kiln/v1/build.proto",
+        "kiln/v1/worker.proto",
+        "kiln/v1/state.proto",
+    ];
+    for f in files {
+        println!("cargo:rerun-if-changed={f}");
+    }
+    let descriptors = protox::compile(files, ["."])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("kiln_descriptor.bin"),
+        prost::Message::encode_to_vec(&descriptors),
+    )?;
+    tonic_prost_build::configure().compile_fds(descriptors)?;
+    Ok(())
+}
