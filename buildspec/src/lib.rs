@@ -2,6 +2,7 @@
 //! `file:line:col` diagnostics, the phase routing state machine and the artifact glob rules.
 //! Pure: no I/O beyond what the caller hands in.
 
+pub mod archive;
 pub mod artifacts;
 pub mod diagnostic;
 pub mod glob;
