@@ -58,6 +58,29 @@ pub fn archive_dir(
     impl Stream<Item = Bytes> + Send + 'static,
     tokio::task::JoinHandle<io::Result<()>>,
 ) {
+    archive_under(dir, SRC_DIR, extra)
+}
+
+/// Streams `dir` as a tar with the checkout's files at the archive's root (`buildspec.yml`,
+/// `src/main.rs`), the layout `BuildService.UploadSource` expects; otherwise as [`archive_dir`].
+pub fn archive_checkout(
+    dir: &Path,
+) -> (
+    impl Stream<Item = Bytes> + Send + 'static,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
+    archive_under(dir, "", Vec::new())
+}
+
+/// `dir` under `root` (absolute, or empty for the archive's root), then `extra`.
+fn archive_under(
+    dir: &Path,
+    root: &'static str,
+    extra: Vec<ExtraEntry>,
+) -> (
+    impl Stream<Item = Bytes> + Send + 'static,
+    tokio::task::JoinHandle<io::Result<()>>,
+) {
     let (tx, rx) = mpsc::channel::<Bytes>(8);
     let dir: PathBuf = dir.to_path_buf();
     let task = tokio::task::spawn_blocking(move || {
@@ -69,7 +92,7 @@ pub fn archive_dir(
         builder.follow_symlinks(false);
         let mut prefix = PathBuf::new();
         // Parent directories first, so the extraction creates them with sane modes.
-        for part in SRC_DIR.trim_start_matches('/').split('/') {
+        for part in root.split('/').filter(|part| !part.is_empty()) {
             prefix.push(part);
             let mut header = tar::Header::new_gnu();
             header.set_entry_type(tar::EntryType::Directory);
@@ -101,4 +124,35 @@ pub fn archive_dir(
         rx.recv().await.map(|chunk| (chunk, rx))
     });
     (stream, task)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn a_checkout_archive_holds_the_files_at_its_root() {
+        let dir = tempfile::tempdir().expect("tmp");
+        std::fs::write(dir.path().join("buildspec.yml"), "version: 0.2\n").expect("write");
+        std::fs::create_dir(dir.path().join("src")).expect("mkdir");
+        std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").expect("write");
+        let (stream, task) = archive_checkout(dir.path());
+        let bytes: Vec<u8> = stream.flat_map(futures_util::stream::iter).collect().await;
+        task.await.expect("join").expect("archive");
+        let mut archive = tar::Archive::new(bytes.as_slice());
+        let mut paths: Vec<String> = archive
+            .entries()
+            .expect("entries")
+            .map(|e| {
+                e.expect("entry")
+                    .path()
+                    .expect("path")
+                    .display()
+                    .to_string()
+            })
+            .collect();
+        paths.sort();
+        assert_eq!(paths, ["buildspec.yml", "src", "src/main.rs"]);
+    }
 }
