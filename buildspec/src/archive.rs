@@ -61,9 +61,11 @@ pub fn check_entry(path: &str, entry: ArchiveEntry<'_>) -> Result<String, Archiv
         ArchiveEntry::File | ArchiveEntry::Dir => {}
         ArchiveEntry::Symlink { target } => {
             let parent = normalized.rsplit_once('/').map_or("", |(dir, _)| dir);
-            let resolved = match target.starts_with('/') {
-                true => None,
-                false => normalize(&format!("{parent}/{target}")),
+            let resolved = match (target.starts_with('/'), parent) {
+                (true, _) => None,
+                // A link at the root: `format!("/{target}")` would read as absolute.
+                (false, "") => normalize(target),
+                (false, parent) => normalize(&format!("{parent}/{target}")),
             };
             match resolved {
                 None => {
@@ -127,6 +129,9 @@ mod tests {
         let ok = |p, t| check_entry(p, ArchiveEntry::Symlink { target: t });
         assert!(ok("a/l", "../b").is_ok());
         assert!(ok("a/l", "c/d").is_ok());
+        assert!(ok("l", "c/d").is_ok());
+        assert!(ok("./l", "c").is_ok());
+        assert!(ok("l", "../c").is_err());
         assert!(ok("a/l", "../../x").is_err());
         assert!(ok("l", "/etc").is_err());
         assert!(ok("l", ".").is_err());
