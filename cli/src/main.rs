@@ -1,8 +1,10 @@
-//! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs.
-//! Exit status: 0 success; 1 a build that did not succeed, or Docker that could not be reached;
-//! 2 invalid input (nothing ran); 130 a second Ctrl-C (exit at once).
+//! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs,
+//! and the client commands (`start`, `logs`, `get`, `list`, `stop`, `artifacts`, `project`) talk to
+//! a Kiln server. Exit status: 0 success; 1 a build that did not succeed, or Docker or the server
+//! that could not be reached; 2 invalid input (nothing ran); 130 a second Ctrl-C (exit at once).
 
 mod args;
+mod client;
 mod host;
 mod lint;
 mod run;
@@ -30,6 +32,20 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Check buildspec files; exit 0 when all are valid, 2 otherwise
     Lint(lint::LintArgs),
+    /// Start a build on a Kiln server: upload a checkout (or name a git repository)
+    Start(Box<client::StartArgs>),
+    /// Print a build's log (-f: follow it until the build ends)
+    Logs(client::LogsArgs),
+    /// Show a build: status, phases, times, worker
+    Get(client::GetArgs),
+    /// List builds, newest first
+    List(client::ListArgs),
+    /// Stop a queued or running build
+    Stop(client::StopArgs),
+    /// Download a finished build's artifacts into a directory
+    Artifacts(client::ArtifactsArgs),
+    /// Create, update and show projects
+    Project(client::ProjectArgs),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +60,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Lint(args) => lint::lint(&args),
         Command::Run(args) => run::run(*args),
+        Command::Start(args) => client::execute("start", client::start(*args)),
+        Command::Logs(args) => client::execute("logs", client::logs(args)),
+        Command::Get(args) => client::execute("get", client::get(args)),
+        Command::List(args) => client::execute("list", client::list(args)),
+        Command::Stop(args) => client::execute("stop", client::stop(args)),
+        Command::Artifacts(args) => client::execute("artifacts", client::artifacts(args)),
+        Command::Project(args) => client::execute("project", client::project(args)),
     }
 }

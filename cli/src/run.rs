@@ -249,7 +249,7 @@ fn git(dir: &Path, args: &[&str]) -> Option<String> {
 }
 
 /// CodeBuild project names: letters, digits, `-` and `_`, 2 to 255 characters.
-fn valid_project(name: &str) -> anyhow::Result<String> {
+pub(crate) fn valid_project(name: &str) -> anyhow::Result<String> {
     let ok = (2..=255).contains(&name.len())
         && name
             .chars()
@@ -264,7 +264,7 @@ fn valid_project(name: &str) -> anyhow::Result<String> {
     Ok(name.to_string())
 }
 
-fn project_from_dir(dir: &Path) -> String {
+pub(crate) fn project_from_dir(dir: &Path) -> String {
     let name: String = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -1,0 +1,364 @@
+//! `kiln artifacts ID -o DIR`: downloads a build's artifacts tar and extracts it into DIR.
+//!
+//! The tar comes from the server, but what the build put in it is untrusted: every entry is
+//! checked with [`check_entry`] before anything is written, and nothing is written through a link
+//! (a path under an extracted symlink is refused, as is a hard link to one), so the lexical check
+//! is also the physical one and no entry can land, or point, outside DIR.
+
+use std::fs;
+use std::io::{self, Read, Seek};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{anyhow, bail, Context};
+use kiln_buildspec::archive::{check_entry, ArchiveEntry};
+use kiln_proto::v1::DownloadArtifactRequest;
+use tar::EntryType;
+use tokio::io::AsyncWriteExt;
+
+use super::connect::ServerArgs;
+use super::Failure;
+
+#[derive(clap::Args)]
+pub struct ArtifactsArgs {
+    /// The build's id (`<project>:<uuid>`)
+    id: String,
+    /// Extract into this directory (created when missing)
+    #[arg(short, long = "output", value_name = "DIR")]
+    output: PathBuf,
+    #[command(flatten)]
+    server: ServerArgs,
+}
+
+pub async fn artifacts(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
+    if args.output.exists() && !args.output.is_dir() {
+        return Err(Failure::invalid(format!(
+            "{}: exists and is not a directory; name a directory to extract into",
+            args.output.display()
+        )));
+    }
+    let server = args.server.connect().await?;
+    let spooling = |e: io::Error| Failure::failed(format!("cannot keep the download: {e}"));
+    let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spooling)?);
+    let request = DownloadArtifactRequest {
+        id: args.id.clone(),
+    };
+    let mut chunks = server
+        .client()
+        .download_artifact(request)
+        .await
+        .map_err(|s| server.refused(s))?
+        .into_inner();
+    while let Some(chunk) = chunks.message().await.map_err(|s| server.refused(s))? {
+        file.write_all(&chunk.data).await.map_err(spooling)?;
+    }
+    file.flush().await.map_err(spooling)?;
+    let mut file = file.into_std().await;
+    file.rewind().map_err(spooling)?;
+    let out = args.output.clone();
+    let extracted = tokio::task::spawn_blocking(move || extract(file, &out))
+        .await
+        .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?
+        .map_err(|e| Failure::failed(format!("{e:#}")))?;
+    eprintln!(
+        "{extracted} entries of build {} in {}",
+        args.id,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Extracts the tar `archive` into `dir` (created when missing); returns how many entries were
+/// written. Stops at the first entry that is refused; what came before it stays.
+fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let mut archive = tar::Archive::new(archive);
+    let mut count = 0;
+    for entry in archive
+        .entries()
+        .context("the artifacts archive is unreadable")?
+    {
+        let mut entry = entry.context("the artifacts archive is unreadable")?;
+        let path = text(&entry.path_bytes(), "path")?;
+        let link = match entry.link_name_bytes() {
+            Some(bytes) => text(&bytes, "link target")?,
+            None => String::new(),
+        };
+        let kind = entry.header().entry_type();
+        let checked = match kind {
+            EntryType::Regular | EntryType::Continuous => ArchiveEntry::File,
+            EntryType::Directory => ArchiveEntry::Dir,
+            EntryType::Symlink => ArchiveEntry::Symlink { target: &link },
+            EntryType::Link => ArchiveEntry::HardLink { target: &link },
+            // Metadata for the whole archive, not a file.
+            EntryType::XGlobalHeader => continue,
+            other => ArchiveEntry::Other {
+                kind: kind_name(other),
+            },
+        };
+        let relative = check_entry(&path, checked)?;
+        if relative.is_empty() {
+            continue;
+        }
+        let target = no_link_on_the_way(dir, &relative)?;
+        match kind {
+            EntryType::Directory => fs::create_dir_all(&target)
+                .with_context(|| format!("cannot create {}", target.display()))?,
+            EntryType::Symlink => {
+                make_room(&target)?;
+                std::os::unix::fs::symlink(&link, &target)
+                    .with_context(|| format!("cannot create the link {}", target.display()))?;
+            }
+            EntryType::Link => {
+                // The target was checked to be inside; it must also be a plain file already
+                // extracted, not a link (a link's relative target means something else here).
+                let source_relative = check_entry(&link, ArchiveEntry::File)?;
+                let source = no_link_on_the_way(dir, &source_relative)?;
+                let is_file = fs::symlink_metadata(&source).is_ok_and(|m| m.is_file());
+                if !is_file {
+                    bail!("archive entry {path:?} is a hard link to {link:?}, which is not a file extracted before it");
+                }
+                make_room(&target)?;
+                fs::hard_link(&source, &target)
+                    .with_context(|| format!("cannot create the link {}", target.display()))?;
+            }
+            _ => {
+                make_room(&target)?;
+                let mut file = fs::File::create(&target)
+                    .with_context(|| format!("cannot create {}", target.display()))?;
+                io::copy(&mut entry, &mut file)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
+                // Permission bits only: no setuid, setgid or sticky bits from a build.
+                let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+                use std::os::unix::fs::PermissionsExt;
+                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                    .with_context(|| format!("cannot set the mode of {}", target.display()))?;
+            }
+        }
+        count += 1;
+    }
+    Ok(count)
+}
+
+fn text(bytes: &[u8], what: &str) -> anyhow::Result<String> {
+    String::from_utf8(bytes.to_vec()).map_err(|_| {
+        anyhow!(
+            "archive entry {:?}: its {what} is not UTF-8; Kiln extracts only UTF-8 names",
+            String::from_utf8_lossy(bytes)
+        )
+    })
+}
+
+fn kind_name(kind: EntryType) -> &'static str {
+    match kind {
+        EntryType::Char => "character device",
+        EntryType::Block => "block device",
+        EntryType::Fifo => "fifo",
+        _ => "special entry",
+    }
+}
+
+/// `dir/relative`, after checking that no directory on the way there is a symlink (writing
+/// through one could leave `dir`); the missing ones are created, as real directories.
+fn no_link_on_the_way(dir: &Path, relative: &str) -> anyhow::Result<PathBuf> {
+    let mut path = dir.to_path_buf();
+    let mut parts = relative.split('/').peekable();
+    while let Some(part) = parts.next() {
+        path.push(part);
+        if parts.peek().is_none() {
+            break;
+        }
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => bail!(
+                "archive entry {relative:?} lies under the link {}; an archive may not write \
+                 through links",
+                path.display()
+            ),
+            Ok(meta) if !meta.is_dir() => bail!(
+                "archive entry {relative:?} lies under the file {}",
+                path.display()
+            ),
+            Ok(_) => {}
+            // Its parent was checked (or created) in the step before.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => fs::create_dir(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?,
+            Err(e) => return Err(e).with_context(|| format!("cannot inspect {}", path.display())),
+        }
+    }
+    Ok(path)
+}
+
+/// Removes a file or link where an entry goes (a later entry replaces an earlier one, as with
+/// `tar`), so that creating the entry never follows an existing link.
+fn make_room(target: &Path) -> anyhow::Result<()> {
+    match fs::symlink_metadata(target) {
+        Ok(meta) if meta.is_dir() => bail!(
+            "{} is a directory; the archive also holds a file there",
+            target.display()
+        ),
+        Ok(_) => {
+            fs::remove_file(target).with_context(|| format!("cannot replace {}", target.display()))
+        }
+        Err(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar entry with raw `path` and `link` bytes: the tar crate's builder refuses `..` and
+    /// absolute paths, which is what these tests need to write.
+    fn entry(
+        builder: &mut tar::Builder<Vec<u8>>,
+        kind: EntryType,
+        path: &str,
+        link: &str,
+        data: &[u8],
+    ) {
+        let mut header = tar::Header::new_old();
+        header.set_entry_type(kind);
+        header.set_mode(0o644);
+        header.set_size(data.len() as u64);
+        let old = header.as_old_mut();
+        old.name[..path.len()].copy_from_slice(path.as_bytes());
+        old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        header.set_cksum();
+        builder.append(&header, data).expect("append");
+    }
+
+    fn tar_of(entries: &[(EntryType, &str, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (kind, path, link) in entries {
+            let data: &[u8] = match kind {
+                EntryType::Regular => b"hello\n",
+                _ => b"",
+            };
+            entry(&mut builder, *kind, path, link, data);
+        }
+        builder.into_inner().expect("tar")
+    }
+
+    /// Extracts into `out/inside`, so that an escape would show up in `out`.
+    fn extract_tar(
+        entries: &[(EntryType, &str, &str)],
+    ) -> (tempfile::TempDir, anyhow::Result<usize>) {
+        let out = tempfile::tempdir().expect("tmp");
+        let result = extract(tar_of(entries).as_slice(), &out.path().join("inside"));
+        (out, result)
+    }
+
+    fn names(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn a_plain_tree_is_extracted() {
+        let (out, result) = extract_tar(&[
+            (EntryType::Directory, "primary/", ""),
+            (EntryType::Regular, "primary/app.txt", ""),
+            (EntryType::Regular, "secondary/docs/index.html", ""),
+            (EntryType::Symlink, "primary/latest", "app.txt"),
+            (EntryType::Link, "primary/copy.txt", "primary/app.txt"),
+            (EntryType::Symlink, "latest", "primary/app.txt"),
+        ]);
+        assert_eq!(result.expect("extracted"), 6);
+        let inside = out.path().join("inside");
+        assert_eq!(
+            fs::read_to_string(inside.join("primary/latest")).expect("read"),
+            "hello\n"
+        );
+        assert_eq!(
+            fs::read_to_string(inside.join("primary/copy.txt")).expect("read"),
+            "hello\n"
+        );
+        assert!(inside.join("secondary/docs/index.html").is_file());
+        assert_eq!(
+            fs::read_to_string(inside.join("latest")).expect("read"),
+            "hello\n"
+        );
+    }
+
+    #[test]
+    fn parent_paths_are_refused() {
+        let (out, result) = extract_tar(&[(EntryType::Regular, "../x", "")]);
+        let e = result.expect_err("refused").to_string();
+        assert!(
+            e.contains("\"../x\"") && e.contains("leaves the archive"),
+            "{e}"
+        );
+        assert_eq!(names(out.path()), ["inside"]);
+    }
+
+    #[test]
+    fn absolute_paths_are_refused() {
+        let (out, result) = extract_tar(&[(EntryType::Regular, "/tmp/kiln-escape", "")]);
+        assert!(result
+            .expect_err("refused")
+            .to_string()
+            .contains("leaves the archive"));
+        assert_eq!(names(out.path()), ["inside"]);
+    }
+
+    #[test]
+    fn symlinks_out_are_refused() {
+        for target in ["../x", "/etc/passwd", "a/../../x", "."] {
+            let (out, result) = extract_tar(&[(EntryType::Symlink, "link", target)]);
+            let e = result.expect_err(target).to_string();
+            assert!(e.contains("link"), "{e}");
+            assert_eq!(names(out.path()), ["inside"]);
+            assert!(names(&out.path().join("inside")).is_empty(), "{target}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_written_through_a_link() {
+        // Each link stays inside when read from where its path says, but `l` would really be
+        // created in `k` (through `s`), and three levels up from `k` is outside.
+        let (out, result) = extract_tar(&[
+            (EntryType::Directory, "k/", ""),
+            (EntryType::Symlink, "d1/d2/s", "../../k"),
+            (EntryType::Symlink, "d1/d2/s/l", "../../../x"),
+        ]);
+        let e = result.expect_err("refused").to_string();
+        assert!(e.contains("through links"), "{e}");
+        assert!(names(&out.path().join("inside/k")).is_empty());
+        let (_out, result) = extract_tar(&[
+            (EntryType::Symlink, "s", "k"),
+            (EntryType::Regular, "s/file", ""),
+        ]);
+        let e = result.expect_err("refused").to_string();
+        assert!(e.contains("through links"), "{e}");
+    }
+
+    #[test]
+    fn hard_links_must_name_an_extracted_file() {
+        let (_out, result) = extract_tar(&[
+            (EntryType::Symlink, "a/b/l", "../x"),
+            (EntryType::Link, "l2", "a/b/l"),
+        ]);
+        assert!(result
+            .expect_err("refused")
+            .to_string()
+            .contains("not a file"));
+        let (_out, result) = extract_tar(&[(EntryType::Link, "h", "../outside")]);
+        assert!(result
+            .expect_err("refused")
+            .to_string()
+            .contains("outside the archive"));
+    }
+
+    #[test]
+    fn devices_are_refused() {
+        let (_out, result) = extract_tar(&[(EntryType::Char, "tty", "")]);
+        assert!(result
+            .expect_err("refused")
+            .to_string()
+            .contains("character device"));
+    }
+}

@@ -1,0 +1,66 @@
+//! The client commands of the `kiln` binary (`start`, `logs`, `get`, `list`, `stop`, `artifacts`,
+//! `project`): each talks to a Kiln server's `BuildService` over gRPC and ends with an exit status.
+//!
+//! Exit status: 0 success; 1 a build that did not succeed, or a failure talking to the server;
+//! 2 invalid input, found locally or refused by the server with INVALID_ARGUMENT (nothing ran).
+
+mod artifacts;
+mod builds;
+mod connect;
+mod json;
+mod logs;
+mod project;
+mod project_file;
+mod start;
+
+use std::future::Future;
+use std::process::ExitCode;
+
+pub use artifacts::{artifacts, ArtifactsArgs};
+pub use builds::{get, list, stop, GetArgs, ListArgs, StopArgs};
+pub use logs::{logs, LogsArgs};
+pub use project::{project, ProjectArgs};
+pub use start::{start, StartArgs};
+
+/// Why a client command stopped: the message for stderr and the exit status.
+#[derive(Debug)]
+pub struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    /// Invalid input (exit 2): nothing was started or changed.
+    fn invalid(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// Anything else that went wrong (exit 1).
+    fn failed(message: impl Into<String>) -> Failure {
+        Failure {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+/// Runs one client command to completion and turns a failure into a message on stderr.
+pub fn execute(name: &str, command: impl Future<Output = Result<ExitCode, Failure>>) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln {name}: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(code) => code,
+        Err(failure) => {
+            eprintln!("kiln {name}: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
