@@ -63,8 +63,8 @@ pub async fn get(args: GetArgs) -> Result<ExitCode, Failure> {
     let server = args.server.connect().await?;
     let build = fetch(&server, &args.id).await?;
     match args.json {
-        true => println!("{:#}", build_json(&build)),
-        false => print!("{}", describe(&build)),
+        true => out!("{:#}", build_json(&build)),
+        false => out!("{}", describe(&build).trim_end()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -86,7 +86,7 @@ pub async fn list(args: ListArgs) -> Result<ExitCode, Failure> {
             .map_err(|s| server.refused(s))?
             .into_inner();
         for build in page.builds.iter().take(left as usize) {
-            println!("{}", list_line(build));
+            out!("{}", list_line(build));
         }
         left = left.saturating_sub(page.builds.len() as u32);
         if page.next_page_token.is_empty() {
@@ -108,8 +108,8 @@ pub async fn stop(args: StopArgs) -> Result<ExitCode, Failure> {
         .map_err(|s| server.refused(s))?
         .into_inner();
     match build.build_complete {
-        true => println!("build {} {}", build.id, build.build_status),
-        false => println!(
+        true => out!("build {} {}", build.id, build.build_status),
+        false => out!(
             "build {}: stop requested; it ends STOPPED once its worker has stopped it",
             build.id
         ),

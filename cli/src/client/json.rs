@@ -1,6 +1,6 @@
 //! A build as JSON with CodeBuild's camelCase names (`buildStatus`, `phases[].phaseType`, times in
 //! RFC 3339), plus Kiln's own fields (`workerId`, `attempt`, `queuedReason`, `artifactsDigest`).
-//! Empty fields are left out, as CodeBuild leaves them out.
+//! Unset fields are left out, as CodeBuild leaves them out.
 
 use kiln_proto::v1::{Build, BuildPhase};
 use serde_json::{Map, Value};
@@ -18,7 +18,7 @@ pub fn rfc3339(ms: i64) -> Option<String> {
         .ok()
 }
 
-/// An object that leaves out nulls and empty strings.
+/// An object that leaves out nulls, empty strings and empty objects.
 #[derive(Default)]
 struct Object(Map<String, Value>);
 
@@ -27,6 +27,7 @@ impl Object {
         match value.into() {
             Value::Null => {}
             Value::String(s) if s.is_empty() => {}
+            Value::Object(o) if o.is_empty() => {}
             value => {
                 self.0.insert(key.to_string(), value);
             }

@@ -4,6 +4,16 @@
 //! Exit status: 0 success; 1 a build that did not succeed, or a failure talking to the server;
 //! 2 invalid input, found locally or refused by the server with INVALID_ARGUMENT (nothing ran).
 
+/// `println!` for command output that a closed reader (`kiln list | head`) must not turn into a
+/// panic: what is left to print is dropped, the command still ends with its own status. Defined
+/// before the modules, so they all see it.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod artifacts;
 mod builds;
 mod connect;

@@ -62,7 +62,7 @@ pub async fn project(args: ProjectArgs) -> Result<ExitCode, Failure> {
                 }
                 Err(status) => return Err(server.refused(status)),
             };
-            println!("{verb} project {name}");
+            out!("{verb} project {name}");
         }
         ProjectCommand::Get { name, json, server } => {
             let server = server.connect().await?;
@@ -76,9 +76,9 @@ pub async fn project(args: ProjectArgs) -> Result<ExitCode, Failure> {
                 true => {
                     let value = serde_json::to_value(ProjectFile::from(&project))
                         .map_err(|e| Failure::failed(e.to_string()))?;
-                    println!("{value:#}");
+                    out!("{value:#}");
                 }
-                false => print!("{}", describe(&project)),
+                false => out!("{}", describe(&project).trim_end()),
             }
         }
         ProjectCommand::List { server } => {
@@ -92,8 +92,8 @@ pub async fn project(args: ProjectArgs) -> Result<ExitCode, Failure> {
                 .projects;
             for p in projects {
                 match p.description.is_empty() {
-                    true => println!("{}", p.name),
-                    false => println!("{:<32} {}", p.name, p.description),
+                    true => out!("{}", p.name),
+                    false => out!("{:<32} {}", p.name, p.description),
                 }
             }
         }

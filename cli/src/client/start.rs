@@ -97,8 +97,8 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
         .ok_or_else(|| Failure::failed("the server answered StartBuild without a build"))?;
     if !args.follow {
         match args.json {
-            true => println!("{:#}", build_json(&build)),
-            false => println!("{}", build.id),
+            true => out!("{:#}", build_json(&build)),
+            false => out!("{}", build.id),
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -110,7 +110,7 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
     print_log(&server, &build.id, true, &mut log).await?;
     let build = until_complete(&server, fetch(&server, &build.id).await?).await?;
     match args.json {
-        true => println!("{:#}", build_json(&build)),
+        true => out!("{:#}", build_json(&build)),
         false => eprintln!("{}", outcome_line(&build)),
     }
     Ok(match build.build_status.as_str() {
