@@ -63,6 +63,8 @@ pub fn check_entry(path: &str, entry: ArchiveEntry<'_>) -> Result<String, Archiv
             let parent = normalized.rsplit_once('/').map_or("", |(dir, _)| dir);
             let resolved = match target.starts_with('/') {
                 true => None,
+                // A link at the top has no parent to join: "/x" would read as absolute.
+                false if parent.is_empty() => normalize(target),
                 false => normalize(&format!("{parent}/{target}")),
             };
             match resolved {
@@ -127,6 +129,8 @@ mod tests {
         let ok = |p, t| check_entry(p, ArchiveEntry::Symlink { target: t });
         assert!(ok("a/l", "../b").is_ok());
         assert!(ok("a/l", "c/d").is_ok());
+        assert!(ok("l", "a/b").is_ok(), "a link at the top to a file inside");
+        assert!(ok("l", "../x").is_err());
         assert!(ok("a/l", "../../x").is_err());
         assert!(ok("l", "/etc").is_err());
         assert!(ok("l", ".").is_err());
