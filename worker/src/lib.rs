@@ -6,6 +6,7 @@
 //! build log; `record` the CodeBuild-shaped build record; `host` the owner label of this
 //! process's Docker objects.
 
+pub mod agent;
 pub mod artifacts;
 pub mod docker;
 pub mod host;
