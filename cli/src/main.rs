@@ -1,12 +1,14 @@
-//! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs.
-//! Exit status: 0 success; 1 a build that did not succeed, or Docker that could not be reached;
-//! 2 invalid input (nothing ran); 130 a second Ctrl-C (exit at once).
+//! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs,
+//! `kiln worker` runs builds for a coordinator.
+//! Exit status: 0 success (for `worker`: drained); 1 a build that did not succeed, or Docker that
+//! could not be reached; 2 invalid input (nothing ran); 130 a second Ctrl-C (exit at once).
 
 mod args;
 mod host;
 mod lint;
 mod run;
 mod terminal;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -30,6 +32,8 @@ enum Command {
     Run(Box<run::RunArgs>),
     /// Check buildspec files; exit 0 when all are valid, 2 otherwise
     Lint(lint::LintArgs),
+    /// Run builds for a coordinator until SIGTERM or Ctrl-C (which drains first)
+    Worker(Box<worker::WorkerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -44,5 +48,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Lint(args) => lint::lint(&args),
         Command::Run(args) => run::run(*args),
+        Command::Worker(args) => worker::worker(*args),
     }
 }
