@@ -20,6 +20,8 @@ use super::{Agent, Finished};
 const WELCOME_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often partial log chunks go out.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How long a drained agent waits for the coordinator to end the stream.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The heartbeat interval when `Welcome` names none.
 const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(10);
 
@@ -95,6 +97,11 @@ pub async fn run(agent: &mut Agent) -> Result<End, SessionError> {
     loop {
         agent.collect_finished();
         if agent.draining && agent.builds.is_empty() {
+            // Half-close and let the coordinator end the call, so what was queued (`Draining`,
+            // the last reports' acks) is delivered rather than cut off.
+            drop(tx);
+            let closed = async { while let Ok(Some(_)) = inbound.message().await {} };
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, closed).await;
             return Ok(End::Drained);
         }
         let mut outgoing = Vec::new();
