@@ -65,10 +65,14 @@ pub async fn run(agent: &mut Agent) -> Result<End, SessionError> {
     if agent.draining {
         let _ = tx.send(message(Out::Draining(Draining {})));
     }
-    let mut inbound = agent
+    // Both the call's response headers and `Welcome` must come in time: a coordinator that
+    // accepts the connection and says nothing must not hold the agent forever.
+    let call = agent
         .client
-        .connect_worker(UnboundedReceiverStream::new(rx))
-        .await?
+        .connect_worker(UnboundedReceiverStream::new(rx));
+    let mut inbound = tokio::time::timeout(WELCOME_TIMEOUT, call)
+        .await
+        .map_err(|_| SessionError::NoWelcome(WELCOME_TIMEOUT))??
         .into_inner();
     let welcome = match tokio::time::timeout(WELCOME_TIMEOUT, inbound.message()).await {
         Err(_) => return Err(SessionError::NoWelcome(WELCOME_TIMEOUT)),
