@@ -1,37 +1,9 @@
-//! Facts about this process and host: the owner label of the Docker objects it creates, whether
-//! the owner of a leftover object still runs, and per-project build numbers for `kiln run`.
+//! Per-project build numbers for `kiln run`; the host facts (owner label, liveness of the owner
+//! of a leftover object) live in `kiln_worker::host`, shared with the worker agent.
 
 use std::path::PathBuf;
 
-use kiln_worker::docker::convert::process_owner;
-
-/// This host's name.
-pub fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".to_string())
-}
-
-/// The start time of a process in clock ticks since boot (field 22 of `/proc/<pid>/stat`), which
-/// tells a live process from a later one that reused its pid.
-fn start_ticks(pid: &str) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may contain spaces; fields after it are plain.
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    after_name.split_whitespace().nth(19).map(str::to_string)
-}
-
-/// The owner label for objects this process creates.
-pub fn owner() -> String {
-    let ticks = start_ticks("self").unwrap_or_default();
-    process_owner(&hostname(), std::process::id(), &ticks)
-}
-
-/// Whether the process that created an object is still running. An owner whose start time was
-/// unknown is taken as alive: removing a running build would be far worse than leaving one.
-pub fn is_alive(pid: u32, ticks: &str) -> bool {
-    ticks.is_empty() || start_ticks(&pid.to_string()).is_some_and(|t| t == ticks)
-}
+pub use kiln_worker::host::{hostname, is_alive, owner};
 
 /// The next build number of a project for `kiln run`, kept in the user's state directory.
 /// Best effort: without a writable state directory every build is number 1.
@@ -59,19 +31,4 @@ fn state_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("kiln"));
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state/kiln"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn this_process_is_alive_and_a_different_start_is_not() {
-        let owner = owner();
-        let (_, pid, ticks) =
-            kiln_worker::docker::convert::parse_owner(&owner).expect("owner parses");
-        assert!(is_alive(pid, ticks));
-        assert!(!is_alive(pid, "0"));
-        assert!(is_alive(pid, ""), "unknown start time: never reaped");
-    }
 }

@@ -1,7 +1,8 @@
 //! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs,
-//! and the client commands (`start`, `logs`, `get`, `list`, `stop`, `artifacts`, `project`) talk to
-//! a Kiln server. Exit status: 0 success; 1 a build that did not succeed, or Docker or the server
-//! that could not be reached; 2 invalid input (nothing ran); 130 a second Ctrl-C (exit at once).
+//! the client commands (`start`, `logs`, `get`, `list`, `stop`, `artifacts`, `project`) talk to
+//! a Kiln server, `kiln coordinator` and `kiln worker` run a farm, `kiln server` both in one.
+//! Exit status: 0 success (for `worker`: drained); 1 a build that did not succeed, or Docker or
+//! the server that could not be reached; 2 invalid input (nothing ran); 130 a second Ctrl-C.
 
 mod args;
 mod client;
@@ -9,6 +10,7 @@ mod host;
 mod lint;
 mod run;
 mod terminal;
+mod worker;
 
 use std::process::ExitCode;
 
@@ -46,6 +48,8 @@ enum Command {
     Artifacts(client::ArtifactsArgs),
     /// Create, update and show projects
     Project(client::ProjectArgs),
+    /// Run builds for a coordinator until SIGTERM or Ctrl-C (which drains first)
+    Worker(Box<worker::WorkerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -67,5 +71,6 @@ fn main() -> ExitCode {
         Command::Stop(args) => client::execute("stop", client::stop(args)),
         Command::Artifacts(args) => client::execute("artifacts", client::artifacts(args)),
         Command::Project(args) => client::execute("project", client::project(args)),
+        Command::Worker(args) => worker::worker(*args),
     }
 }

@@ -12,6 +12,8 @@ use crate::secrets::SecretStore;
 /// One build to run.
 #[derive(Debug, Clone)]
 pub struct BuildJob {
+    /// `<project>:<uuid>`; the uuid part (after the last `:`) names the build's Docker objects.
+    pub build_id: String,
     pub project: String,
     pub build_number: u64,
     pub buildspec: Buildspec,
@@ -38,9 +40,11 @@ pub struct BuildJob {
 }
 
 impl BuildJob {
-    /// A job with Kiln's defaults: SMALL compute, 60 minutes, region `us-east-1`.
+    /// A job with Kiln's defaults: a new build id `<project>:<uuid v4>`, SMALL compute,
+    /// 60 minutes, region `us-east-1`.
     pub fn new(project: &str, buildspec: Buildspec, source_dir: PathBuf, image: &str) -> BuildJob {
         BuildJob {
+            build_id: format!("{project}:{}", uuid::Uuid::new_v4()),
             project: project.to_string(),
             build_number: 1,
             buildspec,

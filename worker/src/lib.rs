@@ -1,11 +1,15 @@
 //! Kiln's build engine: runs one buildspec in a Docker container the way AWS CodeBuild does.
-//! `job` is what to build; `phases` the phase runner; `shell` how one command item runs and
+//! `agent` takes builds from a coordinator over the worker protocol and reports on them; `job` is
+//! what to build; `phases` the phase runner; `shell` how one command item runs and
 //! carries its state; `docker` the container lifecycle; `source` the checkout going in;
 //! `artifacts` what comes out; `secrets` the local secret store; `mask` and `log` the masked
-//! build log; `record` the CodeBuild-shaped build record.
+//! build log; `record` the CodeBuild-shaped build record; `host` the owner label of this
+//! process's Docker objects.
 
+pub mod agent;
 pub mod artifacts;
 pub mod docker;
+pub mod host;
 pub mod job;
 pub mod log;
 pub mod mask;

@@ -87,6 +87,7 @@ pub struct ExecSpec {
 pub struct Engine {
     docker: Docker,
     host_cpus: Option<i64>,
+    host_memory: Option<i64>,
 }
 
 impl Engine {
@@ -102,7 +103,13 @@ impl Engine {
         Ok(Engine {
             docker,
             host_cpus: info.ncpu,
+            host_memory: info.mem_total,
         })
+    }
+
+    /// The daemon's CPUs and memory in bytes, as it reported them when connecting.
+    pub fn host_capacity(&self) -> (Option<i64>, Option<i64>) {
+        (self.host_cpus, self.host_memory)
     }
 
     /// Uses the image when present locally, pulls it otherwise. Returns the image's environment

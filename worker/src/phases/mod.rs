@@ -35,8 +35,12 @@ pub async fn run_build(
     cancel: CancellationToken,
     owner: &str,
 ) -> BuildRecord {
-    let uuid = Uuid::new_v4().to_string();
-    let build_id = format!("{}:{uuid}", job.project);
+    let build_id = job.build_id.clone();
+    // Docker names allow no `:`; the part after the project names the build's objects.
+    let uuid = build_id
+        .rsplit_once(':')
+        .map_or(build_id.as_str(), |(_, uuid)| uuid)
+        .to_string();
     let resources = BuildResources::new(&build_id, &uuid, &job.project, owner);
     let record = initial_record(&job, &build_id);
     let build = Build::new(

@@ -1,0 +1,255 @@
+//! `kiln worker`: runs builds for a coordinator (the agent in `kiln_worker::agent`).
+//!
+//! Settings come from flags (or their environment variables), else the `--config` TOML file
+//! (`deploy/worker.toml` documents every key), else the defaults. The first SIGTERM or Ctrl-C
+//! drains the worker (no new builds; running ones finish and are reported, then it exits 0); a
+//! second one exits at once, and the next start on this host reaps the containers left behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context};
+use kiln_worker::agent::{run_agent, AgentConfig};
+use kiln_worker::docker::Engine;
+use kiln_worker::secrets::SecretStore;
+use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::host;
+use crate::run::DEFAULT_IMAGE;
+
+/// Where a coordinator listens for workers by default.
+const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7420";
+const DEFAULT_SLOTS: u32 = 2;
+
+// No `Debug`: the join token is a secret.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// The coordinator's address [default: http://127.0.0.1:7420]
+    #[arg(long, env = "KILN_COORDINATOR")]
+    coordinator: Option<String>,
+    /// The token the coordinator requires of workers
+    #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// This worker's stable id [default: the host name]
+    #[arg(long)]
+    id: Option<String>,
+    /// A label projects can require, KEY=VALUE (repeatable; adds to the config file's)
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Builds run at once [default: 2]
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Image for builds that name none [default: kiln/build-image:bookworm]
+    #[arg(long)]
+    image: Option<String>,
+    /// Secrets for PARAMETER_STORE / SECRETS_MANAGER variables: ID=VALUE lines, or a JSON object
+    #[arg(long)]
+    secrets_file: Option<PathBuf>,
+    /// A TOML file with the same settings (flags override it)
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+/// The `--config` file, as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    coordinator: Option<String>,
+    join_token: Option<String>,
+    id: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    slots: Option<u32>,
+    image: Option<String>,
+    secrets_file: Option<PathBuf>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().to_string(), v.to_string())),
+        _ => Err(format!("invalid label {text:?}: expected KEY=VALUE")),
+    }
+}
+
+fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("worker config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("worker config {}", path.display()))
+}
+
+/// Flags over the file over the defaults; relative paths in the file are taken from its directory.
+fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
+    let file = match &args.config {
+        Some(path) => read_file_config(path)?,
+        None => FileConfig::default(),
+    };
+    let base = args
+        .config
+        .as_deref()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let mut labels = file.labels;
+    labels.extend(args.labels);
+    let slots = args.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS);
+    if slots == 0 {
+        bail!("slots must be at least 1");
+    }
+    let mut secrets = SecretStore::default();
+    let secrets_file = args
+        .secrets_file
+        .or_else(|| file.secrets_file.map(|p| base.join(p)));
+    if let Some(path) = secrets_file {
+        secrets.load_file(&path)?;
+    }
+    let coordinator = args
+        .coordinator
+        .or(file.coordinator)
+        .unwrap_or_else(|| DEFAULT_COORDINATOR.to_string());
+    if !(coordinator.starts_with("http://") || coordinator.starts_with("https://")) {
+        bail!("coordinator {coordinator:?}: use http://host:port or https://host:port");
+    }
+    Ok(AgentConfig {
+        coordinator,
+        join_token: args
+            .join_token
+            .or(file.join_token)
+            .filter(|t| !t.is_empty()),
+        worker_id: args.id.or(file.id).unwrap_or_else(host::hostname),
+        labels,
+        slots,
+        default_image: args
+            .image
+            .or(file.image)
+            .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
+        secrets,
+        owner: host::owner(),
+    })
+}
+
+pub fn worker(args: WorkerArgs) -> ExitCode {
+    let config = match agent_config(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kiln worker: {e:#}");
+            return ExitCode::from(2);
+        }
+    };
+    // The agent's log sinks block with `block_in_place`, which needs the multi-thread runtime.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kiln worker: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("kiln worker: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+    let engine = Engine::connect().await?;
+    let drain = CancellationToken::new();
+    tokio::spawn(drain_on_signal(drain.clone()));
+    tracing::info!(
+        worker_id = config.worker_id,
+        coordinator = config.coordinator,
+        slots = config.slots,
+        "worker starting"
+    );
+    run_agent(config, engine, drain).await?;
+    Ok(())
+}
+
+/// The first SIGTERM or Ctrl-C drains; a second exits at once.
+async fn drain_on_signal(drain: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    eprintln!("kiln worker: draining: running builds finish first (signal again to exit at once)");
+    drain.cancel();
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    std::process::exit(130);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: WorkerArgs,
+    }
+
+    fn args(argv: &[&str]) -> WorkerArgs {
+        Cli::try_parse_from(std::iter::once("kiln").chain(argv.iter().copied()))
+            .expect("args")
+            .args
+    }
+
+    fn example() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/worker.toml")
+    }
+
+    #[test]
+    fn the_example_config_parses() {
+        let file = read_file_config(&example()).expect("deploy/worker.toml");
+        assert_eq!(file.coordinator.as_deref(), Some("http://127.0.0.1:7420"));
+        assert_eq!(file.slots, Some(2));
+        assert!(!file.labels.is_empty());
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let config = example();
+        let config = config.to_str().expect("utf8");
+        let c = agent_config(args(&[
+            "--config",
+            config,
+            "--slots",
+            "5",
+            "--label",
+            "pool=fast",
+            "--id",
+            "w9",
+            "--coordinator",
+            "http://c:1",
+        ]))
+        .expect("config");
+        assert_eq!(c.slots, 5);
+        assert_eq!(c.worker_id, "w9");
+        assert_eq!(c.coordinator, "http://c:1");
+        assert_eq!(c.labels.get("pool").map(String::as_str), Some("fast"));
+        assert!(c.labels.len() > 1, "the file's other labels stay");
+    }
+
+    #[test]
+    fn bad_settings_are_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("w.toml");
+        std::fs::write(&file, "slot = 3\n").expect("write");
+        let e = agent_config(args(&["--config", file.to_str().expect("utf8")]))
+            .expect_err("unknown key");
+        assert!(format!("{e:#}").contains("unknown field `slot`"), "{e:#}");
+        assert!(agent_config(args(&["--slots", "0"])).is_err());
+        assert!(agent_config(args(&["--coordinator", "127.0.0.1:7420"])).is_err());
+        assert!(Cli::try_parse_from(["kiln", "--label", "novalue"]).is_err());
+    }
+}
