@@ -26,7 +26,7 @@ pub fn next_build_number(project: &str) -> u64 {
     next
 }
 
-fn state_dir() -> Option<PathBuf> {
+pub fn state_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir).join("kiln"));
     }

@@ -6,9 +6,11 @@
 
 mod args;
 mod client;
+mod coordinator;
 mod host;
 mod lint;
 mod run;
+mod server;
 mod terminal;
 mod worker;
 
@@ -50,6 +52,10 @@ enum Command {
     Project(client::ProjectArgs),
     /// Run builds for a coordinator until SIGTERM or Ctrl-C (which drains first)
     Worker(Box<worker::WorkerArgs>),
+    /// Run the coordinator (workers connect with `kiln worker`)
+    Coordinator(Box<coordinator::CoordinatorArgs>),
+    /// A single-node farm: the coordinator and a local worker in one process
+    Server(Box<server::ServerArgs>),
 }
 
 fn main() -> ExitCode {
@@ -72,5 +78,21 @@ fn main() -> ExitCode {
         Command::Artifacts(args) => client::execute("artifacts", client::artifacts(args)),
         Command::Project(args) => client::execute("project", client::project(args)),
         Command::Worker(args) => worker::worker(*args),
+        Command::Coordinator(args) => coordinator::coordinator(*args),
+        Command::Server(args) => server::server(*args),
+    }
+}
+
+/// Runs a long-lived command on a multi-threaded runtime; exit 1 with its error.
+fn runtime(who: &str, work: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(work));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{who}: {e:#}");
+            ExitCode::from(1)
+        }
     }
 }

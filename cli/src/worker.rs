@@ -28,10 +28,20 @@ const DEFAULT_SLOTS: u32 = 2;
 pub struct WorkerArgs {
     /// The coordinator's address [default: http://127.0.0.1:7420]
     #[arg(long, env = "KILN_COORDINATOR")]
-    coordinator: Option<String>,
+    pub coordinator: Option<String>,
     /// The token the coordinator requires of workers
     #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
-    join_token: Option<String>,
+    pub join_token: Option<String>,
+    /// A TOML file with the same settings (flags override it)
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub local: LocalWorker,
+}
+
+/// What a worker is, apart from where it connects (shared with `kiln server`'s local worker).
+#[derive(clap::Args)]
+pub struct LocalWorker {
     /// This worker's stable id [default: the host name]
     #[arg(long)]
     id: Option<String>,
@@ -47,9 +57,6 @@ pub struct WorkerArgs {
     /// Secrets for PARAMETER_STORE / SECRETS_MANAGER variables: ID=VALUE lines, or a JSON object
     #[arg(long)]
     secrets_file: Option<PathBuf>,
-    /// A TOML file with the same settings (flags override it)
-    #[arg(long)]
-    config: Option<PathBuf>,
 }
 
 /// The `--config` file, as written.
@@ -80,7 +87,7 @@ fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
 }
 
 /// Flags over the file over the defaults; relative paths in the file are taken from its directory.
-fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
+pub fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
     let file = match &args.config {
         Some(path) => read_file_config(path)?,
         None => FileConfig::default(),
@@ -92,13 +99,14 @@ fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
         .map(Path::to_path_buf)
         .unwrap_or_default();
     let mut labels = file.labels;
-    labels.extend(args.labels);
-    let slots = args.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS);
+    labels.extend(args.local.labels);
+    let slots = args.local.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS);
     if slots == 0 {
         bail!("slots must be at least 1");
     }
     let mut secrets = SecretStore::default();
     let secrets_file = args
+        .local
         .secrets_file
         .or_else(|| file.secrets_file.map(|p| base.join(p)));
     if let Some(path) = secrets_file {
@@ -117,10 +125,11 @@ fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
             .join_token
             .or(file.join_token)
             .filter(|t| !t.is_empty()),
-        worker_id: args.id.or(file.id).unwrap_or_else(host::hostname),
+        worker_id: args.local.id.or(file.id).unwrap_or_else(host::hostname),
         labels,
         slots,
         default_image: args
+            .local
             .image
             .or(file.image)
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
@@ -157,7 +166,7 @@ pub fn worker(args: WorkerArgs) -> ExitCode {
     }
 }
 
-async fn serve(config: AgentConfig) -> anyhow::Result<()> {
+pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
     let engine = Engine::connect().await?;
     let drain = CancellationToken::new();
     tokio::spawn(drain_on_signal(drain.clone()));
@@ -172,7 +181,7 @@ async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 }
 
 /// The first SIGTERM or Ctrl-C drains; a second exits at once.
-async fn drain_on_signal(drain: CancellationToken) {
+pub async fn drain_on_signal(drain: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut int), Ok(mut term)) = (
         signal(SignalKind::interrupt()),

@@ -1,0 +1,214 @@
+//! The coordinator's shared state: the store, the blobs, the workers connected to this
+//! coordinator, and the change signal that wakes log followers, watchers and the dispatcher.
+//!
+//! Everything durable lives in the [`StateStore`]; what is here is rebuilt when a coordinator
+//! starts (workers reconnect and say what they run). Several coordinators may share one store:
+//! each dispatches to its own workers, and every change to a build is a compare-and-set, so two
+//! coordinators never both act on the same version of a build.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kiln_proto::v1::{BuildPhase, CoordinatorMessage, PhaseContext, StoredBuild};
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+use tonic::Status;
+
+use crate::blobs::Blobs;
+use crate::config::CoordinatorConfig;
+use crate::store::{QueueChange, StateStore, StoreError, Updated};
+
+/// Messages to one worker's stream.
+pub type WorkerTx = mpsc::Sender<Result<CoordinatorMessage, Status>>;
+
+/// A worker connected to this coordinator.
+pub struct WorkerConn {
+    /// Tells this connection from a later one of the same worker.
+    pub conn: u64,
+    pub labels: BTreeMap<String, String>,
+    pub slots: u32,
+    pub draining: bool,
+    pub tx: WorkerTx,
+    /// Builds it holds leases for, with their epochs.
+    pub running: HashMap<String, u64>,
+    /// Builds a Cancel was sent for (sent once).
+    pub cancelled: HashSet<String>,
+}
+
+impl WorkerConn {
+    pub fn free(&self) -> u32 {
+        match self.draining {
+            true => 0,
+            false => self.slots.saturating_sub(self.running.len() as u32),
+        }
+    }
+
+    /// Whether this worker carries every label a build needs.
+    pub fn matches(&self, wanted: &std::collections::HashMap<String, String>) -> bool {
+        wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
+    }
+}
+
+pub struct Core<S> {
+    pub store: S,
+    pub blobs: Blobs,
+    pub config: CoordinatorConfig,
+    workers: Mutex<HashMap<String, WorkerConn>>,
+    changes: watch::Sender<u64>,
+    pub dispatch: Notify,
+    pub started: Instant,
+    next_conn: std::sync::atomic::AtomicU64,
+}
+
+/// How many times a compare-and-set is retried against concurrent writers.
+const CAS_RETRIES: usize = 64;
+
+impl<S: StateStore> Core<S> {
+    pub fn new(store: S, blobs: Blobs, config: CoordinatorConfig) -> Arc<Core<S>> {
+        Arc::new(Core {
+            store,
+            blobs,
+            config,
+            workers: Mutex::new(HashMap::new()),
+            changes: watch::channel(0).0,
+            dispatch: Notify::new(),
+            started: Instant::now(),
+            next_conn: std::sync::atomic::AtomicU64::new(1),
+        })
+    }
+
+    pub fn workers(&self) -> MutexGuard<'_, HashMap<String, WorkerConn>> {
+        // A panic while holding the lock leaves plain data behind; keep serving.
+        self.workers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn next_conn(&self) -> u64 {
+        self.next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Something about some build changed: wake followers and watchers.
+    pub fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A receiver for [`Core::changed`] signals.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
+    }
+
+    /// Reads a build; NOT_FOUND names the id.
+    pub async fn build(&self, id: &str) -> Result<StoredBuild, Status> {
+        self.store
+            .get_build(id)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                Status::not_found(format!("no build {id:?}: list builds with `kiln list`"))
+            })
+    }
+
+    /// Changes a build with compare-and-set, re-reading and retrying when another writer won.
+    /// `change` returns `None` to leave the build alone (then `Ok(None)` is returned).
+    pub async fn update<F>(&self, id: &str, mut change: F) -> Result<Option<StoredBuild>, Status>
+    where
+        F: FnMut(&mut StoredBuild) -> Option<QueueChange> + Send,
+    {
+        for _ in 0..CAS_RETRIES {
+            let mut row = self.build(id).await?;
+            let Some(queue) = change(&mut row) else {
+                return Ok(None);
+            };
+            match self
+                .store
+                .update_build(row, queue)
+                .await
+                .map_err(store_error)?
+            {
+                Updated::Done(row) => {
+                    self.changed();
+                    return Ok(Some(row));
+                }
+                Updated::Conflict => continue,
+                Updated::LimitReached => return Ok(None),
+                Updated::Missing => return Err(Status::not_found(format!("no build {id:?}"))),
+            }
+        }
+        Err(Status::aborted(format!(
+            "build {id} changed too often to update; try again"
+        )))
+    }
+}
+
+pub fn store_error(e: StoreError) -> Status {
+    Status::unavailable(e.to_string())
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+pub fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+/// Closes the open phase (if any) with a status and optional context.
+pub fn close_phase(row: &mut StoredBuild, status: &str, context: Option<PhaseContext>, now: i64) {
+    let Some(build) = row.build.as_mut() else {
+        return;
+    };
+    if let Some(phase) = build.phases.last_mut() {
+        if phase.end_time_ms == 0 {
+            phase.end_time_ms = now;
+            phase.duration_in_seconds = (now - phase.start_time_ms) / 1000;
+            phase.phase_status = status.to_string();
+            phase.contexts.extend(context);
+        }
+    }
+}
+
+/// Opens a phase and makes it the current one.
+pub fn open_phase(row: &mut StoredBuild, name: &str, now: i64) {
+    if let Some(build) = row.build.as_mut() {
+        build.current_phase = name.to_string();
+        build.phases.push(BuildPhase {
+            phase_type: name.to_string(),
+            start_time_ms: now,
+            ..BuildPhase::default()
+        });
+    }
+}
+
+/// Ends a build that never reached (or lost) its worker: closes the open phase with `status`,
+/// records why, and marks it complete.
+pub fn end_build(row: &mut StoredBuild, status: &str, code: &str, message: &str, now: i64) {
+    let context = PhaseContext {
+        status_code: code.to_string(),
+        message: message.to_string(),
+    };
+    close_phase(row, status, Some(context), now);
+    open_phase(row, "COMPLETED", now);
+    row.lease = None;
+    if let Some(build) = row.build.as_mut() {
+        build.build_status = status.to_string();
+        build.build_complete = true;
+        build.end_time_ms = now;
+        build.stop_requested = false;
+        build.queued_reason.clear();
+    }
+}
+
+/// The build's record, which every stored build has.
+pub fn record(row: &StoredBuild) -> &kiln_proto::v1::Build {
+    static EMPTY: std::sync::OnceLock<kiln_proto::v1::Build> = std::sync::OnceLock::new();
+    row.build
+        .as_ref()
+        .unwrap_or_else(|| EMPTY.get_or_init(Default::default))
+}
+
+pub fn epoch(row: &StoredBuild) -> u64 {
+    row.spec.as_ref().map_or(0, |s| s.epoch)
+}

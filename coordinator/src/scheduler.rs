@@ -1,0 +1,386 @@
+//! The coordinator's background loops: the dispatcher (queued builds → this coordinator's
+//! workers, priority then FIFO, by labels and free slots, within project limits) and the sweeper
+//! (expired leases → re-queue or FAULT, queued timeouts, stop requests and lost leases pushed to
+//! this coordinator's workers).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kiln_proto::v1::{coordinator_message, Cancel, CoordinatorMessage, Lease};
+use tokio_util::sync::CancellationToken;
+
+use crate::core::{close_phase, end_build, epoch, ms, now_ms, open_phase, record, Core};
+use crate::store::{QueueChange, StateStore, Updated};
+
+/// How far down the queue one dispatch round looks.
+const DISPATCH_WINDOW: usize = 512;
+/// How often the loops run when nothing wakes them.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs the dispatcher until `stop`.
+pub async fn dispatcher<S: StateStore>(core: Arc<Core<S>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = core.dispatch.notified() => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        loop {
+            match dispatch_round(&core).await {
+                Ok(true) => continue,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dispatch round failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// One pass over the head of the queue; returns whether it assigned anything (then another
+/// pass may assign more). Workers are chosen first (reserving their slots), then every claim is
+/// written at once, so the store can commit them together.
+async fn dispatch_round<S: StateStore>(core: &Core<S>) -> Result<bool, tonic::Status> {
+    let free: u32 = core.workers().values().map(|w| w.free()).sum();
+    if free == 0 {
+        return Ok(false);
+    }
+    let ids = core
+        .store
+        .queue_head(DISPATCH_WINDOW.min(free as usize * 8 + 32))
+        .await
+        .map_err(crate::core::store_error)?;
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let rows = core
+        .store
+        .get_builds(&ids)
+        .await
+        .map_err(crate::core::store_error)?;
+    let mut claims = Vec::new();
+    let mut reasons = Vec::new();
+    for row in rows.into_iter().flatten() {
+        match reserve(core, &row) {
+            Ok(reserved) => claims.push(claim(core, row, reserved)),
+            Err(reason) if !reason.is_empty() && record(&row).queued_reason != reason => {
+                reasons.push((record(&row).id.clone(), reason));
+            }
+            Err(_) => {}
+        }
+    }
+    for (id, reason) in reasons {
+        note_reason(core, &id, &reason).await;
+    }
+    let mut assigned = false;
+    for result in futures_util::future::join_all(claims).await {
+        assigned |= result?;
+    }
+    Ok(assigned)
+}
+
+/// A worker slot held for a build while its claim is written.
+struct Reserved {
+    worker_id: String,
+    conn: u64,
+    epoch: u64,
+}
+
+/// Picks the worker with the most free slots among those with the build's labels and holds a
+/// slot there; the error is why none can (empty when they are only busy).
+fn reserve<S: StateStore>(
+    core: &Core<S>,
+    row: &kiln_proto::v1::StoredBuild,
+) -> Result<Reserved, String> {
+    let mut workers = core.workers();
+    let best = workers
+        .iter()
+        .filter(|(_, w)| w.free() > 0 && w.matches(&row.worker_labels))
+        .max_by_key(|(id, w)| (w.free(), std::cmp::Reverse((*id).clone())))
+        .map(|(id, _)| id.clone());
+    let Some(worker_id) = best else {
+        return match workers.values().any(|w| w.matches(&row.worker_labels)) {
+            true => Err(String::new()),
+            false => Err(no_worker_reason(&row.worker_labels)),
+        };
+    };
+    let epoch = epoch(row) + 1;
+    let w = workers.get_mut(&worker_id).ok_or_else(String::new)?;
+    w.running.insert(record(row).id.clone(), epoch);
+    Ok(Reserved {
+        worker_id,
+        conn: w.conn,
+        epoch,
+    })
+}
+
+/// Claims a build for the reserved worker (compare-and-set with the new epoch) and pushes the
+/// assignment; gives the slot back when the claim fails. Returns whether it was assigned.
+async fn claim<S: StateStore>(
+    core: &Core<S>,
+    mut row: kiln_proto::v1::StoredBuild,
+    reserved: Reserved,
+) -> Result<bool, tonic::Status> {
+    let now = now_ms();
+    let limit = row.concurrent_build_limit;
+    let project = record(&row).project_name.clone();
+    let id = record(&row).id.clone();
+    close_phase(&mut row, "SUCCEEDED", None, now);
+    open_phase(&mut row, "PROVISIONING", now);
+    row.lease = Some(Lease {
+        worker_id: reserved.worker_id.clone(),
+        epoch: reserved.epoch,
+        expires_ms: now + ms(core.config.lease_ttl),
+    });
+    let mut assignment = row.spec.clone().unwrap_or_default();
+    assignment.epoch = reserved.epoch;
+    if let Some(build) = row.build.as_mut() {
+        build.build_status = "IN_PROGRESS".to_string();
+        build.worker_id = reserved.worker_id.clone();
+        build.attempt += 1;
+        build.queued_reason.clear();
+        assignment.attempt = build.attempt;
+        assignment.build_number = build.build_number;
+    }
+    row.spec = Some(assignment.clone());
+    let outcome = core
+        .store
+        .update_build(row, QueueChange::Claim { limit })
+        .await;
+    let release = || {
+        let mut workers = core.workers();
+        if let Some(w) = workers.get_mut(&reserved.worker_id) {
+            if w.running.get(&id) == Some(&reserved.epoch) {
+                w.running.remove(&id);
+            }
+        }
+    };
+    match outcome {
+        Ok(Updated::Done(_)) => {}
+        Ok(Updated::LimitReached) => {
+            release();
+            let reason = format!(
+                "waiting: project {project} already runs {limit} builds (its concurrent build limit)"
+            );
+            note_reason(core, &id, &reason).await;
+            return Ok(false);
+        }
+        Ok(Updated::Conflict | Updated::Missing) => {
+            release();
+            return Ok(false);
+        }
+        Err(e) => {
+            release();
+            return Err(crate::core::store_error(e));
+        }
+    }
+    core.changed();
+    let tx = core
+        .workers()
+        .get(&reserved.worker_id)
+        .filter(|w| w.conn == reserved.conn)
+        .map(|w| w.tx.clone());
+    let message = CoordinatorMessage {
+        kind: Some(coordinator_message::Kind::Assignment(assignment)),
+    };
+    let sent = match tx {
+        Some(tx) => tx.send(Ok(message)).await.is_ok(),
+        None => false,
+    };
+    if !sent {
+        // The worker went away between choosing and sending: give the build back at once.
+        requeue(
+            core,
+            &id,
+            reserved.epoch,
+            "its worker disconnected before taking it",
+        )
+        .await;
+        return Ok(false);
+    }
+    Ok(true)
+}
+
+/// Puts a build whose lease (with `held_epoch`) is lost back in the queue, or ends it FAULT
+/// after the attempt limit.
+pub async fn requeue<S: StateStore>(core: &Core<S>, id: &str, held_epoch: u64, why: &str) {
+    let max = core.config.max_attempts;
+    let result = core
+        .update(id, |row| {
+            if epoch(row) != held_epoch || record(row).build_complete || row.lease.is_none() {
+                return None;
+            }
+            let now = now_ms();
+            let worker = row
+                .lease
+                .as_ref()
+                .map(|l| l.worker_id.clone())
+                .unwrap_or_default();
+            let attempt = record(row).attempt;
+            if attempt >= max {
+                let message = format!(
+                    "worker {worker} was lost ({why}) on attempt {attempt} of {max}; giving up"
+                );
+                end_build(row, "FAULT", "WORKER_LOST", &message, now);
+                return Some(QueueChange::Finish);
+            }
+            let context = kiln_proto::v1::PhaseContext {
+                status_code: "WORKER_LOST".to_string(),
+                message: format!("worker {worker} was lost ({why}); the build is queued again"),
+            };
+            close_phase(row, "FAULT", Some(context), now);
+            open_phase(row, "QUEUED", now);
+            row.lease = None;
+            if let Some(b) = row.build.as_mut() {
+                b.build_status = "QUEUED".to_string();
+                b.queued_reason =
+                    format!("re-queued after attempt {attempt}: worker {worker} was lost");
+            }
+            Some(QueueChange::Enqueue)
+        })
+        .await;
+    match result {
+        Ok(Some(_)) => core.dispatch.notify_one(),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(build = id, error = %e, "could not re-queue a build"),
+    }
+}
+
+async fn note_reason<S: StateStore>(core: &Core<S>, id: &str, reason: &str) {
+    let result = core
+        .update(id, |row| {
+            let b = row.build.as_mut()?;
+            if b.build_status != "QUEUED" || b.queued_reason == reason {
+                return None;
+            }
+            b.queued_reason = reason.to_string();
+            Some(QueueChange::Keep)
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(build = id, error = %e, "could not note why a build waits");
+    }
+}
+
+fn no_worker_reason(labels: &std::collections::HashMap<String, String>) -> String {
+    let mut wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    wanted.sort();
+    format!(
+        "waiting: no connected worker has the labels {} (start one with `kiln worker --label ...`)",
+        wanted.join(", ")
+    )
+}
+
+/// Runs the sweeper until `stop`.
+pub async fn sweeper<S: StateStore>(core: Arc<Core<S>>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(TICK) => {}
+        }
+        if let Err(e) = sweep(&core).await {
+            tracing::warn!(error = %e, "sweep failed");
+        }
+    }
+}
+
+async fn sweep<S: StateStore>(core: &Core<S>) -> Result<(), tonic::Status> {
+    let now = now_ms();
+    let err = crate::core::store_error;
+    // Leases: after a restart, workers get one TTL to reconnect before their builds move.
+    if core.started.elapsed() >= core.config.lease_ttl {
+        let active = core.store.active_builds().await.map_err(err)?;
+        let rows = core.store.get_builds(&active).await.map_err(err)?;
+        for row in rows.into_iter().flatten() {
+            if let Some(lease) = &row.lease {
+                if lease.expires_ms < now {
+                    let why = format!(
+                        "no heartbeat for {} ms",
+                        now - lease.expires_ms + ms(core.config.lease_ttl)
+                    );
+                    requeue(core, &record(&row).id, lease.epoch, &why).await;
+                }
+            }
+        }
+    }
+    for id in core.store.queue_expired(now, 256).await.map_err(err)? {
+        let result = core
+            .update(&id, |row| {
+                let b = record(row);
+                if b.build_complete || row.lease.is_some() || row.queued_deadline_ms > now {
+                    return None;
+                }
+                let message = format!(
+                    "the build waited longer than its queued timeout of {} minutes",
+                    b.queued_timeout_in_minutes
+                );
+                end_build(row, "TIMED_OUT", "QUEUED_TIMEOUT", &message, now);
+                Some(QueueChange::Finish)
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::warn!(build = id, error = %e, "could not time out a queued build");
+        }
+    }
+    push_cancels(core).await
+}
+
+/// Tells this coordinator's workers about builds they must stop: a StopBuild (possibly through
+/// another coordinator) or a lease that moved on.
+async fn push_cancels<S: StateStore>(core: &Core<S>) -> Result<(), tonic::Status> {
+    let held: Vec<(String, String, u64)> = core
+        .workers()
+        .iter()
+        .flat_map(|(w, c)| c.running.iter().map(|(b, e)| (w.clone(), b.clone(), *e)))
+        .collect();
+    if held.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<String> = held.iter().map(|(_, b, _)| b.clone()).collect();
+    let rows = core
+        .store
+        .get_builds(&ids)
+        .await
+        .map_err(crate::core::store_error)?;
+    for ((worker, id, held_epoch), row) in held.into_iter().zip(rows) {
+        let reason = match &row {
+            None => "the build no longer exists",
+            Some(r) if epoch(r) != held_epoch || record(r).build_complete => {
+                "the build was handed to another worker or ended"
+            }
+            Some(r) if record(r).stop_requested => "StopBuild",
+            Some(_) => continue,
+        };
+        send_cancel(core, &worker, &id, held_epoch, reason).await;
+    }
+    Ok(())
+}
+
+/// Sends one Cancel for a build to the worker holding it (once).
+pub async fn send_cancel<S: StateStore>(
+    core: &Core<S>,
+    worker: &str,
+    id: &str,
+    epoch: u64,
+    reason: &str,
+) {
+    let tx = {
+        let mut workers = core.workers();
+        let Some(w) = workers.get_mut(worker) else {
+            return;
+        };
+        if !w.cancelled.insert(id.to_string()) {
+            return;
+        }
+        w.tx.clone()
+    };
+    let message = CoordinatorMessage {
+        kind: Some(coordinator_message::Kind::Cancel(Cancel {
+            build_id: id.to_string(),
+            epoch,
+            reason: reason.to_string(),
+        })),
+    };
+    let _ = tx.send(Ok(message)).await;
+}

@@ -1,0 +1,325 @@
+//! StartBuild and RetryBuild: from a request to a numbered, queued build. Everything is checked
+//! before anything is stored: the project, the source, the buildspec (an invalid one is refused
+//! with INVALID_ARGUMENT and its `file:line:col` messages).
+
+use kiln_proto::v1::{
+    assignment, start_build_request, Assignment, Build, BuildPhase, EnvironmentVariable, Project,
+    StartBuildRequest, StoredBuild,
+};
+use tonic::Status;
+
+use crate::archive;
+use crate::core::{now_ms, store_error, Core};
+use crate::store::{Created, StateStore};
+
+const DEFAULT_TIMEOUT_MINUTES: u32 = 60;
+const MAX_TIMEOUT_MINUTES: u32 = 2160;
+const DEFAULT_QUEUED_TIMEOUT_MINUTES: u32 = 480;
+const BUILDSPEC_FILE: &str = "buildspec.yml";
+
+/// Checks and queues a build; returns it (or the build an earlier call with the same
+/// idempotency token created).
+pub async fn start<S: StateStore>(
+    core: &Core<S>,
+    request: StartBuildRequest,
+    retry_of: Option<String>,
+) -> Result<Build, Status> {
+    let project = match request.project_ref.clone() {
+        Some(start_build_request::ProjectRef::ProjectName(name)) => core
+            .store
+            .get_project(&name)
+            .await
+            .map_err(store_error)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no project {name:?}: create it with `kiln project apply -f FILE`"
+                ))
+            })?,
+        Some(start_build_request::ProjectRef::InlineProject(p)) => {
+            check_project(&p)?;
+            p
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "StartBuild needs a project: project_name or inline_project",
+            ))
+        }
+    };
+    let source_conf = project.source.clone().unwrap_or_default();
+    let source = match request.source.clone() {
+        Some(start_build_request::Source::SourceDigest(d)) => assignment::Source::SourceDigest(d),
+        Some(start_build_request::Source::Git(g)) if !g.url.is_empty() => {
+            assignment::Source::Git(g)
+        }
+        Some(start_build_request::Source::Git(_)) => {
+            return Err(Status::invalid_argument("git source without a url"))
+        }
+        None if source_conf.r#type == "GIT" && !source_conf.location.is_empty() => {
+            assignment::Source::Git(kiln_proto::v1::GitSource {
+                url: source_conf.location.clone(),
+                revision: String::new(),
+            })
+        }
+        None => {
+            return Err(Status::invalid_argument(
+                "no source: upload one with UploadSource (`kiln start DIR`) or give a git url",
+            ))
+        }
+    };
+    let buildspec = if !request.buildspec_override.is_empty() {
+        request.buildspec_override.clone()
+    } else if !source_conf.buildspec.is_empty() {
+        source_conf.buildspec.clone()
+    } else if let assignment::Source::SourceDigest(digest) = &source {
+        let path = core.blobs.path(digest).ok_or_else(|| {
+            Status::not_found(format!(
+                "no uploaded source {digest:?}: upload it with UploadSource first"
+            ))
+        })?;
+        tokio::task::spawn_blocking(move || archive::read_file(&path, BUILDSPEC_FILE))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "no buildspec.yml at the root of the source: add one or pass a buildspec",
+                )
+            })?
+    } else {
+        // A git source's buildspec is read by the worker after the checkout.
+        String::new()
+    };
+    if let assignment::Source::SourceDigest(digest) = &source {
+        if core.blobs.path(digest).is_none() {
+            return Err(Status::not_found(format!(
+                "no uploaded source {digest:?}: upload it with UploadSource first"
+            )));
+        }
+    }
+    if !buildspec.is_empty() {
+        let parsed = kiln_buildspec::parse(BUILDSPEC_FILE, &buildspec).map_err(|errors| {
+            Status::invalid_argument(format!("invalid buildspec (nothing was queued):\n{errors}"))
+        })?;
+        if parsed.buildspec.batch.is_some() && parsed.buildspec.phases.is_empty() {
+            return Err(Status::invalid_argument(
+                "batch builds are not supported yet: start each buildspec of the batch on its own",
+            ));
+        }
+    }
+    check_variables(&request.environment_variables_override)?;
+    let env = project.environment.clone().unwrap_or_default();
+    let timeout = pick(
+        request.timeout_in_minutes_override,
+        project.timeout_in_minutes,
+        DEFAULT_TIMEOUT_MINUTES,
+    );
+    if timeout > MAX_TIMEOUT_MINUTES {
+        return Err(Status::invalid_argument(format!(
+            "timeout of {timeout} minutes is over the limit of {MAX_TIMEOUT_MINUTES}"
+        )));
+    }
+    let queued_timeout = pick(
+        request.queued_timeout_in_minutes_override,
+        project.queued_timeout_in_minutes,
+        DEFAULT_QUEUED_TIMEOUT_MINUTES,
+    );
+    if !(0..=100).contains(&request.priority) {
+        return Err(Status::invalid_argument(
+            "priority must be between 0 and 100",
+        ));
+    }
+    let image = non_empty(&request.image_override)
+        .unwrap_or(&env.image)
+        .to_string();
+    let compute = non_empty(&request.compute_type_override)
+        .or(non_empty(&env.compute_type))
+        .unwrap_or("BUILD_GENERAL1_SMALL")
+        .to_string();
+    let now = now_ms();
+    let id = format!("{}:{}", project.name, uuid::Uuid::new_v4());
+    let initiator = non_empty(&request.initiator).unwrap_or("kiln").to_string();
+    let (git, digest) = match &source {
+        assignment::Source::Git(g) => (Some(g.clone()), String::new()),
+        assignment::Source::SourceDigest(d) => (None, d.clone()),
+    };
+    let build = Build {
+        arn: format!("arn:aws:codebuild:us-east-1:000000000000:build/{id}"),
+        id: id.clone(),
+        project_name: project.name.clone(),
+        build_status: "QUEUED".to_string(),
+        current_phase: "QUEUED".to_string(),
+        initiator: initiator.clone(),
+        queued_time_ms: now,
+        start_time_ms: now,
+        timeout_in_minutes: timeout,
+        queued_timeout_in_minutes: queued_timeout,
+        priority: request.priority,
+        source_digest: digest,
+        git,
+        image: image.clone(),
+        compute_type: compute.clone(),
+        phases: vec![
+            BuildPhase {
+                phase_type: "SUBMITTED".to_string(),
+                phase_status: "SUCCEEDED".to_string(),
+                start_time_ms: now,
+                end_time_ms: now,
+                ..BuildPhase::default()
+            },
+            BuildPhase {
+                phase_type: "QUEUED".to_string(),
+                start_time_ms: now,
+                ..BuildPhase::default()
+            },
+        ],
+        retry_of: retry_of.unwrap_or_default(),
+        ..Build::default()
+    };
+    let spec = Assignment {
+        build_id: id,
+        project_name: project.name.clone(),
+        buildspec,
+        source: Some(source),
+        image,
+        compute_type: compute,
+        project_environment_variables: env.environment_variables.clone(),
+        environment_variables_override: request.environment_variables_override.clone(),
+        timeout_in_minutes: timeout,
+        packaging: project
+            .artifacts
+            .as_ref()
+            .map(|a| a.packaging.clone())
+            .unwrap_or_default(),
+        initiator,
+        vpc: project.vpc.clone(),
+        ..Assignment::default()
+    };
+    let row = StoredBuild {
+        build: Some(build),
+        spec: Some(spec),
+        worker_labels: env.worker_labels.clone(),
+        concurrent_build_limit: project.concurrent_build_limit,
+        queued_deadline_ms: now + i64::from(queued_timeout) * 60_000,
+        ..StoredBuild::default()
+    };
+    let token = non_empty(&request.idempotency_token).map(str::to_string);
+    let stored = match core
+        .store
+        .create_build(row, token)
+        .await
+        .map_err(store_error)?
+    {
+        Created::New(row) => {
+            core.changed();
+            core.dispatch.notify_one();
+            row
+        }
+        Created::Existing(row) => row,
+    };
+    Ok(stored.build.unwrap_or_default())
+}
+
+/// The request for a new build that repeats an earlier one.
+pub fn retry_request(row: &StoredBuild, project: Project, token: String) -> StartBuildRequest {
+    let spec = row.spec.clone().unwrap_or_default();
+    let build = row.build.clone().unwrap_or_default();
+    let source = match spec.source {
+        Some(assignment::Source::Git(g)) => Some(start_build_request::Source::Git(g)),
+        Some(assignment::Source::SourceDigest(d)) => {
+            Some(start_build_request::Source::SourceDigest(d))
+        }
+        None => None,
+    };
+    StartBuildRequest {
+        project_ref: Some(start_build_request::ProjectRef::InlineProject(project)),
+        source,
+        buildspec_override: spec.buildspec,
+        environment_variables_override: spec.environment_variables_override,
+        image_override: spec.image,
+        compute_type_override: spec.compute_type,
+        timeout_in_minutes_override: spec.timeout_in_minutes,
+        queued_timeout_in_minutes_override: build.queued_timeout_in_minutes,
+        priority: build.priority,
+        idempotency_token: token,
+        initiator: build.initiator,
+    }
+}
+
+/// A project's settings as a build of it recorded them (for RetryBuild of inline projects).
+pub fn project_of(row: &StoredBuild) -> Project {
+    let spec = row.spec.clone().unwrap_or_default();
+    Project {
+        name: spec.project_name,
+        environment: Some(kiln_proto::v1::ProjectEnvironment {
+            environment_variables: spec.project_environment_variables,
+            worker_labels: row.worker_labels.clone(),
+            ..Default::default()
+        }),
+        artifacts: Some(kiln_proto::v1::ProjectArtifacts {
+            packaging: spec.packaging,
+        }),
+        vpc: spec.vpc,
+        concurrent_build_limit: row.concurrent_build_limit,
+        ..Project::default()
+    }
+}
+
+/// Checks a project's name and settings.
+pub fn check_project(project: &Project) -> Result<(), Status> {
+    let name = &project.name;
+    let ok = (2..=255).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if !ok {
+        return Err(Status::invalid_argument(format!(
+            "invalid project name {name:?}: use 2-255 letters, digits, - or _, starting with a letter or digit"
+        )));
+    }
+    if let Some(env) = &project.environment {
+        check_variables(&env.environment_variables)?;
+    }
+    if let Some(a) = &project.artifacts {
+        if !["", "NONE", "ZIP"].contains(&a.packaging.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "artifacts.packaging {:?}: use NONE or ZIP",
+                a.packaging
+            )));
+        }
+    }
+    if project.timeout_in_minutes > MAX_TIMEOUT_MINUTES {
+        return Err(Status::invalid_argument(format!(
+            "timeout_in_minutes is over the limit of {MAX_TIMEOUT_MINUTES}"
+        )));
+    }
+    Ok(())
+}
+
+fn check_variables(vars: &[EnvironmentVariable]) -> Result<(), Status> {
+    for v in vars {
+        if !kiln_buildspec::names::is_shell_name(&v.name) {
+            return Err(Status::invalid_argument(format!(
+                "environment variable name {:?} is not a valid shell name",
+                v.name
+            )));
+        }
+        if !["", "PLAINTEXT", "PARAMETER_STORE", "SECRETS_MANAGER"].contains(&v.r#type.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "environment variable {} has type {:?}: use PLAINTEXT, PARAMETER_STORE or SECRETS_MANAGER",
+                v.name, v.r#type
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn pick(request: u32, project: u32, default: u32) -> u32 {
+    [request, project]
+        .into_iter()
+        .find(|v| *v > 0)
+        .unwrap_or(default)
+}
+
+fn non_empty(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}

@@ -1,0 +1,429 @@
+//! `WorkerService`: the workers' control stream, source downloads and artifact uploads. Every
+//! message about a build is checked against the build's current lease epoch (the fencing token);
+//! a stale one gets a `Reject` and changes nothing. Log chunks are stored per attempt (keyed by
+//! build and epoch), so a worker that lost its lease can never write into the log of the attempt
+//! that replaced it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures_util::{Stream, StreamExt};
+use kiln_proto::v1::worker_service_server::WorkerService;
+use kiln_proto::v1::{
+    coordinator_message, upload_artifacts_request, worker_message, Completed, CompletedAck,
+    CoordinatorMessage, DataChunk, FetchSourceRequest, Hello, LeaseRef, LogAck, LogData,
+    PhaseStarted, Reject, Resume, UploadArtifactsRequest, UploadArtifactsResponse, Welcome,
+    WorkerMessage,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::core::{
+    close_phase, epoch, ms, now_ms, open_phase, record, store_error, Core, WorkerConn, WorkerTx,
+};
+use crate::store::{QueueChange, StateStore};
+
+/// The store key of one attempt's log.
+pub fn log_key(build_id: &str, epoch: u64) -> String {
+    format!("{build_id}#{epoch}")
+}
+
+pub struct WorkerApi<S> {
+    pub core: Arc<Core<S>>,
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl<S: StateStore> WorkerService for WorkerApi<S> {
+    type ConnectWorkerStream = BoxStream<CoordinatorMessage>;
+    type FetchSourceStream = BoxStream<DataChunk>;
+
+    async fn connect_worker(
+        &self,
+        request: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::ConnectWorkerStream>, Status> {
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(WorkerMessage {
+                kind: Some(worker_message::Kind::Hello(hello)),
+            })) => hello,
+            Some(Err(e)) => return Err(e),
+            _ => return Err(Status::invalid_argument("the first message must be Hello")),
+        };
+        if hello.worker_id.is_empty() {
+            return Err(Status::invalid_argument("Hello without a worker_id"));
+        }
+        let (tx, rx) = mpsc::channel(256);
+        let welcome = welcome(&self.core, &hello).await?;
+        let held: HashMap<String, u64> = welcome
+            .resumed
+            .iter()
+            .filter(|r| r.resumed)
+            .map(|r| (r.build_id.clone(), r.epoch))
+            .collect();
+        let _ = tx
+            .send(Ok(CoordinatorMessage {
+                kind: Some(coordinator_message::Kind::Welcome(welcome)),
+            }))
+            .await;
+        let conn = self.core.next_conn();
+        let worker_id = hello.worker_id.clone();
+        let previous = self.core.workers().insert(
+            worker_id.clone(),
+            WorkerConn {
+                conn,
+                labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                slots: hello.slots.max(1),
+                draining: false,
+                tx: tx.clone(),
+                running: held,
+                cancelled: HashSet::new(),
+            },
+        );
+        if previous.is_some() {
+            tracing::info!(
+                worker = worker_id,
+                "worker reconnected; its old stream is replaced"
+            );
+        }
+        tracing::info!(worker = worker_id, slots = hello.slots, "worker connected");
+        self.core.dispatch.notify_one();
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let session = Session {
+                core: core.clone(),
+                worker_id: worker_id.clone(),
+                tx,
+            };
+            while let Some(message) = inbound.next().await {
+                let Ok(WorkerMessage { kind: Some(kind) }) = message else {
+                    break;
+                };
+                // Completions and lease renewals do not depend on each other's order, so they
+                // are written concurrently (and committed together); phases and log chunks of a
+                // build stay in order.
+                let concurrent = matches!(
+                    kind,
+                    worker_message::Kind::Completed(_) | worker_message::Kind::Heartbeat(_)
+                );
+                let session = session.clone();
+                let work = async move {
+                    if let Err(e) = session.handle(kind).await {
+                        tracing::warn!(worker = session.worker_id, error = %e, "worker message failed");
+                    }
+                };
+                match concurrent {
+                    true => drop(tokio::spawn(work)),
+                    false => work.await,
+                }
+            }
+            let mut workers = core.workers();
+            if workers.get(&worker_id).is_some_and(|w| w.conn == conn) {
+                workers.remove(&worker_id);
+            }
+            tracing::info!(worker = worker_id, "worker disconnected");
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn fetch_source(
+        &self,
+        request: Request<FetchSourceRequest>,
+    ) -> Result<Response<Self::FetchSourceStream>, Status> {
+        let stream = self.core.blobs.read(&request.into_inner().digest).await?;
+        Ok(Response::new(Box::pin(
+            stream.map(|r| r.map(|data| DataChunk { data })),
+        )))
+    }
+
+    async fn upload_artifacts(
+        &self,
+        request: Request<Streaming<UploadArtifactsRequest>>,
+    ) -> Result<Response<UploadArtifactsResponse>, Status> {
+        let mut inbound = request.into_inner();
+        let lease = match inbound.next().await {
+            Some(Ok(UploadArtifactsRequest {
+                part: Some(upload_artifacts_request::Part::Begin(lease)),
+            })) => lease,
+            Some(Err(e)) => return Err(e),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must be `begin`",
+                ))
+            }
+        };
+        check_lease(&self.core, &lease).await?;
+        let chunks = inbound.map(|m| match m?.part {
+            Some(upload_artifacts_request::Part::Data(d)) => Ok(d),
+            _ => Err(Status::invalid_argument("expected `data` after `begin`")),
+        });
+        let stored = self
+            .core
+            .blobs
+            .store_stream(u64::MAX, Box::pin(chunks))
+            .await?;
+        Ok(Response::new(UploadArtifactsResponse {
+            digest: stored.digest,
+            size: stored.size,
+        }))
+    }
+}
+
+/// The Welcome for a (re)connecting worker: which of its builds it may go on with.
+async fn welcome<S: StateStore>(core: &Core<S>, hello: &Hello) -> Result<Welcome, Status> {
+    let mut resumed = Vec::new();
+    for lease in &hello.running {
+        let ok = renew(core, &hello.worker_id, lease).await?;
+        let next_log_seq = match ok {
+            true => core
+                .store
+                .log_len(&log_key(&lease.build_id, lease.epoch))
+                .await
+                .map_err(store_error)?,
+            false => 0,
+        };
+        resumed.push(Resume {
+            build_id: lease.build_id.clone(),
+            epoch: lease.epoch,
+            resumed: ok,
+            next_log_seq,
+        });
+    }
+    Ok(Welcome {
+        lease_ttl_ms: ms(core.config.lease_ttl) as u64,
+        heartbeat_interval_ms: ms(core.config.heartbeat_interval()) as u64,
+        resumed,
+    })
+}
+
+/// Renews a lease the worker holds; false when the epoch is no longer the build's.
+async fn renew<S: StateStore>(
+    core: &Core<S>,
+    worker: &str,
+    lease: &LeaseRef,
+) -> Result<bool, Status> {
+    let ttl = ms(core.config.lease_ttl);
+    let result = core
+        .update(&lease.build_id, |row| {
+            if epoch(row) != lease.epoch || record(row).build_complete {
+                return None;
+            }
+            let l = row.lease.as_mut()?;
+            l.worker_id = worker.to_string();
+            l.expires_ms = now_ms() + ttl;
+            Some(QueueChange::Keep)
+        })
+        .await;
+    match result {
+        Ok(updated) => Ok(updated.is_some()),
+        Err(e) if e.code() == tonic::Code::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// FAILED_PRECONDITION unless the lease is the build's current one.
+async fn check_lease<S: StateStore>(core: &Core<S>, lease: &LeaseRef) -> Result<(), Status> {
+    let row = core.build(&lease.build_id).await?;
+    if epoch(&row) != lease.epoch || row.lease.is_none() || record(&row).build_complete {
+        return Err(Status::failed_precondition(format!(
+            "lease epoch {} of build {} is not current (the build was re-assigned or ended)",
+            lease.epoch, lease.build_id
+        )));
+    }
+    Ok(())
+}
+
+/// One worker's stream.
+struct Session<S> {
+    core: Arc<Core<S>>,
+    worker_id: String,
+    tx: WorkerTx,
+}
+
+impl<S> Clone for Session<S> {
+    fn clone(&self) -> Self {
+        Session {
+            core: self.core.clone(),
+            worker_id: self.worker_id.clone(),
+            tx: self.tx.clone(),
+        }
+    }
+}
+
+impl<S: StateStore> Session<S> {
+    async fn handle(&self, kind: worker_message::Kind) -> Result<(), Status> {
+        match kind {
+            worker_message::Kind::Hello(_) => {
+                Err(Status::invalid_argument("Hello may only come first"))
+            }
+            worker_message::Kind::Heartbeat(beat) => {
+                for lease in &beat.running {
+                    if !renew(&self.core, &self.worker_id, lease).await? {
+                        self.reject(lease, "the lease is no longer yours").await;
+                    }
+                }
+                Ok(())
+            }
+            worker_message::Kind::PhaseStarted(phase) => self.phase(phase).await,
+            worker_message::Kind::Log(chunk) => self.log(chunk).await,
+            worker_message::Kind::Completed(done) => self.completed(done).await,
+            worker_message::Kind::Draining(_) => {
+                if let Some(w) = self.core.workers().get_mut(&self.worker_id) {
+                    w.draining = true;
+                }
+                tracing::info!(worker = self.worker_id, "worker is draining");
+                Ok(())
+            }
+        }
+    }
+
+    async fn send(&self, kind: coordinator_message::Kind) {
+        let _ = self
+            .tx
+            .send(Ok(CoordinatorMessage { kind: Some(kind) }))
+            .await;
+    }
+
+    async fn reject(&self, lease: &LeaseRef, reason: &str) {
+        self.forget(&lease.build_id);
+        self.send(coordinator_message::Kind::Reject(Reject {
+            build_id: lease.build_id.clone(),
+            epoch: lease.epoch,
+            reason: reason.to_string(),
+        }))
+        .await;
+    }
+
+    /// The worker no longer holds the build.
+    fn forget(&self, build_id: &str) {
+        if let Some(w) = self.core.workers().get_mut(&self.worker_id) {
+            w.running.remove(build_id);
+            w.cancelled.remove(build_id);
+        }
+        self.core.dispatch.notify_one();
+    }
+
+    async fn phase(&self, phase: PhaseStarted) -> Result<(), Status> {
+        let lease = LeaseRef {
+            build_id: phase.build_id.clone(),
+            epoch: phase.epoch,
+        };
+        let updated = self
+            .core
+            .update(&phase.build_id, |row| {
+                if epoch(row) != phase.epoch || record(row).build_complete {
+                    return None;
+                }
+                let now = now_ms();
+                if record(row).current_phase != phase.phase_type {
+                    close_phase(row, "SUCCEEDED", None, now);
+                    open_phase(row, &phase.phase_type, now);
+                }
+                Some(QueueChange::Keep)
+            })
+            .await?;
+        if updated.is_none() {
+            self.reject(&lease, "stale epoch").await;
+        }
+        Ok(())
+    }
+
+    async fn log(&self, chunk: LogData) -> Result<(), Status> {
+        let key = log_key(&chunk.build_id, chunk.epoch);
+        let held = self
+            .core
+            .workers()
+            .get(&self.worker_id)
+            .and_then(|w| w.running.get(&chunk.build_id).copied());
+        if held != Some(chunk.epoch) {
+            let lease = LeaseRef {
+                build_id: chunk.build_id.clone(),
+                epoch: chunk.epoch,
+            };
+            self.reject(&lease, "log for a build this worker does not hold")
+                .await;
+            return Ok(());
+        }
+        let next_seq = self
+            .core
+            .store
+            .append_log(&key, chunk.seq, &chunk.data)
+            .await
+            .or_else(|e| match e {
+                crate::store::StoreError::LogGap { expected, .. } => Ok(expected),
+                e => Err(store_error(e)),
+            })?;
+        self.core.changed();
+        self.send(coordinator_message::Kind::LogAck(LogAck {
+            build_id: chunk.build_id,
+            epoch: chunk.epoch,
+            next_seq,
+        }))
+        .await;
+        Ok(())
+    }
+
+    async fn completed(&self, done: Completed) -> Result<(), Status> {
+        let lease = LeaseRef {
+            build_id: done.build_id.clone(),
+            epoch: done.epoch,
+        };
+        let mut duplicate = false;
+        let updated = self
+            .core
+            .update(&done.build_id, |row| {
+                if epoch(row) != done.epoch {
+                    return None;
+                }
+                if record(row).build_complete {
+                    // A resend whose ack was lost.
+                    duplicate = row.lease.is_none();
+                    return None;
+                }
+                row.lease.as_ref()?;
+                let now = now_ms();
+                row.lease = None;
+                let build = row.build.as_mut()?;
+                // The coordinator's phases up to the last QUEUED (earlier attempts included),
+                // then the worker's own.
+                let keep = build
+                    .phases
+                    .iter()
+                    .rposition(|p| p.phase_type == "QUEUED")
+                    .map_or(0, |i| i + 1);
+                build.phases.truncate(keep);
+                build.phases.extend(
+                    done.phases
+                        .iter()
+                        .filter(|p| p.phase_type != "SUBMITTED" && p.phase_type != "QUEUED")
+                        .cloned(),
+                );
+                build.build_status = done.build_status.clone();
+                build.current_phase = "COMPLETED".to_string();
+                build.build_complete = true;
+                build.end_time_ms = now;
+                build.stop_requested = false;
+                build.exported_environment_variables = done.exported_environment_variables.clone();
+                build.resolved_source_version = done.resolved_source_version.clone();
+                build.artifacts_digest = done.artifacts_digest.clone();
+                build.artifacts_size = done.artifacts_size;
+                Some(QueueChange::Finish)
+            })
+            .await?;
+        if updated.is_some() || duplicate {
+            self.forget(&done.build_id);
+            self.send(coordinator_message::Kind::CompletedAck(CompletedAck {
+                build_id: done.build_id,
+                epoch: done.epoch,
+            }))
+            .await;
+        } else {
+            self.reject(&lease, "stale epoch: the build was re-assigned or ended")
+                .await;
+        }
+        Ok(())
+    }
+}

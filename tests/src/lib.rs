@@ -1,0 +1,299 @@
+//! The end-to-end harness: starts real `kiln` processes (coordinators, workers), a real
+//! `redis-server`, and talks to them with real gRPC clients and the real `kiln` CLI.
+//!
+//! Everything a test needs must be there: a missing Docker daemon, build image, `redis-server`
+//! or `kiln` binary fails the test with a message saying how to get it, never skips it.
+
+use std::io::{BufRead, BufReader};
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use kiln_proto::v1::build_service_client::BuildServiceClient;
+use kiln_proto::v1::{Build, GetBuildRequest};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// The build image every test build uses (made by `deploy/build-image.sh`).
+pub const IMAGE: &str = "kiln/build-image:bookworm";
+
+/// The `kiln` binary `cargo test --workspace` built next to this test.
+pub fn kiln_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory");
+    let bin = dir.join("kiln");
+    assert!(
+        bin.is_file(),
+        "{} is missing: run the tests with `cargo test --workspace` (which builds it) or `cargo build -p kiln` first",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails loudly unless Docker runs and has the build image.
+pub fn require_docker() {
+    let out = Command::new("docker")
+        .args(["image", "inspect", "--format", "{{.Id}}", IMAGE])
+        .output()
+        .expect("the docker CLI must be installed for the end-to-end tests");
+    assert!(
+        out.status.success(),
+        "Docker or the image {IMAGE} is missing ({}): start Docker and run deploy/build-image.sh",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+}
+
+/// A child process killed when dropped; its stderr is kept in a file for failure messages.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Starts `kiln ARGS...`; waits for a `listening on ADDR` line when `listens`.
+    pub fn kiln(
+        name: &str,
+        args: &[&str],
+        envs: &[(&str, &str)],
+        listens: bool,
+    ) -> (Proc, Option<SocketAddr>) {
+        let log = std::env::temp_dir().join(format!(
+            "kiln-test-{}-{name}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let mut child = Command::new(kiln_bin())
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("KILN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting kiln {args:?}: {e}"));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        let log_path = log.clone();
+        std::thread::spawn(move || {
+            let mut file = std::fs::File::create(&log_path).ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = file.as_mut() {
+                    use std::io::Write;
+                    let _ = writeln!(f, "{line}");
+                }
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    if let Ok(addr) = addr.trim().parse::<SocketAddr>() {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let proc = Proc {
+            name: name.to_string(),
+            child,
+            log,
+        };
+        if !listens {
+            return (proc, None);
+        }
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => (proc, Some(addr)),
+            Err(_) => panic!("{name} did not start listening:\n{}", proc.log_text()),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, and wait for it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM; waits up to `timeout` for the exit and returns whether it exited.
+    pub fn terminate(&mut self, timeout: Duration) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Whether it still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.log);
+        } else {
+            eprintln!(
+                "--- log of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                self.log_text()
+            );
+        }
+    }
+}
+
+/// A real `redis-server` on a free loopback port, without persistence.
+pub struct Redis {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+            ])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "redis-server is required for these tests ({e}): apt-get install redis-server"
+                )
+            });
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Redis {
+            child,
+            url: format!("redis://127.0.0.1:{port}/0"),
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Runs the `kiln` CLI to completion.
+pub fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
+    Command::new(kiln_bin())
+        .args(args)
+        .envs(envs.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kiln")
+}
+
+/// A checkout with a buildspec (and whatever other files).
+pub fn checkout(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(path, text).expect("write");
+    }
+    dir
+}
+
+/// Adds the bearer token to each request.
+pub type Auth =
+    Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+
+pub type Client = BuildServiceClient<InterceptedService<Channel, Auth>>;
+
+/// A gRPC client of BuildService, with a bearer token when given.
+pub async fn client(addr: SocketAddr, token: Option<&str>) -> Client {
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
+        token.map(|t| format!("Bearer {t}").parse().expect("ascii token"));
+    let intercept: Auth = Box::new(move |mut r: tonic::Request<()>| {
+        if let Some(h) = &header {
+            r.metadata_mut().insert("authorization", h.clone());
+        }
+        Ok(r)
+    });
+    BuildServiceClient::with_interceptor(channel, intercept)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20)
+}
+
+/// Polls until the build is complete.
+pub async fn wait_complete(client: &mut Client, id: &str, timeout: Duration) -> Build {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let build = client
+            .get_build(GetBuildRequest { id: id.to_string() })
+            .await
+            .unwrap_or_else(|e| panic!("GetBuild {id}: {e}"))
+            .into_inner();
+        if build.build_complete {
+            return build;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "build {id} not complete after {timeout:?}: {} {} ({})",
+            build.build_status,
+            build.current_phase,
+            build.queued_reason
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
