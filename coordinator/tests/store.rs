@@ -137,7 +137,16 @@ fn number(build: &StoredBuild) -> u64 {
 }
 
 async fn create(store: &impl StateStore, build: StoredBuild) -> StoredBuild {
-    match store.create_build(build, None).await.expect("create") {
+    create_with(store, build, None).await
+}
+
+async fn create_with(
+    store: &impl StateStore,
+    build: StoredBuild,
+    token: Option<&str>,
+) -> StoredBuild {
+    let token = token.map(str::to_owned);
+    match store.create_build(build, token).await.expect("create") {
         Created::New(build) => build,
         other => panic!("expected a new build, got {other:?}"),
     }
@@ -217,14 +226,11 @@ async fn concurrent_creates_get_distinct_contiguous_numbers(backend: impl Backen
 
 async fn idempotency_token_returns_the_existing_build(backend: impl Backend) {
     let store = backend.open().await;
-    let token = Some("start-1".to_owned());
-    let first = match store.create_build(build("p", 0), token.clone()).await {
-        Ok(Created::New(first)) => first,
-        other => panic!("expected a new build, got {other:?}"),
-    };
+    let first = create_with(&store, build("p", 0), Some("start-1")).await;
     let retry = build("p", 0);
     let retry_id = id(&retry);
-    let again = store.create_build(retry, token).await.expect("create");
+    let again = store.create_build(retry, Some("start-1".into())).await;
+    let again = again.expect("create");
     assert_eq!(again, Created::Existing(first.clone()));
     assert_eq!(store.get_build(&retry_id).await.expect("get"), None);
 
@@ -237,11 +243,8 @@ async fn idempotency_token_returns_the_existing_build(backend: impl Backend) {
     assert_eq!(store.queue_len().await.expect("queue_len"), 1);
 
     // Another token creates another build, numbered next.
-    let other = store
-        .create_build(build("p", 0), Some("start-2".into()))
-        .await
-        .expect("create");
-    assert!(matches!(other, Created::New(b) if number(&b) == 2));
+    let other = create_with(&store, build("p", 0), Some("start-2")).await;
+    assert_eq!(number(&other), 2);
 }
 
 async fn concurrent_updates_from_one_version_conflict(backend: impl Backend) {
@@ -340,9 +343,21 @@ async fn queue_orders_by_priority_then_fifo_and_requeue_keeps_the_place(backend:
         store.queue_head(10).await.expect("queue_head"),
         order(&[&clamped, &high, &first, &second, &negative])
     );
-    // Keep leaves the queue alone.
-    update(&store, second, QueueChange::Keep).await;
+    // Keep leaves the queue alone, but a queued build's rank follows its priority.
+    update(&store, second.clone(), QueueChange::Keep).await;
     assert_eq!(store.queue_len().await.expect("queue_len"), 5);
+    let mut urgent = get(&store, &id(&negative)).await;
+    urgent.build.as_mut().expect("build").priority = 100;
+    urgent.queued_deadline_ms = 1;
+    update(&store, urgent, QueueChange::Keep).await;
+    assert_eq!(
+        store.queue_head(10).await.expect("queue_head"),
+        order(&[&clamped, &negative, &high, &first, &second])
+    );
+    assert_eq!(
+        store.queue_expired(1, 10).await.expect("expired"),
+        [id(&negative)]
+    );
 }
 
 async fn queue_expired_lists_due_queued_builds(backend: impl Backend) {
@@ -606,11 +621,7 @@ async fn reopening_keeps_everything(backend: impl Backend) {
     let claimed = update(&store, claimed, QueueChange::Claim { limit: 1 }).await;
     let finished = update(&store, create(&store, build("q", 0)).await, CLAIM).await;
     let finished = update(&store, finished, QueueChange::Finish).await;
-    let token = Some("retry-token".to_owned());
-    let tokened = match store.create_build(build("q", 0), token.clone()).await {
-        Ok(Created::New(b)) => b,
-        other => panic!("expected a new build, got {other:?}"),
-    };
+    let tokened = create_with(&store, build("q", 0), Some("retry-token")).await;
     let project = Project {
         name: "p".into(),
         concurrent_build_limit: 1,
@@ -628,9 +639,9 @@ async fn reopening_keeps_everything(backend: impl Backend) {
     assert_eq!(store.active_builds().await.expect("active"), [id(&claimed)]);
     assert_eq!(store.get_project("p").await.expect("get"), Some(project));
     let again = store
-        .create_build(build("q", 0), token)
-        .await
-        .expect("create");
+        .create_build(build("q", 0), Some("retry-token".into()))
+        .await;
+    let again = again.expect("create");
     assert_eq!(again, Created::Existing(tokened));
     // The running set survived: the project's limit of one is still taken.
     let refused = store

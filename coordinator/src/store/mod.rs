@@ -69,6 +69,20 @@ fn decode_row<M: prost::Message + Default>(bytes: &[u8]) -> StoreResult<M> {
     M::decode(bytes).map_err(|err| StoreError::Corrupt(format!("undecodable row: {err}")))
 }
 
+/// Decodes a row that may be absent.
+fn decode_found<M: prost::Message + Default>(
+    row: Option<impl AsRef<[u8]>>,
+) -> StoreResult<Option<M>> {
+    row.map(|row| decode_row(row.as_ref())).transpose()
+}
+
+/// Decodes rows that may be absent, keeping their order.
+fn decode_each<M: prost::Message + Default>(
+    rows: impl IntoIterator<Item = Option<impl AsRef<[u8]>>>,
+) -> StoreResult<Vec<Option<M>>> {
+    rows.into_iter().map(decode_found).collect()
+}
+
 /// The id and project of a build row (empty when the row has no `build`).
 fn id_and_project(stored: &StoredBuild) -> (&str, &str) {
     stored
@@ -129,7 +143,8 @@ pub enum Created {
 /// How a build's place in the queue and in its project's running set changes with an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueChange {
-    /// Neither changes.
+    /// Neither changes. (A queued build's rank and deadline follow its row, so a `Keep` that
+    /// changes `priority` or `queued_deadline_ms` of a queued build moves it.)
     Keep,
     /// Into the queue (at its priority and original `queue_seq`), out of the running set.
     Enqueue,
