@@ -724,7 +724,7 @@ async fn embedded_drops_a_torn_last_journal_record() {
     let store = EmbeddedStore::open(dir.path()).expect("reopen after a torn record");
     assert_eq!(get(&store, &id(&kept)).await, kept);
     assert_eq!(store.get_build(&id(&torn)).await.expect("get"), None);
-    // Its number was never acknowledged, so it is given again.
+    // A torn record was never acknowledged (a crash cut it), so its number is free again.
     assert_eq!(number(&create(&store, build("p", 0)).await), 2);
     drop(store);
 

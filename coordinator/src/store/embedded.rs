@@ -58,11 +58,14 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir` with default options.
+    /// Opens (or creates) the store in `dir` with default options. Blocks while it replays and
+    /// compacts the journal (about a second per 100,000 builds); async callers run it on the
+    /// blocking pool, as [`crate::store::AnyStore::open`] does.
     pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
         EmbeddedStore::open_with(dir, EmbeddedOptions::default())
     }
 
+    /// [`EmbeddedStore::open`] with options.
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> StoreResult<EmbeddedStore> {
         fs::create_dir_all(dir.join("logs"))?;
         let lock = OpenOptions::new()

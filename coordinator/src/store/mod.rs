@@ -8,12 +8,12 @@
 //! journal record in the embedded store. Two coordinators racing to claim the same build, or a
 //! lease sweeper racing a worker's completion, therefore never both win.
 //!
-//! The rules both backends share live here as pure functions: the queue rank ([`queue_rank`]),
-//! what the store fills in on a new build ([`stamp_new`]), filter matching and `list_builds`
-//! paging ([`page_builds`]).
+//! The rules both backends share live here as pure functions: the queue rank (`queue_rank`),
+//! what the store fills in on a new build (`stamp_new`), filter matching and `list_builds`
+//! paging (`page_builds`).
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 
 use kiln_proto::v1::{Project, StoredBuild};
 use thiserror::Error;
@@ -320,8 +320,11 @@ impl AnyStore {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             return Ok(AnyStore::Redis(RedisStore::connect(url, prefix).await?));
         }
-        let dir = Path::new(url.strip_prefix("file:").unwrap_or(url));
-        Ok(AnyStore::Embedded(EmbeddedStore::open(dir)?))
+        let dir = PathBuf::from(url.strip_prefix("file:").unwrap_or(url));
+        // Opening replays and compacts the journal: file I/O, off the async workers.
+        let open = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir));
+        let store = open.await.map_err(std::io::Error::other)??;
+        Ok(AnyStore::Embedded(store))
     }
 }
 

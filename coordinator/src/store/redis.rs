@@ -4,8 +4,7 @@
 //! read-modify-write from Rust: creating a build (`redis/create_build.lua`), the compare-and-set
 //! of a build with its queue change (`redis/update_build.lua`) and appending a log chunk
 //! (`redis/append_log.lua`); each script's header documents its keys and arguments. Changes of
-//! one key (projects) are single commands. Reads are plain
-//! commands, pipelined.
+//! one key (projects) are single commands. Reads are plain commands, pipelined.
 //!
 //! Keys, each starting with the store's prefix (so tests and Kiln installations can share a
 //! Redis):
