@@ -1,20 +1,18 @@
 //! The one test suite of `StateStore`, run against both backends: the embedded store in a temp
-//! directory and the Redis store on a real `redis-server` (see `common`). Tests only one backend
-//! has (the embedded journal's torn tail and compaction, Redis's own durability) follow.
+//! directory and the Redis store on a real `redis-server` (see `common`). What only one backend
+//! has is tested in `store_backends.rs`.
 
 mod common;
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::Instant;
 
+use common::fixtures::{build, create, create_with, get, id, number, update, CLAIM, NOW_MS};
 use common::RedisServer;
 use kiln_coordinator::store::{
-    AnyStore, BuildFilter, Created, EmbeddedOptions, EmbeddedStore, QueueChange, RedisStore,
-    StateStore, StoreError, Updated,
+    BuildFilter, Created, EmbeddedStore, QueueChange, RedisStore, StateStore, StoreError, Updated,
 };
-use kiln_proto::v1::{Assignment, Build, Lease, Project, StoredBuild};
-use prost::Message;
+use kiln_proto::v1::{Lease, Project, StoredBuild};
 use tempfile::TempDir;
 
 /// A backend under test, which can be opened again (after the last store is dropped) to see
@@ -101,61 +99,6 @@ on_both_backends!(
     racing_claims_win_each_build_once,
 );
 
-const NOW_MS: i64 = 1_700_000_000_000;
-
-/// A build as the coordinator would hand it to `create_build`.
-fn build(project: &str, priority: i32) -> StoredBuild {
-    let id = format!("{project}:{}", uuid::Uuid::new_v4());
-    StoredBuild {
-        build: Some(Build {
-            id: id.clone(),
-            project_name: project.into(),
-            build_status: "IN_PROGRESS".into(),
-            current_phase: "QUEUED".into(),
-            queued_time_ms: NOW_MS,
-            priority,
-            ..Default::default()
-        }),
-        spec: Some(Assignment {
-            build_id: id,
-            project_name: project.into(),
-            buildspec: "version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\n"
-                .repeat(3),
-            ..Default::default()
-        }),
-        queued_deadline_ms: NOW_MS + 3_600_000,
-        ..Default::default()
-    }
-}
-
-fn id(build: &StoredBuild) -> String {
-    build.build.as_ref().expect("build record").id.clone()
-}
-
-fn number(build: &StoredBuild) -> u64 {
-    build.build.as_ref().expect("build record").build_number
-}
-
-async fn create(store: &impl StateStore, build: StoredBuild) -> StoredBuild {
-    match store.create_build(build, None).await.expect("create") {
-        Created::New(build) => build,
-        other => panic!("expected a new build, got {other:?}"),
-    }
-}
-
-async fn get(store: &impl StateStore, id: &str) -> StoredBuild {
-    store.get_build(id).await.expect("get").expect("stored")
-}
-
-async fn update(store: &impl StateStore, build: StoredBuild, change: QueueChange) -> StoredBuild {
-    match store.update_build(build, change).await.expect("update") {
-        Updated::Done(build) => build,
-        other => panic!("expected Done, got {other:?}"),
-    }
-}
-
-const CLAIM: QueueChange = QueueChange::Claim { limit: 0 };
-
 async fn numbers_are_per_project_and_never_repeat(backend: impl Backend) {
     let store = backend.open().await;
     let mut seqs = Vec::new();
@@ -217,14 +160,11 @@ async fn concurrent_creates_get_distinct_contiguous_numbers(backend: impl Backen
 
 async fn idempotency_token_returns_the_existing_build(backend: impl Backend) {
     let store = backend.open().await;
-    let token = Some("start-1".to_owned());
-    let first = match store.create_build(build("p", 0), token.clone()).await {
-        Ok(Created::New(first)) => first,
-        other => panic!("expected a new build, got {other:?}"),
-    };
+    let first = create_with(&store, build("p", 0), Some("start-1")).await;
     let retry = build("p", 0);
     let retry_id = id(&retry);
-    let again = store.create_build(retry, token).await.expect("create");
+    let again = store.create_build(retry, Some("start-1".into())).await;
+    let again = again.expect("create");
     assert_eq!(again, Created::Existing(first.clone()));
     assert_eq!(store.get_build(&retry_id).await.expect("get"), None);
 
@@ -237,11 +177,8 @@ async fn idempotency_token_returns_the_existing_build(backend: impl Backend) {
     assert_eq!(store.queue_len().await.expect("queue_len"), 1);
 
     // Another token creates another build, numbered next.
-    let other = store
-        .create_build(build("p", 0), Some("start-2".into()))
-        .await
-        .expect("create");
-    assert!(matches!(other, Created::New(b) if number(&b) == 2));
+    let other = create_with(&store, build("p", 0), Some("start-2")).await;
+    assert_eq!(number(&other), 2);
 }
 
 async fn concurrent_updates_from_one_version_conflict(backend: impl Backend) {
@@ -340,9 +277,21 @@ async fn queue_orders_by_priority_then_fifo_and_requeue_keeps_the_place(backend:
         store.queue_head(10).await.expect("queue_head"),
         order(&[&clamped, &high, &first, &second, &negative])
     );
-    // Keep leaves the queue alone.
-    update(&store, second, QueueChange::Keep).await;
+    // Keep leaves the queue alone, but a queued build's rank follows its priority.
+    update(&store, second.clone(), QueueChange::Keep).await;
     assert_eq!(store.queue_len().await.expect("queue_len"), 5);
+    let mut urgent = get(&store, &id(&negative)).await;
+    urgent.build.as_mut().expect("build").priority = 100;
+    urgent.queued_deadline_ms = 1;
+    update(&store, urgent, QueueChange::Keep).await;
+    assert_eq!(
+        store.queue_head(10).await.expect("queue_head"),
+        order(&[&clamped, &negative, &high, &first, &second])
+    );
+    assert_eq!(
+        store.queue_expired(1, 10).await.expect("expired"),
+        [id(&negative)]
+    );
 }
 
 async fn queue_expired_lists_due_queued_builds(backend: impl Backend) {
@@ -606,11 +555,7 @@ async fn reopening_keeps_everything(backend: impl Backend) {
     let claimed = update(&store, claimed, QueueChange::Claim { limit: 1 }).await;
     let finished = update(&store, create(&store, build("q", 0)).await, CLAIM).await;
     let finished = update(&store, finished, QueueChange::Finish).await;
-    let token = Some("retry-token".to_owned());
-    let tokened = match store.create_build(build("q", 0), token.clone()).await {
-        Ok(Created::New(b)) => b,
-        other => panic!("expected a new build, got {other:?}"),
-    };
+    let tokened = create_with(&store, build("q", 0), Some("retry-token")).await;
     let project = Project {
         name: "p".into(),
         concurrent_build_limit: 1,
@@ -628,9 +573,9 @@ async fn reopening_keeps_everything(backend: impl Backend) {
     assert_eq!(store.active_builds().await.expect("active"), [id(&claimed)]);
     assert_eq!(store.get_project("p").await.expect("get"), Some(project));
     let again = store
-        .create_build(build("q", 0), token)
-        .await
-        .expect("create");
+        .create_build(build("q", 0), Some("retry-token".into()))
+        .await;
+    let again = again.expect("create");
     assert_eq!(again, Created::Existing(tokened));
     // The running set survived: the project's limit of one is still taken.
     let refused = store
@@ -686,195 +631,4 @@ async fn racing_claims_win_each_build_once(backend: impl Backend) {
     let distinct: HashSet<_> = won.iter().collect();
     assert_eq!((won.len(), distinct.len()), (100, 100));
     assert_eq!(store.active_builds().await.expect("active").len(), 100);
-}
-
-// ---- The embedded store only: its journal and directory.
-
-fn journal(dir: &TempDir) -> std::path::PathBuf {
-    dir.path().join("journal")
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_drops_a_torn_last_journal_record() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = EmbeddedStore::open(dir.path()).expect("open");
-    let kept = create(&store, build("p", 0)).await;
-    let torn = create(&store, build("p", 0)).await;
-    drop(store);
-    // The crash cut the last record short.
-    let len = std::fs::metadata(journal(&dir)).expect("journal").len();
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .open(journal(&dir))
-        .expect("journal");
-    file.set_len(len - 5).expect("truncate");
-    drop(file);
-
-    let store = EmbeddedStore::open(dir.path()).expect("reopen after a torn record");
-    assert_eq!(get(&store, &id(&kept)).await, kept);
-    assert_eq!(store.get_build(&id(&torn)).await.expect("get"), None);
-    // Its number was never acknowledged, so it is given again.
-    assert_eq!(number(&create(&store, build("p", 0)).await), 2);
-    drop(store);
-
-    // Garbage after the last record (a frame claiming more than follows) is dropped too.
-    let mut bytes = std::fs::read(journal(&dir)).expect("journal");
-    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
-    std::fs::write(journal(&dir), bytes).expect("journal");
-    let store = EmbeddedStore::open(dir.path()).expect("reopen after garbage");
-    assert_eq!(store.queue_len().await.expect("queue_len"), 2);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_compaction_keeps_everything() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let options = EmbeddedOptions {
-        compact_after_bytes: 16 << 10,
-    };
-    let store = Arc::new(EmbeddedStore::open_with(dir.path(), options.clone()).expect("open"));
-    let mut written = 0u64;
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut row = create(&*store, build("p", 0)).await;
-                for round in 0..40 {
-                    let change = [CLAIM, QueueChange::Enqueue][round % 2];
-                    row.build.as_mut().expect("build").attempt = round as u32;
-                    row = update(&*store, row, change).await;
-                }
-                row
-            })
-        })
-        .collect();
-    let mut last = Vec::new();
-    for worker in workers {
-        let row = worker.await.expect("task");
-        written += 41 * row.encoded_len() as u64;
-        last.push(row);
-    }
-    store
-        .put_project(
-            Project {
-                name: "p".into(),
-                ..Default::default()
-            },
-            true,
-        )
-        .await
-        .expect("put");
-    let before = std::fs::metadata(journal(&dir)).expect("journal").len();
-    drop(store);
-    assert!(
-        before < written / 2,
-        "compacted while running: {before} of {written} bytes"
-    );
-
-    let store = EmbeddedStore::open_with(dir.path(), options).expect("reopen");
-    let snapshot = std::fs::metadata(journal(&dir)).expect("journal").len();
-    assert!(
-        before <= (4 * snapshot).max(16 << 10) + 8 * 1024,
-        "{before} vs {snapshot}"
-    );
-    for row in &last {
-        assert_eq!(&get(&store, &id(row)).await, row);
-    }
-    assert_eq!(
-        store.queue_len().await.expect("queue_len"),
-        8,
-        "last change: Enqueue"
-    );
-    assert!(store.active_builds().await.expect("active").is_empty());
-    assert!(store.get_project("p").await.expect("get").is_some());
-}
-
-#[tokio::test]
-async fn embedded_directory_opens_once() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let _store = EmbeddedStore::open(dir.path()).expect("open");
-    let second = EmbeddedStore::open(dir.path());
-    let err = second.err().expect("a second open is refused").to_string();
-    assert!(err.contains("open in another process"), "{err}");
-}
-
-/// Group commit: many concurrent callers share fsyncs. Prints the rate; asserts a floor far
-/// below it so a slow CI disk does not fail it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn embedded_group_commit_throughput() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let store = Arc::new(EmbeddedStore::open(dir.path()).expect("open"));
-    let (tasks, per_task) = (256, 40);
-    let started = Instant::now();
-    let workers: Vec<_> = (0..tasks)
-        .map(|_| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let mut row = create(&*store, build("p", 0)).await;
-                for _ in 1..per_task {
-                    row = update(&*store, row, QueueChange::Keep).await;
-                }
-            })
-        })
-        .collect();
-    for worker in workers {
-        worker.await.expect("task");
-    }
-    let rate = f64::from(tasks * per_task) / started.elapsed().as_secs_f64();
-    println!("embedded store: {rate:.0} durable mutations/s with {tasks} concurrent callers");
-    assert!(rate > 1_000.0, "{rate:.0} mutations/s");
-}
-
-// ---- Redis only.
-
-/// A Redis that fsyncs every write keeps every build across its own restart.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_restart_keeps_everything_with_appendonly() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let server = RedisServer::start_durable(dir.path());
-    let store = RedisStore::connect(&server.url(), "kiln:")
-        .await
-        .expect("connect");
-    let queued = create(&store, build("p", 3)).await;
-    let claimed = update(&store, create(&store, build("p", 0)).await, CLAIM).await;
-    drop(store);
-    drop(server);
-
-    let server = RedisServer::start_durable(dir.path());
-    let store = RedisStore::connect(&server.url(), "kiln:")
-        .await
-        .expect("connect");
-    assert_eq!(get(&store, &id(&queued)).await, queued);
-    assert_eq!(get(&store, &id(&claimed)).await, claimed);
-    assert_eq!(store.queue_head(5).await.expect("head"), [id(&queued)]);
-    assert_eq!(number(&create(&store, build("p", 0)).await), 3);
-}
-
-// ---- AnyStore picks the backend from the URL; prefixes keep Redis users apart.
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn any_store_opens_the_backend_its_url_names() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("state");
-    let url = format!("file:{}", path.display());
-    let embedded = AnyStore::open(&url, "ignored").await.expect("open");
-    assert!(matches!(embedded, AnyStore::Embedded(_)));
-    let created = create(&embedded, build("p", 0)).await;
-    assert_eq!(get(&embedded, &id(&created)).await, created);
-    drop(embedded);
-    let plain_path = path.to_str().expect("utf-8 path");
-    let embedded = AnyStore::open(plain_path, "").await.expect("open");
-    assert_eq!(get(&embedded, &id(&created)).await, created);
-
-    let server = RedisServer::start(dir.path());
-    let one = AnyStore::open(&server.url(), "one:")
-        .await
-        .expect("connect");
-    let two = AnyStore::open(&server.url(), "two:")
-        .await
-        .expect("connect");
-    assert!(matches!(one, AnyStore::Redis(_)));
-    let created = create(&one, build("p", 0)).await;
-    assert_eq!(get(&one, &id(&created)).await, created);
-    assert_eq!(two.get_build(&id(&created)).await.expect("get"), None);
-    assert_eq!(number(&create(&two, build("p", 0)).await), 1);
 }

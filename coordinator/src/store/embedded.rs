@@ -29,8 +29,8 @@ use self::journal::Journal;
 use self::logs::Logs;
 use self::state::State;
 use super::{
-    decode_row, page_builds, BuildFilter, Created, QueueChange, StateStore, StoreResult,
-    StoredChunk, Updated,
+    decode_each, decode_found, decode_row, page_builds, BuildFilter, Created, QueueChange,
+    StateStore, StoreResult, StoredChunk, Updated,
 };
 
 /// Tuning for [`EmbeddedStore::open_with`].
@@ -58,11 +58,14 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the store in `dir` with default options.
+    /// Opens (or creates) the store in `dir` with default options. Blocks while it replays and
+    /// compacts the journal (about a second per 100,000 builds); async callers run it on the
+    /// blocking pool, as [`crate::store::AnyStore::open`] does.
     pub fn open(dir: &Path) -> StoreResult<EmbeddedStore> {
         EmbeddedStore::open_with(dir, EmbeddedOptions::default())
     }
 
+    /// [`EmbeddedStore::open`] with options.
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> StoreResult<EmbeddedStore> {
         fs::create_dir_all(dir.join("logs"))?;
         let lock = OpenOptions::new()
@@ -91,12 +94,6 @@ impl EmbeddedStore {
     }
 }
 
-fn decode_rows(rows: Vec<Option<Bytes>>) -> StoreResult<Vec<Option<StoredBuild>>> {
-    rows.into_iter()
-        .map(|row| row.map(|row| decode_row(&row)).transpose())
-        .collect()
-}
-
 impl StateStore for EmbeddedStore {
     async fn create_build(
         &self,
@@ -109,15 +106,14 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn get_build(&self, id: &str) -> StoreResult<Option<StoredBuild>> {
-        let row = self.committer.read(|state| state.row(id));
-        row.map(|row| decode_row(&row)).transpose()
+        decode_found(self.committer.read(|state| state.row(id)))
     }
 
     async fn get_builds(&self, ids: &[String]) -> StoreResult<Vec<Option<StoredBuild>>> {
-        decode_rows(
-            self.committer
-                .read(|state| ids.iter().map(|id| state.row(id)).collect()),
-        )
+        let rows: Vec<_> = self
+            .committer
+            .read(|state| ids.iter().map(|id| state.row(id)).collect());
+        decode_each(rows)
     }
 
     async fn list_builds(
@@ -179,8 +175,7 @@ impl StateStore for EmbeddedStore {
     }
 
     async fn get_project(&self, name: &str) -> StoreResult<Option<Project>> {
-        let row = self.committer.read(|state| state.project(name));
-        row.map(|row| decode_row(&row)).transpose()
+        decode_found(self.committer.read(|state| state.project(name)))
     }
 
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {

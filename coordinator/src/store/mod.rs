@@ -8,12 +8,12 @@
 //! journal record in the embedded store. Two coordinators racing to claim the same build, or a
 //! lease sweeper racing a worker's completion, therefore never both win.
 //!
-//! The rules both backends share live here as pure functions: the queue rank ([`queue_rank`]),
-//! what the store fills in on a new build ([`stamp_new`]), filter matching and `list_builds`
-//! paging ([`page_builds`]).
+//! The rules both backends share live here as pure functions: the queue rank (`queue_rank`),
+//! what the store fills in on a new build (`stamp_new`), filter matching and `list_builds`
+//! paging (`page_builds`).
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 
 use kiln_proto::v1::{Project, StoredBuild};
 use thiserror::Error;
@@ -67,6 +67,20 @@ fn stamp_new(stored: &mut StoredBuild, number: u64, queue_seq: u64) {
 /// Decodes a stored row (a build or a project).
 fn decode_row<M: prost::Message + Default>(bytes: &[u8]) -> StoreResult<M> {
     M::decode(bytes).map_err(|err| StoreError::Corrupt(format!("undecodable row: {err}")))
+}
+
+/// Decodes a row that may be absent.
+fn decode_found<M: prost::Message + Default>(
+    row: Option<impl AsRef<[u8]>>,
+) -> StoreResult<Option<M>> {
+    row.map(|row| decode_row(row.as_ref())).transpose()
+}
+
+/// Decodes rows that may be absent, keeping their order.
+fn decode_each<M: prost::Message + Default>(
+    rows: impl IntoIterator<Item = Option<impl AsRef<[u8]>>>,
+) -> StoreResult<Vec<Option<M>>> {
+    rows.into_iter().map(decode_found).collect()
 }
 
 /// The id and project of a build row (empty when the row has no `build`).
@@ -129,7 +143,8 @@ pub enum Created {
 /// How a build's place in the queue and in its project's running set changes with an update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueueChange {
-    /// Neither changes.
+    /// Neither changes. (A queued build's rank and deadline follow its row, so a `Keep` that
+    /// changes `priority` or `queued_deadline_ms` of a queued build moves it.)
     Keep,
     /// Into the queue (at its priority and original `queue_seq`), out of the running set.
     Enqueue,
@@ -305,8 +320,11 @@ impl AnyStore {
         if url.starts_with("redis://") || url.starts_with("rediss://") {
             return Ok(AnyStore::Redis(RedisStore::connect(url, prefix).await?));
         }
-        let dir = Path::new(url.strip_prefix("file:").unwrap_or(url));
-        Ok(AnyStore::Embedded(EmbeddedStore::open(dir)?))
+        let dir = PathBuf::from(url.strip_prefix("file:").unwrap_or(url));
+        // Opening replays and compacts the journal: file I/O, off the async workers.
+        let open = tokio::task::spawn_blocking(move || EmbeddedStore::open(&dir));
+        let store = open.await.map_err(std::io::Error::other)??;
+        Ok(AnyStore::Embedded(store))
     }
 }
 

@@ -4,8 +4,7 @@
 //! read-modify-write from Rust: creating a build (`redis/create_build.lua`), the compare-and-set
 //! of a build with its queue change (`redis/update_build.lua`) and appending a log chunk
 //! (`redis/append_log.lua`); each script's header documents its keys and arguments. Changes of
-//! one key (projects) are single commands. Reads are plain
-//! commands, pipelined.
+//! one key (projects) are single commands. Reads are plain commands, pipelined.
 //!
 //! Keys, each starting with the store's prefix (so tests and Kiln installations can share a
 //! Redis):
@@ -33,8 +32,8 @@ use kiln_proto::v1::{Project, StoredBuild};
 use prost::Message;
 
 use super::{
-    decode_row, id_and_project, page_builds, queue_rank, stamp_new, BuildFilter, Created,
-    QueueChange, StateStore, StoreError, StoreResult, StoredChunk, Updated,
+    decode_each, decode_found, decode_row, id_and_project, page_builds, queue_rank, stamp_new,
+    BuildFilter, Created, QueueChange, StateStore, StoreError, StoreResult, StoredChunk, Updated,
 };
 
 impl From<RedisError> for StoreError {
@@ -184,7 +183,7 @@ impl StateStore for RedisStore {
             .arg("d")
             .query_async(&mut self.conn.clone())
             .await?;
-        row.map(|row| decode_row(&row)).transpose()
+        decode_found(row)
     }
 
     async fn get_builds(&self, ids: &[String]) -> StoreResult<Vec<Option<StoredBuild>>> {
@@ -196,9 +195,7 @@ impl StateStore for RedisStore {
             reads.cmd("HGET").arg(self.keys.of("build", id)).arg("d");
         }
         let rows: Vec<Option<Vec<u8>>> = reads.query_async(&mut self.conn.clone()).await?;
-        rows.into_iter()
-            .map(|row| row.map(|row| decode_row(&row)).transpose())
-            .collect()
+        decode_each(rows)
     }
 
     async fn list_builds(
@@ -332,7 +329,7 @@ impl StateStore for RedisStore {
             .arg(name)
             .query_async(&mut self.conn.clone())
             .await?;
-        row.map(|row| decode_row(&row)).transpose()
+        decode_found(row)
     }
 
     async fn list_projects(&self) -> StoreResult<Vec<Project>> {

@@ -1,5 +1,10 @@
-//! Test harness: a real `redis-server` on a free loopback port, killed when dropped. A missing
-//! `redis-server` fails the test loudly; it never skips.
+//! Test harness: a real `redis-server` on a free loopback port, killed when dropped (a missing
+//! `redis-server` fails the test loudly; it never skips), and build fixtures.
+
+// Each test binary uses part of it.
+#![allow(dead_code)]
+
+pub mod fixtures;
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

@@ -30,6 +30,10 @@ elseif change == 'enqueue' then
   redis.call('ZADD', KEYS[3], ARGV[6], id)
   redis.call('SREM', KEYS[4], id)
   redis.call('SREM', KEYS[5], id)
+elseif change == 'keep' then
+  -- Queued or not stays as it is; a queued build's rank and deadline follow its row.
+  redis.call('ZADD', KEYS[2], 'XX', ARGV[5], id)
+  redis.call('ZADD', KEYS[3], 'XX', ARGV[6], id)
 elseif change == 'finish' then
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[3], id)
