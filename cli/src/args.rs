@@ -5,34 +5,33 @@ use std::time::Duration;
 
 use kiln_buildspec::names::{is_shell_name, reserved_prefix};
 
-/// `90s`, `20m`, `2h`, `1h30m`: a positive duration.
+/// `90s`, `20m`, `2h`, `1h30m`, `1500ms`: a positive duration.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let bad =
         || format!("invalid duration {text:?}: use a number with a unit, like 90s, 20m or 2h");
     let mut total = 0u64;
-    let mut digits = String::new();
-    for c in text.trim().chars() {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let unit = match c {
-            's' => 1,
-            'm' => 60,
-            'h' => 3600,
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let digits = rest.len() - rest.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let (millis, unit_len) = match () {
+            _ if rest.starts_with("ms") => (1, 2),
+            _ if rest.starts_with('s') => (1000, 1),
+            _ if rest.starts_with('m') => (60_000, 1),
+            _ if rest.starts_with('h') => (3_600_000, 1),
             _ => return Err(bad()),
         };
-        let n: u64 = digits.parse().map_err(|_| bad())?;
+        rest = &rest[unit_len..];
         total = n
-            .checked_mul(unit)
-            .and_then(|s| total.checked_add(s))
+            .checked_mul(millis)
+            .and_then(|ms| total.checked_add(ms))
             .ok_or_else(bad)?;
-        digits.clear();
     }
-    if !digits.is_empty() || total == 0 {
+    if total == 0 {
         return Err(bad());
     }
-    Ok(Duration::from_secs(total))
+    Ok(Duration::from_millis(total))
 }
 
 /// `512m`, `4g`, `3GiB`, `1073741824`: bytes.
@@ -82,7 +81,9 @@ mod tests {
         assert_eq!(parse_duration("20m"), Ok(Duration::from_secs(1200)));
         assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        for bad in ["", "10", "0s", "5x", "m", "-1s"] {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("1m30s"), Ok(Duration::from_secs(90)));
+        for bad in ["", "10", "0s", "5x", "m", "-1s", "5ms3"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
