@@ -297,3 +297,29 @@ pub async fn wait_complete(client: &mut Client, id: &str, timeout: Duration) -> 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `kiln start DIR --json [ARGS]` against a server; returns the build id.
+pub fn start(addr: SocketAddr, dir: &Path, extra: &[&str]) -> String {
+    let server = format!("http://{addr}");
+    let dir = dir.to_str().expect("utf-8 path");
+    let mut args = vec!["start", dir, "--json", "--server", &server];
+    args.extend_from_slice(extra);
+    let out = kiln(&args, &[]);
+    assert!(
+        out.status.success(),
+        "kiln start failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kiln start --json");
+    json["id"].as_str().expect("an id").to_string()
+}
+
+/// GetBuild through a fresh client.
+pub async fn get(addr: SocketAddr, id: &str) -> Build {
+    client(addr, None)
+        .await
+        .get_build(GetBuildRequest { id: id.to_string() })
+        .await
+        .unwrap_or_else(|e| panic!("GetBuild {id}: {e}"))
+        .into_inner()
+}

@@ -6,8 +6,10 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use kiln_proto::v1::{Build, GetBuildRequest, StreamLogsRequest};
-use kiln_tests::{checkout, client, free_port, kiln, require_docker, wait_complete, Proc, Redis};
+use kiln_proto::v1::{Build, StreamLogsRequest};
+use kiln_tests::{
+    checkout, client, free_port, get, kiln, require_docker, start, wait_complete, Proc, Redis,
+};
 
 /// A buildspec whose log and artifact name its build number.
 const NUMBERED: &str = r#"version: 0.2
@@ -70,33 +72,10 @@ fn worker(id: &str, addr: SocketAddr, slots: u32) -> Proc {
     .0
 }
 
-/// `kiln start DIR --json` against a server; returns the build id.
-fn start(addr: SocketAddr, dir: &std::path::Path) -> String {
-    let server = format!("http://{addr}");
-    let dir = dir.to_str().expect("utf-8");
-    let out = kiln(&["start", dir, "--json", "--server", &server], &[]);
-    assert!(
-        out.status.success(),
-        "kiln start failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("kiln start --json");
-    json["id"].as_str().expect("an id").to_string()
-}
-
-async fn build(addr: SocketAddr, id: &str) -> Build {
-    client(addr, None)
-        .await
-        .get_build(GetBuildRequest { id: id.to_string() })
-        .await
-        .expect("GetBuild")
-        .into_inner()
-}
-
 /// Waits until the build is running its BUILD phase.
 async fn wait_phase(addr: SocketAddr, id: &str, phase: &str) -> Build {
     for _ in 0..600 {
-        let b = build(addr, id).await;
+        let b = get(addr, id).await;
         if b.current_phase == phase {
             return b;
         }
@@ -142,7 +121,7 @@ async fn sixty_builds_spread_over_three_workers_with_complete_logs_and_artifacts
         .map(|w| worker(w, addr, 2))
         .collect();
     let src = checkout(&[("buildspec.yml", NUMBERED)]);
-    let ids: Vec<String> = (0..60).map(|_| start(addr, src.path())).collect();
+    let ids: Vec<String> = (0..60).map(|_| start(addr, src.path(), &[])).collect();
     let mut c = client(addr, None).await;
     let mut per_worker: HashMap<String, usize> = HashMap::new();
     for id in &ids {
@@ -161,7 +140,7 @@ async fn sixty_builds_spread_over_three_workers_with_complete_logs_and_artifacts
     );
     let server = format!("http://{addr}");
     for id in &ids {
-        let number = build(addr, id).await.build_number;
+        let number = get(addr, id).await.build_number;
         let out = kiln(&["logs", id, "--server", &server], &[]);
         let log = String::from_utf8_lossy(&out.stdout);
         assert!(
@@ -195,7 +174,7 @@ async fn sixty_builds_spread_over_three_workers_with_complete_logs_and_artifacts
     }
     let mut numbers: Vec<u64> = Vec::new();
     for id in &ids {
-        numbers.push(build(addr, id).await.build_number);
+        numbers.push(get(addr, id).await.build_number);
     }
     numbers.sort_unstable();
     assert_eq!(
@@ -243,7 +222,7 @@ async fn a_killed_worker_s_build_runs_elsewhere_and_its_late_reports_are_rejecte
     );
     let mut doomed = worker("doomed", addr, 1);
     let src = checkout(&[("buildspec.yml", &sleeping(6))]);
-    let id = start(addr, src.path());
+    let id = start(addr, src.path(), &[]);
     let running = wait_phase(addr, &id, "BUILD").await;
     assert_eq!(running.worker_id, "doomed");
     let stale_epoch = u64::from(running.attempt);
@@ -354,7 +333,7 @@ async fn a_killed_worker_s_build_runs_elsewhere_and_its_late_reports_are_rejecte
         .await
         .expect_err("stale artifacts");
     assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e}");
-    let after = build(addr, &id).await;
+    let after = get(addr, &id).await;
     assert_eq!(after.build_status, "SUCCEEDED");
     assert_eq!(after.artifacts_digest, done.artifacts_digest);
     assert!(!full_log(addr, &id).await.contains("forged"));
@@ -381,7 +360,7 @@ async fn coordinator_restart(state: &str, data: &str) {
     let _w1 = worker("w1", addr, 2);
     let _w2 = worker("w2", addr, 2);
     let src = checkout(&[("buildspec.yml", &sleeping(4))]);
-    let ids: Vec<String> = (0..8).map(|_| start(addr, src.path())).collect();
+    let ids: Vec<String> = (0..8).map(|_| start(addr, src.path(), &[])).collect();
     // Four run (two per worker), four wait.
     let mut running = Vec::new();
     for id in &ids[..4] {
@@ -432,7 +411,7 @@ async fn two_coordinators_on_one_redis_complete_every_build_once() {
     let ids: Vec<(String, SocketAddr)> = (0..20)
         .map(|i| {
             let addr = if i % 2 == 0 { a1 } else { a2 };
-            (start(addr, src.path()), addr)
+            (start(addr, src.path(), &[]), addr)
         })
         .collect();
     let mut c1 = client(a1, None).await;

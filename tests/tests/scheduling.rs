@@ -1,0 +1,261 @@
+//! Scheduling rules with real processes: per-project concurrent limits (extra builds wait),
+//! worker labels (a build no worker can run says why), StopBuild of running and queued builds,
+//! the attempt limit (FAULT), drain on SIGTERM, RetryBuild and WatchBuild.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use kiln_proto::v1::{RetryBuildRequest, WatchBuildRequest};
+use kiln_tests::{checkout, client, get, kiln, require_docker, start, wait_complete, Proc};
+
+fn coordinator(data: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    let d = data.to_str().expect("utf-8");
+    let mut args = vec!["coordinator", "--listen", "127.0.0.1:0", "--data-dir", d];
+    args.extend_from_slice(extra);
+    let (proc, addr) = Proc::kiln("coordinator", &args, &[], true);
+    (proc, addr.expect("address"))
+}
+
+fn worker(id: &str, addr: SocketAddr, extra: &[&str]) -> Proc {
+    let url = format!("http://{addr}");
+    let mut args = vec!["worker", "--coordinator", &url, "--id", id];
+    args.extend_from_slice(extra);
+    Proc::kiln(id, &args, &[], false).0
+}
+
+fn sleeping(seconds: u32) -> String {
+    format!("version: 0.2\nphases:\n  build:\n    commands:\n      - sleep {seconds}\n      - echo slept\n")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn project_limits_and_labels_make_builds_wait_not_fail() {
+    require_docker();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_c, addr) = coordinator(data.path(), &[]);
+    let _w = worker("w-fast", addr, &["--slots", "3", "--label", "pool=fast"]);
+    let server = format!("http://{addr}");
+    let project = data.path().join("project.yaml");
+    std::fs::write(
+        &project,
+        "name: limited\nenvironment:\n  workerLabels:\n    pool: fast\nconcurrentBuildLimit: 1\n",
+    )
+    .expect("write");
+    let out = kiln(
+        &[
+            "project",
+            "apply",
+            "-f",
+            project.to_str().expect("utf-8"),
+            "--server",
+            &server,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let src = checkout(&[("buildspec.yml", &sleeping(2))]);
+    let ids: Vec<String> = (0..3)
+        .map(|_| start(addr, src.path(), &["--project", "limited"]))
+        .collect();
+    // Never two at once, though the worker has three slots.
+    let mut c = client(addr, None).await;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut saw_reason = false;
+    loop {
+        let mut running = 0;
+        let mut done = 0;
+        for id in &ids {
+            let b = get(addr, id).await;
+            running += usize::from(b.build_status == "IN_PROGRESS");
+            done += usize::from(b.build_complete);
+            saw_reason |= b.queued_reason.contains("concurrent build limit");
+        }
+        assert!(running <= 1, "the project limit of 1 holds");
+        if done == ids.len() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "builds did not finish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(saw_reason, "a waiting build said why");
+    for id in &ids {
+        assert_eq!(
+            wait_complete(&mut c, id, Duration::from_secs(1))
+                .await
+                .build_status,
+            "SUCCEEDED"
+        );
+    }
+
+    // A project whose label no worker has waits with a reason, and can be stopped while queued.
+    std::fs::write(
+        &project,
+        "name: gpu-only\nenvironment:\n  workerLabels:\n    gpu: \"yes\"\n",
+    )
+    .expect("write");
+    let out = kiln(
+        &[
+            "project",
+            "apply",
+            "-f",
+            project.to_str().expect("utf-8"),
+            "--server",
+            &server,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = start(addr, src.path(), &["--project", "gpu-only"]);
+    let mut reason = String::new();
+    for _ in 0..50 {
+        reason = get(addr, &id).await.queued_reason;
+        if !reason.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reason.contains("no connected worker has the labels gpu=yes"),
+        "{reason}"
+    );
+    let out = kiln(&["stop", &id, "--server", &server], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = get(addr, &id).await;
+    assert_eq!(
+        (b.build_status.as_str(), b.build_complete),
+        ("STOPPED", true)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_watch_retry_and_the_attempt_limit() {
+    require_docker();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_c, addr) = coordinator(
+        data.path(),
+        &["--lease-ttl", "1500ms", "--max-attempts", "1"],
+    );
+    let mut w = worker("w1", addr, &["--slots", "2"]);
+    let src = checkout(&[("buildspec.yml", &sleeping(30))]);
+    let id = start(addr, src.path(), &[]);
+    // WatchBuild streams the changes until the end.
+    let mut watch = client(addr, None)
+        .await
+        .watch_build(WatchBuildRequest { id: id.clone() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut phases = Vec::new();
+    while let Some(b) = watch.next().await {
+        let b = b.expect("update");
+        phases.push(b.current_phase.clone());
+        if b.current_phase == "BUILD" {
+            break;
+        }
+    }
+    assert!(phases.contains(&"PROVISIONING".to_string()), "{phases:?}");
+    // StopBuild reaches the worker at once: the build ends STOPPED long before its sleep would.
+    let server = format!("http://{addr}");
+    let out = kiln(&["stop", &id, "--server", &server], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut c = client(addr, None).await;
+    let stopped = wait_complete(&mut c, &id, Duration::from_secs(20)).await;
+    assert_eq!(stopped.build_status, "STOPPED", "{stopped:?}");
+    while let Some(b) = watch.next().await {
+        phases.push(b.expect("update").current_phase);
+    }
+    assert_eq!(
+        phases.last().map(String::as_str),
+        Some("COMPLETED"),
+        "{phases:?}"
+    );
+
+    // RetryBuild: a new build with the same source and settings.
+    let mut retries = Vec::new();
+    for _ in 0..2 {
+        let request = RetryBuildRequest {
+            id: id.clone(),
+            idempotency_token: "retry-1".into(),
+        };
+        let response = c.retry_build(request).await.expect("retry").into_inner();
+        retries.push(response.build.expect("build"));
+    }
+    let (retried, again) = (&retries[0], &retries[1]);
+    assert_ne!(retried.id, id);
+    assert_eq!(retried.retry_of, id);
+    assert_eq!(retried.build_number, stopped.build_number + 1);
+    assert_eq!(
+        again.id, retried.id,
+        "the idempotency token returns the first retry"
+    );
+    // With one attempt allowed, losing the worker ends the build FAULT.
+    let mut running = get(addr, &retried.id).await;
+    while running.current_phase != "BUILD" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        running = get(addr, &retried.id).await;
+    }
+    w.kill9();
+    let fault = wait_complete(&mut c, &retried.id, Duration::from_secs(60)).await;
+    assert_eq!(fault.build_status, "FAULT", "{fault:?}");
+    let context = fault
+        .phases
+        .iter()
+        .flat_map(|p| p.contexts.iter())
+        .find(|c| c.status_code == "WORKER_LOST");
+    assert!(
+        context.is_some_and(|c| c.message.contains("giving up")),
+        "{fault:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_drains_a_worker() {
+    require_docker();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_c, addr) = coordinator(data.path(), &[]);
+    let mut w = worker("drainer", addr, &["--slots", "1"]);
+    let src = checkout(&[("buildspec.yml", &sleeping(3))]);
+    let first = start(addr, src.path(), &[]);
+    while get(addr, &first).await.current_phase != "BUILD" {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !w.terminate(Duration::from_millis(500)),
+        "a draining worker waits for its build"
+    );
+    let second = start(addr, src.path(), &[]);
+    let mut c = client(addr, None).await;
+    let done = wait_complete(&mut c, &first, Duration::from_secs(60)).await;
+    assert_eq!(
+        done.build_status, "SUCCEEDED",
+        "the running build finished: {done:?}"
+    );
+    for _ in 0..100 {
+        if !w.running() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!w.running(), "the worker exited after its build");
+    let queued = get(addr, &second).await;
+    assert_eq!(
+        queued.build_status, "QUEUED",
+        "a draining worker takes no new build: {queued:?}"
+    );
+}
