@@ -123,7 +123,7 @@ fn a_python_grpc_client_builds_on_a_single_node_server() {
     );
     let addr = addr.expect("address");
 
-    // A wrong token is refused before anything is uploaded.
+    // A wrong client token: the first call (UploadSource) is refused, no build starts.
     let src = checkout(&[("buildspec.yml", ECHOES_MARKER)]);
     let out = build(scratch.path(), addr, "guess", "python-ok", src.path());
     assert!(
