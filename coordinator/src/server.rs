@@ -8,9 +8,9 @@ use std::sync::Arc;
 use kiln_proto::v1::build_service_server::BuildServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 use crate::auth::TokenCheck;
 use crate::blobs::Blobs;
@@ -90,12 +90,14 @@ async fn serve<S: StateStore>(
     tokio::spawn(dispatcher(core.clone(), stop.clone()));
     tokio::spawn(sweeper(core.clone(), stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
+    // Small request/response messages must not wait for Nagle's algorithm (40 ms stalls).
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection)
         .add_service(build)
         .add_service(worker)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await?;
     Ok(())
 }
