@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the tests need besides Rust and a running Docker daemon: redis-server (the Redis
+# state store and cluster tests start their own), Python's grpcio for the interoperability client,
+# and the default build image. Safe to re-run; does nothing that is already done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+# The Python test runs the `python3` on PATH: install the client's pinned packages into it.
+if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+  PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    python3 -m pip install -q -r tests/python/requirements.txt
+fi
+
+deploy/build-image.sh
