@@ -384,3 +384,99 @@ pub async fn send_cancel<S: StateStore>(
     };
     let _ = tx.send(Ok(message)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::Blobs;
+    use crate::config::CoordinatorConfig;
+    use crate::store::{Created, EmbeddedStore};
+    use kiln_proto::v1::{Build, StoredBuild};
+
+    fn queued(project: &str, deadline_ms: i64) -> StoredBuild {
+        StoredBuild {
+            build: Some(Build {
+                id: format!("{project}:{}", uuid::Uuid::new_v4()),
+                project_name: project.to_string(),
+                build_status: "QUEUED".to_string(),
+                current_phase: "QUEUED".to_string(),
+                queued_timeout_in_minutes: 1,
+                ..Build::default()
+            }),
+            queued_deadline_ms: deadline_ms,
+            ..StoredBuild::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_builds_past_their_timeout_end_timed_out_and_leave_the_queue() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
+        let config = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config");
+        let core = Core::new(store, Blobs::open(dir.path()).expect("blobs"), config);
+        let mut ids = Vec::new();
+        for deadline in [now_ms() - 1, now_ms() + 3_600_000] {
+            let Created::New(row) = core
+                .store
+                .create_build(queued("p", deadline), None)
+                .await
+                .expect("create")
+            else {
+                panic!("a new build");
+            };
+            ids.push(record(&row).id.clone());
+        }
+        sweep(&core).await.expect("sweep");
+        let late = core.build(&ids[0]).await.expect("late");
+        assert_eq!(record(&late).build_status, "TIMED_OUT");
+        assert!(record(&late).build_complete);
+        let context = &record(&late).phases.last().map(|p| p.phase_type.clone());
+        assert_eq!(context.as_deref(), Some("COMPLETED"));
+        let on_time = core.build(&ids[1]).await.expect("on time");
+        assert_eq!(record(&on_time).build_status, "QUEUED");
+        let head = core.store.queue_head(10).await.expect("queue");
+        assert_eq!(head, vec![ids[1].clone()]);
+    }
+
+    #[tokio::test]
+    async fn a_build_no_worker_can_run_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
+        let config = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config");
+        let core = Core::new(store, Blobs::open(dir.path()).expect("blobs"), config);
+        let (tx, _rx) = tokio::sync::mpsc::channel(8);
+        core.workers().insert(
+            "w".into(),
+            crate::core::WorkerConn {
+                conn: 1,
+                labels: [("os".to_string(), "linux".to_string())].into(),
+                slots: 1,
+                draining: false,
+                tx,
+                running: Default::default(),
+                cancelled: Default::default(),
+            },
+        );
+        let mut row = queued("p", now_ms() + 60_000);
+        row.worker_labels = [("gpu".to_string(), "yes".to_string())].into();
+        let Created::New(row) = core.store.create_build(row, None).await.expect("create") else {
+            panic!("a new build");
+        };
+        assert!(
+            !dispatch_round(&core).await.expect("round"),
+            "nothing assigned"
+        );
+        let after = core.build(&record(&row).id).await.expect("build");
+        assert!(
+            record(&after)
+                .queued_reason
+                .contains("no connected worker has the labels gpu=yes"),
+            "{}",
+            record(&after).queued_reason
+        );
+    }
+}
