@@ -8,6 +8,7 @@
 //! root itself (through it, `link/..` would reach the outside); a hard link to anything but an
 //! in-archive path. Other kinds (devices, fifos) are refused too.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use crate::artifacts::normalize;
@@ -97,6 +98,72 @@ pub fn check_entry(path: &str, entry: ArchiveEntry<'_>) -> Result<String, Archiv
     Ok(normalized)
 }
 
+/// Checks a whole archive, entry by entry in order: each with [`check_entry`], and none may go
+/// through a symbolic link an earlier entry made: no entry below such a link (it would be written
+/// through it), no link target and no hard link that passes through one (`a/link/../..` reads as
+/// inside but, through the link, may lead out).
+#[derive(Debug, Default)]
+pub struct ArchiveCheck {
+    links: HashSet<String>,
+}
+
+impl ArchiveCheck {
+    /// Checks the next entry; returns its normalized path.
+    pub fn entry(&mut self, path: &str, entry: ArchiveEntry<'_>) -> Result<String, ArchiveError> {
+        let normalized = check_entry(path, entry)?;
+        let refuse = |reason: String| ArchiveError {
+            path: path.to_string(),
+            reason,
+        };
+        if let Some(link) = self.link_on(&normalized, false) {
+            return Err(refuse(format!("lies below the link {link:?}")));
+        }
+        match entry {
+            ArchiveEntry::Symlink { target } => {
+                let parent = normalized.rsplit_once('/').map_or("", |(dir, _)| dir);
+                if let Some(link) = self.link_on(&format!("{parent}/{target}"), true) {
+                    return Err(refuse(format!(
+                        "is a link to {target:?}, which goes through the link {link:?}"
+                    )));
+                }
+                self.links.insert(normalized.clone());
+            }
+            ArchiveEntry::HardLink { target } => {
+                if let Some(link) = self.link_on(target, true) {
+                    return Err(refuse(format!(
+                        "is a hard link to {target:?}, which goes through the link {link:?}"
+                    )));
+                }
+            }
+            _ => {}
+        }
+        Ok(normalized)
+    }
+
+    /// The first known link met walking `path` component by component (`..` steps back); the
+    /// last component counts only with `whole`.
+    fn link_on(&self, path: &str, whole: bool) -> Option<String> {
+        let parts: Vec<&str> = path
+            .split('/')
+            .filter(|c| !c.is_empty() && *c != ".")
+            .collect();
+        let mut at: Vec<&str> = Vec::new();
+        for (i, part) in parts.iter().enumerate() {
+            if *part == ".." {
+                at.pop();
+                continue;
+            }
+            at.push(part);
+            let last = i + 1 == parts.len();
+            let here = at.join("/");
+            if (whole || !last) && self.links.contains(&here) {
+                return Some(here);
+            }
+        }
+        None
+    }
+}
+
 /// A relative path without `..` components, normalized; `None` otherwise.
 fn inside(path: &str) -> Option<String> {
     if path.starts_with('/') || path.split('/').any(|c| c == "..") {
@@ -142,5 +209,34 @@ mod tests {
         assert!(hard("/b").is_err());
         let e = check_entry("dev", ArchiveEntry::Other { kind: "device" }).expect_err("device");
         assert!(e.to_string().contains("only files"), "{e}");
+    }
+
+    #[test]
+    fn links_made_earlier_cannot_be_gone_through() {
+        let mut check = ArchiveCheck::default();
+        let link = |t| ArchiveEntry::Symlink { target: t };
+        assert!(check.entry("d1/d2/s", link("..")).is_ok(), "points at d1");
+        let e = check
+            .entry("out", link("d1/d2/s/../.."))
+            .expect_err("through s");
+        assert!(
+            e.to_string().contains("goes through the link \"d1/d2/s\""),
+            "{e}"
+        );
+        let e = check
+            .entry("d1/d2/s/file", ArchiveEntry::File)
+            .expect_err("below");
+        assert!(e.to_string().contains("lies below the link"), "{e}");
+        let e = check
+            .entry(
+                "h",
+                ArchiveEntry::HardLink {
+                    target: "d1/d2/s/x",
+                },
+            )
+            .expect_err("hard link through");
+        assert!(e.to_string().contains("goes through the link"), "{e}");
+        assert!(check.entry("ok", link("d1/d2")).is_ok());
+        assert!(check.entry("d1/d2/file", ArchiveEntry::File).is_ok());
     }
 }

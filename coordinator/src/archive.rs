@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-use kiln_buildspec::archive::{check_entry, ArchiveEntry};
+use kiln_buildspec::archive::{check_entry, ArchiveCheck, ArchiveEntry};
 use tonic::Status;
 
 /// The largest buildspec read out of an archive.
@@ -14,6 +14,7 @@ const MAX_BUILDSPEC: u64 = 1 << 20;
 /// Checks every entry of a tar file.
 pub fn check(path: &Path) -> Result<(), Status> {
     let mut archive = open(path)?;
+    let mut checker = ArchiveCheck::default();
     for entry in archive.entries().map_err(bad_tar)? {
         let entry = entry.map_err(bad_tar)?;
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -33,7 +34,9 @@ pub fn check(path: &Path) -> Result<(), Status> {
                 kind: kind_name(other),
             },
         };
-        check_entry(&name, kind).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        checker
+            .entry(&name, kind)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
     }
     Ok(())
 }

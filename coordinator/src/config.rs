@@ -36,6 +36,10 @@ pub struct CoordinatorConfig {
     pub max_upload_bytes: u64,
     /// Largest gRPC message accepted.
     pub max_message_bytes: usize,
+    /// A build attempt's log beyond this many bytes is dropped (with a note in the log).
+    pub max_log_bytes: u64,
+    /// Largest artifacts archive a worker may upload for one build.
+    pub max_artifacts_bytes: u64,
 }
 
 impl Default for CoordinatorConfig {
@@ -51,6 +55,8 @@ impl Default for CoordinatorConfig {
             max_attempts: 3,
             max_upload_bytes: 1 << 30,
             max_message_bytes: 4 << 20,
+            max_log_bytes: 512 << 20,
+            max_artifacts_bytes: 16 << 30,
         }
     }
 }

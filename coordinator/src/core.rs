@@ -30,10 +30,15 @@ pub struct WorkerConn {
     pub slots: u32,
     pub draining: bool,
     pub tx: WorkerTx,
-    /// Builds it holds leases for, with their epochs.
+    /// Builds it holds leases for (or is being assigned), with their epochs.
     pub running: HashMap<String, u64>,
-    /// Builds a Cancel was sent for (sent once).
-    pub cancelled: HashSet<String>,
+    /// Attempts (build, epoch) a Cancel was sent for (sent once).
+    pub cancelled: HashSet<(String, u64)>,
+    /// Log bytes received per attempt held, against `max_log_bytes` (counted from this
+    /// connection on).
+    pub log_bytes: HashMap<(String, u64), u64>,
+    /// When each assignment was handed to this connection (until the worker reports it).
+    pub assigned_at: HashMap<(String, u64), Instant>,
 }
 
 impl WorkerConn {
@@ -42,6 +47,18 @@ impl WorkerConn {
             true => 0,
             false => self.slots.saturating_sub(self.running.len() as u32),
         }
+    }
+
+    /// The worker no longer holds this attempt of a build (an older attempt's news changes
+    /// nothing).
+    pub fn release(&mut self, build_id: &str, epoch: u64) {
+        if self.running.get(build_id) == Some(&epoch) {
+            self.running.remove(build_id);
+        }
+        let attempt = (build_id.to_string(), epoch);
+        self.cancelled.remove(&attempt);
+        self.log_bytes.remove(&attempt);
+        self.assigned_at.remove(&attempt);
     }
 
     /// Whether this worker carries every label a build needs.

@@ -2,7 +2,12 @@
 //! workers, priority then FIFO, by labels and free slots, within project limits) and the sweeper
 //! (expired leases → re-queue or FAULT, queued timeouts, stop requests and lost leases pushed to
 //! this coordinator's workers).
+//!
+//! Nothing here waits on a worker: messages to a worker's stream are `try_send`s, and a worker
+//! whose stream is full is taken as stalled (it gets no more builds; a build that could not be
+//! handed to it goes back to the queue without using up an attempt).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,8 +30,11 @@ pub async fn dispatcher<S: StateStore>(core: Arc<Core<S>>, stop: CancellationTok
             _ = core.dispatch.notified() => {}
             _ = tokio::time::sleep(TICK) => {}
         }
+        // Projects found at their limit are passed over until the next wake-up, so builds of
+        // other projects behind them are not held up.
+        let mut full = HashSet::new();
         loop {
-            match dispatch_round(&core).await {
+            match dispatch_round(&core, &mut full).await {
                 Ok(true) => continue,
                 Ok(false) => break,
                 Err(e) => {
@@ -38,10 +46,13 @@ pub async fn dispatcher<S: StateStore>(core: Arc<Core<S>>, stop: CancellationTok
     }
 }
 
-/// One pass over the head of the queue; returns whether it assigned anything (then another
-/// pass may assign more). Workers are chosen first (reserving their slots), then every claim is
-/// written at once, so the store can commit them together.
-async fn dispatch_round<S: StateStore>(core: &Core<S>) -> Result<bool, tonic::Status> {
+/// One pass over the head of the queue; returns whether another pass may assign more (something
+/// was assigned, or a project was found full). Workers are chosen first (reserving their slots),
+/// then every claim is written at once, so the store can commit them together.
+async fn dispatch_round<S: StateStore>(
+    core: &Core<S>,
+    full: &mut HashSet<String>,
+) -> Result<bool, tonic::Status> {
     let free: u32 = core.workers().values().map(|w| w.free()).sum();
     if free == 0 {
         return Ok(false);
@@ -61,7 +72,21 @@ async fn dispatch_round<S: StateStore>(core: &Core<S>) -> Result<bool, tonic::St
         .map_err(crate::core::store_error)?;
     let mut claims = Vec::new();
     let mut reasons = Vec::new();
+    // Claims per limited project in this round: no more than its limit are tried.
+    let mut tried: HashMap<String, u32> = HashMap::new();
     for row in rows.into_iter().flatten() {
+        let project = &record(&row).project_name;
+        if full.contains(project) {
+            continue;
+        }
+        let limit = row.concurrent_build_limit;
+        if limit > 0 {
+            let n = tried.entry(project.clone()).or_default();
+            if *n >= limit {
+                continue;
+            }
+            *n += 1;
+        }
         match reserve(core, &row) {
             Ok(reserved) => claims.push(claim(core, row, reserved)),
             Err(reason) if !reason.is_empty() && record(&row).queued_reason != reason => {
@@ -73,11 +98,15 @@ async fn dispatch_round<S: StateStore>(core: &Core<S>) -> Result<bool, tonic::St
     for (id, reason) in reasons {
         note_reason(core, &id, &reason).await;
     }
-    let mut assigned = false;
+    let mut again = false;
     for result in futures_util::future::join_all(claims).await {
-        assigned |= result?;
+        match result? {
+            Claimed::Assigned => again = true,
+            Claimed::ProjectFull(project) => again |= full.insert(project),
+            Claimed::Lost => {}
+        }
     }
-    Ok(assigned)
+    Ok(again)
 }
 
 /// A worker slot held for a build while its claim is written.
@@ -85,6 +114,12 @@ struct Reserved {
     worker_id: String,
     conn: u64,
     epoch: u64,
+}
+
+enum Claimed {
+    Assigned,
+    ProjectFull(String),
+    Lost,
 }
 
 /// Picks the worker with the most free slots among those with the build's labels and holds a
@@ -116,12 +151,12 @@ fn reserve<S: StateStore>(
 }
 
 /// Claims a build for the reserved worker (compare-and-set with the new epoch) and pushes the
-/// assignment; gives the slot back when the claim fails. Returns whether it was assigned.
+/// assignment; gives the slot back when the claim fails.
 async fn claim<S: StateStore>(
     core: &Core<S>,
     mut row: kiln_proto::v1::StoredBuild,
     reserved: Reserved,
-) -> Result<bool, tonic::Status> {
+) -> Result<Claimed, tonic::Status> {
     let now = now_ms();
     let limit = row.concurrent_build_limit;
     let project = record(&row).project_name.clone();
@@ -149,11 +184,8 @@ async fn claim<S: StateStore>(
         .update_build(row, QueueChange::Claim { limit })
         .await;
     let release = || {
-        let mut workers = core.workers();
-        if let Some(w) = workers.get_mut(&reserved.worker_id) {
-            if w.running.get(&id) == Some(&reserved.epoch) {
-                w.running.remove(&id);
-            }
+        if let Some(w) = core.workers().get_mut(&reserved.worker_id) {
+            w.release(&id, reserved.epoch);
         }
     };
     match outcome {
@@ -164,11 +196,11 @@ async fn claim<S: StateStore>(
                 "waiting: project {project} already runs {limit} builds (its concurrent build limit)"
             );
             note_reason(core, &id, &reason).await;
-            return Ok(false);
+            return Ok(Claimed::ProjectFull(project));
         }
         Ok(Updated::Conflict | Updated::Missing) => {
             release();
-            return Ok(false);
+            return Ok(Claimed::Lost);
         }
         Err(e) => {
             release();
@@ -176,48 +208,96 @@ async fn claim<S: StateStore>(
         }
     }
     core.changed();
-    let tx = core
-        .workers()
-        .get(&reserved.worker_id)
-        .filter(|w| w.conn == reserved.conn)
-        .map(|w| w.tx.clone());
     let message = CoordinatorMessage {
         kind: Some(coordinator_message::Kind::Assignment(assignment)),
     };
-    let sent = match tx {
-        Some(tx) => tx.send(Ok(message)).await.is_ok(),
-        None => false,
-    };
-    if !sent {
-        // The worker went away between choosing and sending: give the build back at once.
+    if !send_to(core, &reserved.worker_id, reserved.conn, message) {
+        // The worker went away or stopped reading: give the build back at once.
         requeue(
             core,
             &id,
             reserved.epoch,
-            "its worker disconnected before taking it",
+            "it could not be handed to its worker",
+            Lost::Undelivered,
         )
         .await;
-        return Ok(false);
+        return Ok(Claimed::Lost);
     }
-    Ok(true)
+    Ok(Claimed::Assigned)
+}
+
+/// Sends to one worker connection without waiting; a full stream marks the worker stalled (no
+/// more builds for it until it reconnects). Returns whether the message was queued.
+fn send_to<S: StateStore>(
+    core: &Core<S>,
+    worker: &str,
+    conn: u64,
+    message: CoordinatorMessage,
+) -> bool {
+    let mut workers = core.workers();
+    let Some(w) = workers.get_mut(worker).filter(|w| w.conn == conn) else {
+        return false;
+    };
+    let assignment = match &message.kind {
+        Some(coordinator_message::Kind::Assignment(a)) => Some((a.build_id.clone(), a.epoch)),
+        _ => None,
+    };
+    match w.tx.try_send(Ok(message)) {
+        Ok(()) => {
+            if let Some(attempt) = assignment {
+                w.assigned_at.insert(attempt, tokio::time::Instant::now());
+            }
+            true
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
+            if !w.draining {
+                tracing::warn!(
+                    worker,
+                    "worker is not reading its stream; it gets no more builds"
+                );
+            }
+            w.draining = true;
+            false
+        }
+        Err(tokio::sync::mpsc::error::TrySendError::Closed(_)) => false,
+    }
+}
+
+/// How a build's lease was lost.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Lost {
+    /// No heartbeat renewed it in time (the sweeper checks it is still expired): the attempt
+    /// counts.
+    Expired,
+    /// The assignment never reached the worker: the attempt does not count.
+    Undelivered,
 }
 
 /// Puts a build whose lease (with `held_epoch`) is lost back in the queue, or ends it FAULT
 /// after the attempt limit.
-pub async fn requeue<S: StateStore>(core: &Core<S>, id: &str, held_epoch: u64, why: &str) {
+pub async fn requeue<S: StateStore>(
+    core: &Core<S>,
+    id: &str,
+    held_epoch: u64,
+    why: &str,
+    lost: Lost,
+) {
     let max = core.config.max_attempts;
     let result = core
         .update(id, |row| {
-            if epoch(row) != held_epoch || record(row).build_complete || row.lease.is_none() {
+            if epoch(row) != held_epoch || record(row).build_complete {
                 return None;
             }
             let now = now_ms();
-            let worker = row
-                .lease
-                .as_ref()
-                .map(|l| l.worker_id.clone())
-                .unwrap_or_default();
-            let attempt = record(row).attempt;
+            let lease = row.lease.as_ref()?;
+            if lost == Lost::Expired && lease.expires_ms >= now {
+                return None; // renewed since the sweep looked
+            }
+            let worker = lease.worker_id.clone();
+            let mut attempt = record(row).attempt;
+            if lost == Lost::Undelivered {
+                attempt = attempt.saturating_sub(1);
+            }
             if attempt >= max {
                 let message = format!(
                     "worker {worker} was lost ({why}) on attempt {attempt} of {max}; giving up"
@@ -233,9 +313,9 @@ pub async fn requeue<S: StateStore>(core: &Core<S>, id: &str, held_epoch: u64, w
             open_phase(row, "QUEUED", now);
             row.lease = None;
             if let Some(b) = row.build.as_mut() {
+                b.attempt = attempt;
                 b.build_status = "QUEUED".to_string();
-                b.queued_reason =
-                    format!("re-queued after attempt {attempt}: worker {worker} was lost");
+                b.queued_reason = format!("re-queued: worker {worker} was lost ({why})");
             }
             Some(QueueChange::Enqueue)
         })
@@ -295,11 +375,9 @@ async fn sweep<S: StateStore>(core: &Core<S>) -> Result<(), tonic::Status> {
         for row in rows.into_iter().flatten() {
             if let Some(lease) = &row.lease {
                 if lease.expires_ms < now {
-                    let why = format!(
-                        "no heartbeat for {} ms",
-                        now - lease.expires_ms + ms(core.config.lease_ttl)
-                    );
-                    requeue(core, &record(&row).id, lease.epoch, &why).await;
+                    let silent = now - lease.expires_ms + ms(core.config.lease_ttl);
+                    let why = format!("no heartbeat for {silent} ms");
+                    requeue(core, &record(&row).id, lease.epoch, &why, Lost::Expired).await;
                 }
             }
         }
@@ -327,7 +405,8 @@ async fn sweep<S: StateStore>(core: &Core<S>) -> Result<(), tonic::Status> {
 }
 
 /// Tells this coordinator's workers about builds they must stop: a StopBuild (possibly through
-/// another coordinator) or a lease that moved on.
+/// another coordinator) or a lease that moved on (re-queued, re-assigned or ended elsewhere), and
+/// stops counting the latter against their slots.
 async fn push_cancels<S: StateStore>(core: &Core<S>) -> Result<(), tonic::Status> {
     let held: Vec<(String, String, u64)> = core
         .workers()
@@ -344,36 +423,54 @@ async fn push_cancels<S: StateStore>(core: &Core<S>) -> Result<(), tonic::Status
         .await
         .map_err(crate::core::store_error)?;
     for ((worker, id, held_epoch), row) in held.into_iter().zip(rows) {
-        let reason = match &row {
-            None => "the build no longer exists",
-            Some(r) if epoch(r) != held_epoch || record(r).build_complete => {
-                "the build was handed to another worker or ended"
+        let moved_on = match &row {
+            None => true,
+            // A claim being written: the stored epoch has not caught up yet.
+            Some(r) if epoch(r) < held_epoch => continue,
+            Some(r) => {
+                epoch(r) > held_epoch
+                    || record(r).build_complete
+                    || r.lease.as_ref().is_none_or(|l| l.worker_id != worker)
             }
-            Some(r) if record(r).stop_requested => "StopBuild",
-            Some(_) => continue,
         };
-        send_cancel(core, &worker, &id, held_epoch, reason).await;
+        let stop = row.as_ref().is_some_and(|r| record(r).stop_requested);
+        match (moved_on, stop) {
+            (true, _) => {
+                send_cancel(
+                    core,
+                    &worker,
+                    &id,
+                    held_epoch,
+                    "the build moved on or ended",
+                );
+                if let Some(w) = core.workers().get_mut(&worker) {
+                    w.release(&id, held_epoch);
+                }
+            }
+            (false, true) => send_cancel(core, &worker, &id, held_epoch, "StopBuild"),
+            (false, false) => {}
+        }
     }
     Ok(())
 }
 
-/// Sends one Cancel for a build to the worker holding it (once).
-pub async fn send_cancel<S: StateStore>(
+/// Sends one Cancel for an attempt to the worker holding it (once per attempt).
+pub fn send_cancel<S: StateStore>(
     core: &Core<S>,
     worker: &str,
     id: &str,
     epoch: u64,
     reason: &str,
 ) {
-    let tx = {
-        let mut workers = core.workers();
-        let Some(w) = workers.get_mut(worker) else {
+    let conn = {
+        let workers = core.workers();
+        let Some(w) = workers.get(worker) else {
             return;
         };
-        if !w.cancelled.insert(id.to_string()) {
+        if w.cancelled.contains(&(id.to_string(), epoch)) {
             return;
         }
-        w.tx.clone()
+        w.conn
     };
     let message = CoordinatorMessage {
         kind: Some(coordinator_message::Kind::Cancel(Cancel {
@@ -382,7 +479,11 @@ pub async fn send_cancel<S: StateStore>(
             reason: reason.to_string(),
         })),
     };
-    let _ = tx.send(Ok(message)).await;
+    if send_to(core, worker, conn, message) {
+        if let Some(w) = core.workers().get_mut(worker) {
+            w.cancelled.insert((id.to_string(), epoch));
+        }
+    }
 }
 
 #[cfg(test)]
@@ -394,9 +495,15 @@ mod tests {
     use kiln_proto::v1::{Build, StoredBuild};
 
     fn queued(project: &str, deadline_ms: i64) -> StoredBuild {
+        let id = format!("{project}:{}", uuid::Uuid::new_v4());
         StoredBuild {
+            spec: Some(kiln_proto::v1::Assignment {
+                build_id: id.clone(),
+                project_name: project.to_string(),
+                ..Default::default()
+            }),
             build: Some(Build {
-                id: format!("{project}:{}", uuid::Uuid::new_v4()),
+                id,
                 project_name: project.to_string(),
                 build_status: "QUEUED".to_string(),
                 current_phase: "QUEUED".to_string(),
@@ -459,6 +566,8 @@ mod tests {
                 tx,
                 running: Default::default(),
                 cancelled: Default::default(),
+                log_bytes: Default::default(),
+                assigned_at: Default::default(),
             },
         );
         let mut row = queued("p", now_ms() + 60_000);
@@ -467,7 +576,9 @@ mod tests {
             panic!("a new build");
         };
         assert!(
-            !dispatch_round(&core).await.expect("round"),
+            !dispatch_round(&core, &mut HashSet::new())
+                .await
+                .expect("round"),
             "nothing assigned"
         );
         let after = core.build(&record(&row).id).await.expect("build");
@@ -477,6 +588,50 @@ mod tests {
                 .contains("no connected worker has the labels gpu=yes"),
             "{}",
             record(&after).queued_reason
+        );
+    }
+
+    #[tokio::test]
+    async fn a_project_at_its_limit_does_not_hold_up_other_projects() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
+        let config = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config");
+        let core = Core::new(store, Blobs::open(dir.path()).expect("blobs"), config);
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        core.workers().insert(
+            "w".into(),
+            crate::core::WorkerConn {
+                conn: 1,
+                labels: Default::default(),
+                slots: 2,
+                draining: false,
+                tx,
+                running: Default::default(),
+                cancelled: Default::default(),
+                log_bytes: Default::default(),
+                assigned_at: Default::default(),
+            },
+        );
+        for project in ["alpha", "alpha", "alpha", "beta"] {
+            let mut row = queued(project, now_ms() + 60_000);
+            row.concurrent_build_limit = u32::from(project == "alpha");
+            core.store.create_build(row, None).await.expect("create");
+        }
+        let mut full = HashSet::new();
+        while dispatch_round(&core, &mut full).await.expect("round") {}
+        let mut assigned = Vec::new();
+        while let Ok(Ok(message)) = rx.try_recv() {
+            if let Some(coordinator_message::Kind::Assignment(a)) = message.kind {
+                assigned.push(a.project_name);
+            }
+        }
+        assigned.sort();
+        assert_eq!(
+            assigned,
+            ["alpha", "beta"],
+            "one alpha (its limit) and the beta behind it"
         );
     }
 }

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use kiln_proto::v1::build_service_server::BuildServiceServer;
 use kiln_proto::v1::worker_service_server::WorkerServiceServer;
@@ -91,8 +92,13 @@ async fn serve<S: StateStore>(
     tokio::spawn(sweeper(core.clone(), stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
     // Small request/response messages must not wait for Nagle's algorithm (40 ms stalls).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Keepalives find half-open connections (a worker that vanished without closing).
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(30)));
     tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(build)

@@ -103,6 +103,21 @@ impl<S: StateStore> BuildService for BuildApi<S> {
             to_ms: (r.start_time_to_ms > 0).then_some(r.start_time_to_ms),
         };
         let after = (!r.page_token.is_empty()).then_some(r.page_token.as_str());
+        if let Some(token) = after {
+            if self
+                .core
+                .store
+                .get_build(token)
+                .await
+                .map_err(store_error)?
+                .is_none()
+            {
+                return Err(Status::invalid_argument(format!(
+                    "page_token {token:?} is not one this server gave out: pass next_page_token \
+                     from the previous response"
+                )));
+            }
+        }
         let rows = self
             .core
             .store
@@ -161,7 +176,7 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         };
         // A worker on this coordinator hears it now; others within a sweep.
         if let Some(lease) = &row.lease {
-            send_cancel(&self.core, &lease.worker_id, &id, lease.epoch, "StopBuild").await;
+            send_cancel(&self.core, &lease.worker_id, &id, lease.epoch, "StopBuild");
         }
         Ok(Response::new(row.build.unwrap_or_default()))
     }
@@ -212,7 +227,11 @@ impl<S: StateStore> BuildService for BuildApi<S> {
                 if build.build_complete {
                     return;
                 }
-                let _ = tokio::time::timeout(POLL, changes.changed()).await;
+                // A client that went away ends the watch at once, not at the next send.
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    _ = tokio::time::timeout(POLL, changes.changed()) => {}
+                }
                 row = match core.build(&id).await {
                     Ok(r) => r,
                     Err(e) => {
@@ -434,7 +453,10 @@ async fn follow_log<S: StateStore>(
         if complete || !request.follow {
             return;
         }
-        let _ = tokio::time::timeout(POLL, changes.changed()).await;
+        tokio::select! {
+            _ = tx.closed() => return,
+            _ = tokio::time::timeout(POLL, changes.changed()) => {}
+        }
         row = match core.build(&request.id).await {
             Ok(r) => r,
             Err(e) => {

@@ -37,6 +37,21 @@ pub async fn start<S: StateStore>(
             })?,
         Some(start_build_request::ProjectRef::InlineProject(p)) => {
             check_project(&p)?;
+            // A stored project's limits and labels must not be sidestepped by its name.
+            if retry_of.is_none()
+                && core
+                    .store
+                    .get_project(&p.name)
+                    .await
+                    .map_err(store_error)?
+                    .is_some()
+            {
+                return Err(Status::already_exists(format!(
+                    "a project named {:?} is stored: start it by name (project_name), or give the \
+                     inline project another name",
+                    p.name
+                )));
+            }
             p
         }
         None => {

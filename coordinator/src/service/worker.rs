@@ -23,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::core::{
     close_phase, epoch, ms, now_ms, open_phase, record, store_error, Core, WorkerConn, WorkerTx,
 };
+use crate::scheduler::{requeue, Lost};
 use crate::store::{QueueChange, StateStore};
 
 /// The store key of one attempt's log.
@@ -81,6 +82,8 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
                 tx: tx.clone(),
                 running: held,
                 cancelled: HashSet::new(),
+                log_bytes: HashMap::new(),
+                assigned_at: HashMap::new(),
             },
         );
         if previous.is_some() {
@@ -96,6 +99,7 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
             let session = Session {
                 core: core.clone(),
                 worker_id: worker_id.clone(),
+                conn,
                 tx,
             };
             while let Some(message) = inbound.next().await {
@@ -163,7 +167,7 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
         let stored = self
             .core
             .blobs
-            .store_stream(u64::MAX, Box::pin(chunks))
+            .store_stream(self.core.config.max_artifacts_bytes, Box::pin(chunks))
             .await?;
         Ok(Response::new(UploadArtifactsResponse {
             digest: stored.digest,
@@ -211,8 +215,7 @@ async fn renew<S: StateStore>(
             if epoch(row) != lease.epoch || record(row).build_complete {
                 return None;
             }
-            let l = row.lease.as_mut()?;
-            l.worker_id = worker.to_string();
+            let l = row.lease.as_mut().filter(|l| l.worker_id == worker)?;
             l.expires_ms = now_ms() + ttl;
             Some(QueueChange::Keep)
         })
@@ -240,6 +243,9 @@ async fn check_lease<S: StateStore>(core: &Core<S>, lease: &LeaseRef) -> Result<
 struct Session<S> {
     core: Arc<Core<S>>,
     worker_id: String,
+    /// This stream's connection number: a later stream of the same worker replaces it, and what
+    /// this one still says then changes nothing of the newer one's.
+    conn: u64,
     tx: WorkerTx,
 }
 
@@ -248,6 +254,7 @@ impl<S> Clone for Session<S> {
         Session {
             core: self.core.clone(),
             worker_id: self.worker_id.clone(),
+            conn: self.conn,
             tx: self.tx.clone(),
         }
     }
@@ -265,15 +272,14 @@ impl<S: StateStore> Session<S> {
                         self.reject(lease, "the lease is no longer yours").await;
                     }
                 }
+                self.reconcile(&beat.running).await;
                 Ok(())
             }
             worker_message::Kind::PhaseStarted(phase) => self.phase(phase).await,
             worker_message::Kind::Log(chunk) => self.log(chunk).await,
             worker_message::Kind::Completed(done) => self.completed(done).await,
             worker_message::Kind::Draining(_) => {
-                if let Some(w) = self.core.workers().get_mut(&self.worker_id) {
-                    w.draining = true;
-                }
+                self.with_conn(|w| w.draining = true);
                 tracing::info!(worker = self.worker_id, "worker is draining");
                 Ok(())
             }
@@ -288,7 +294,7 @@ impl<S: StateStore> Session<S> {
     }
 
     async fn reject(&self, lease: &LeaseRef, reason: &str) {
-        self.forget(&lease.build_id);
+        self.forget(&lease.build_id, lease.epoch);
         self.send(coordinator_message::Kind::Reject(Reject {
             build_id: lease.build_id.clone(),
             epoch: lease.epoch,
@@ -297,13 +303,79 @@ impl<S: StateStore> Session<S> {
         .await;
     }
 
-    /// The worker no longer holds the build.
-    fn forget(&self, build_id: &str) {
-        if let Some(w) = self.core.workers().get_mut(&self.worker_id) {
-            w.running.remove(build_id);
-            w.cancelled.remove(build_id);
-        }
+    /// Runs `f` on this stream's worker entry, unless a newer stream replaced it.
+    fn with_conn<R>(&self, f: impl FnOnce(&mut WorkerConn) -> R) -> Option<R> {
+        let mut workers = self.core.workers();
+        workers
+            .get_mut(&self.worker_id)
+            .filter(|w| w.conn == self.conn)
+            .map(f)
+    }
+
+    /// The worker no longer holds this attempt.
+    fn forget(&self, build_id: &str, epoch: u64) {
+        self.with_conn(|w| w.release(build_id, epoch));
         self.core.dispatch.notify_one();
+    }
+
+    /// Assignments the worker still does not list two heartbeats after they were sent were
+    /// dropped by it (it was full or draining): they go back to the queue at once, without
+    /// using up an attempt, instead of waiting for their lease to expire.
+    async fn reconcile(&self, listed: &[LeaseRef]) {
+        let grace = self.core.config.heartbeat_interval() * 2;
+        let dropped: Vec<(String, u64)> = self
+            .with_conn(|w| {
+                for l in listed {
+                    w.assigned_at.remove(&(l.build_id.clone(), l.epoch));
+                }
+                w.assigned_at
+                    .iter()
+                    .filter(|(_, at)| at.elapsed() > grace)
+                    .map(|(attempt, _)| attempt.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        for (build_id, epoch) in dropped {
+            self.forget(&build_id, epoch);
+            let why = "it did not take the assignment";
+            requeue(&self.core, &build_id, epoch, why, Lost::Undelivered).await;
+        }
+    }
+
+    /// The chunk's bytes to store: past `max_log_bytes` chunks keep their number but lose
+    /// their bytes, and the first one says so.
+    fn capped(&self, chunk: &LogData) -> Vec<u8> {
+        let cap = self.core.config.max_log_bytes;
+        let size = chunk.data.len() as u64;
+        let before = self
+            .with_conn(|w| {
+                let total = w
+                    .log_bytes
+                    .entry((chunk.build_id.clone(), chunk.epoch))
+                    .or_default();
+                let before = *total;
+                *total += size;
+                before
+            })
+            .unwrap_or(0);
+        match (before + size <= cap, before <= cap) {
+            (true, _) => chunk.data.clone(),
+            (false, true) => format!(
+                "\n[Kiln] the log is over {cap} bytes (max_log_bytes): the rest is not kept\n"
+            )
+            .into_bytes(),
+            (false, false) => Vec::new(),
+        }
+    }
+
+    /// Whether the stored build's current lease is this worker's, with this epoch.
+    fn holds(&self, row: &kiln_proto::v1::StoredBuild, held_epoch: u64) -> bool {
+        epoch(row) == held_epoch
+            && !record(row).build_complete
+            && row
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.worker_id == self.worker_id && l.epoch == held_epoch)
     }
 
     async fn phase(&self, phase: PhaseStarted) -> Result<(), Status> {
@@ -314,7 +386,7 @@ impl<S: StateStore> Session<S> {
         let updated = self
             .core
             .update(&phase.build_id, |row| {
-                if epoch(row) != phase.epoch || record(row).build_complete {
+                if !self.holds(row, phase.epoch) {
                     return None;
                 }
                 let now = now_ms();
@@ -334,11 +406,17 @@ impl<S: StateStore> Session<S> {
     async fn log(&self, chunk: LogData) -> Result<(), Status> {
         let key = log_key(&chunk.build_id, chunk.epoch);
         let held = self
-            .core
-            .workers()
-            .get(&self.worker_id)
-            .and_then(|w| w.running.get(&chunk.build_id).copied());
-        if held != Some(chunk.epoch) {
+            .with_conn(|w| w.running.get(&chunk.build_id).copied())
+            .flatten();
+        let holds = match held == Some(chunk.epoch) {
+            true => {
+                let row = self.core.store.get_build(&chunk.build_id).await;
+                row.map_err(store_error)?
+                    .is_some_and(|row| self.holds(&row, chunk.epoch))
+            }
+            false => false,
+        };
+        if !holds {
             let lease = LeaseRef {
                 build_id: chunk.build_id.clone(),
                 epoch: chunk.epoch,
@@ -347,10 +425,11 @@ impl<S: StateStore> Session<S> {
                 .await;
             return Ok(());
         }
+        let data = self.capped(&chunk);
         let next_seq = self
             .core
             .store
-            .append_log(&key, chunk.seq, &chunk.data)
+            .append_log(&key, chunk.seq, &data)
             .await
             .or_else(|e| match e {
                 crate::store::StoreError::LogGap { expected, .. } => Ok(expected),
@@ -383,7 +462,9 @@ impl<S: StateStore> Session<S> {
                     duplicate = row.lease.is_none();
                     return None;
                 }
-                row.lease.as_ref()?;
+                if !self.holds(row, done.epoch) {
+                    return None;
+                }
                 let now = now_ms();
                 row.lease = None;
                 let build = row.build.as_mut()?;
@@ -414,7 +495,7 @@ impl<S: StateStore> Session<S> {
             })
             .await?;
         if updated.is_some() || duplicate {
-            self.forget(&done.build_id);
+            self.forget(&done.build_id, done.epoch);
             self.send(coordinator_message::Kind::CompletedAck(CompletedAck {
                 build_id: done.build_id,
                 epoch: done.epoch,

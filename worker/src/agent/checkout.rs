@@ -1,18 +1,17 @@
 //! Getting an assignment's source onto the worker's disk: an uploaded archive fetched from the
 //! coordinator and unpacked with every entry checked, or a git repository cloned on the host.
 //!
-//! Archives come from outside, so each entry must pass `kiln_buildspec::archive::check_entry` (no
+//! Archives come from outside, so each entry must pass `kiln_buildspec::archive::ArchiveCheck` (no
 //! absolute paths, no `..`, no links that leave the archive, only files, directories and links),
-//! and no entry may sit below a link the archive made earlier (a lexical check cannot see
+//! and no entry may go through a link the archive made earlier (a lexical check cannot see
 //! through links). One bad entry refuses the whole build. The fetched archive is checked
 //! against its digest before anything is unpacked.
 
-use std::collections::HashSet;
 use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use kiln_buildspec::archive::{check_entry, ArchiveEntry};
+use kiln_buildspec::archive::{ArchiveCheck, ArchiveEntry};
 use kiln_proto::v1::FetchSourceRequest;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
@@ -89,7 +88,7 @@ pub fn extract(archive: &Path, dir: &Path) -> Result<(), CheckoutError> {
     tar.set_preserve_permissions(false);
     tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
-    let mut links: HashSet<String> = HashSet::new();
+    let mut checker = ArchiveCheck::default();
     for entry in tar.entries()? {
         let mut entry = entry?;
         let path_bytes = entry.path_bytes().into_owned();
@@ -113,16 +112,11 @@ pub fn extract(archive: &Path, dir: &Path) -> Result<(), CheckoutError> {
                 kind: "special file",
             },
         };
-        let normalized =
-            check_entry(path, kind).map_err(|e| CheckoutError::Refused(e.to_string()))?;
+        let normalized = checker
+            .entry(path, kind)
+            .map_err(|e| CheckoutError::Refused(e.to_string()))?;
         if normalized.is_empty() {
             continue;
-        }
-        if let Some(link) = below_link(&normalized, &links) {
-            return Err(refused(path, &format!("lies below the link {link:?}")));
-        }
-        if matches!(kind, ArchiveEntry::Symlink { .. }) {
-            links.insert(normalized.clone());
         }
         // `unpack_in` checks once more that nothing lands outside `dir`.
         if !entry.unpack_in(dir)? {
@@ -136,13 +130,6 @@ fn refused(path: &str, reason: &str) -> CheckoutError {
     CheckoutError::Refused(format!(
         "source archive entry {path:?} {reason}; the source archive was refused"
     ))
-}
-
-/// The link among `links` that `path` lies below, if any.
-fn below_link<'a>(path: &str, links: &'a HashSet<String>) -> Option<&'a String> {
-    path.match_indices('/')
-        .map(|(i, _)| &path[..i])
-        .find_map(|prefix| links.get(prefix))
 }
 
 /// Clones `url` into `dir` (which must not exist) and checks out `revision` when given.
