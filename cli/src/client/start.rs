@@ -213,6 +213,7 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
         priority: args.priority,
         idempotency_token: args.idempotency_token.clone().unwrap_or_default(),
         initiator,
+        ..Default::default()
     })
 }
 

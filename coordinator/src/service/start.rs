@@ -107,11 +107,15 @@ pub async fn start<S: StateStore>(
     }
     check_variables(&request.environment_variables_override)?;
     let env = project.environment.clone().unwrap_or_default();
-    let timeout = pick(
-        request.timeout_in_minutes_override,
-        project.timeout_in_minutes,
-        DEFAULT_TIMEOUT_MINUTES,
-    );
+    let timeout_seconds = request.timeout_in_seconds_override;
+    let timeout = match timeout_seconds {
+        0 => pick(
+            request.timeout_in_minutes_override,
+            project.timeout_in_minutes,
+            DEFAULT_TIMEOUT_MINUTES,
+        ),
+        seconds => seconds.div_ceil(60),
+    };
     if timeout > MAX_TIMEOUT_MINUTES {
         return Err(Status::invalid_argument(format!(
             "timeout of {timeout} minutes is over the limit of {MAX_TIMEOUT_MINUTES}"
@@ -122,6 +126,17 @@ pub async fn start<S: StateStore>(
         project.queued_timeout_in_minutes,
         DEFAULT_QUEUED_TIMEOUT_MINUTES,
     );
+    let cpus = request.cpus_override;
+    if !cpus.is_finite() || cpus < 0.0 {
+        return Err(Status::invalid_argument(
+            "cpus_override must be a positive number of CPUs (or 0 for the compute type's)",
+        ));
+    }
+    if i64::try_from(request.memory_bytes_override).is_err() {
+        return Err(Status::invalid_argument(
+            "memory_bytes_override is over the largest memory limit Docker takes",
+        ));
+    }
     if !(0..=100).contains(&request.priority) {
         return Err(Status::invalid_argument(
             "priority must be between 0 and 100",
@@ -137,9 +152,15 @@ pub async fn start<S: StateStore>(
     let now = now_ms();
     let id = format!("{}:{}", project.name, uuid::Uuid::new_v4());
     let initiator = non_empty(&request.initiator).unwrap_or("kiln").to_string();
-    let (git, digest) = match &source {
-        assignment::Source::Git(g) => (Some(g.clone()), String::new()),
-        assignment::Source::SourceDigest(d) => (None, d.clone()),
+    // What the client knows of an uploaded source's origin; a git checkout tells the worker.
+    let (git, digest, source_version, source_repo_url) = match &source {
+        assignment::Source::Git(g) => (Some(g.clone()), String::new(), "", ""),
+        assignment::Source::SourceDigest(d) => (
+            None,
+            d.clone(),
+            request.source_version.as_str(),
+            request.source_repo_url.as_str(),
+        ),
     };
     let build = Build {
         arn: format!("arn:aws:codebuild:us-east-1:000000000000:build/{id}"),
@@ -155,6 +176,7 @@ pub async fn start<S: StateStore>(
         priority: request.priority,
         source_digest: digest,
         git,
+        resolved_source_version: source_version.to_string(),
         image: image.clone(),
         compute_type: compute.clone(),
         phases: vec![
@@ -191,6 +213,11 @@ pub async fn start<S: StateStore>(
             .unwrap_or_default(),
         initiator,
         vpc: project.vpc.clone(),
+        timeout_in_seconds: timeout_seconds,
+        cpus,
+        memory_bytes: request.memory_bytes_override,
+        source_version: source_version.to_string(),
+        source_repo_url: source_repo_url.to_string(),
         ..Assignment::default()
     };
     let row = StoredBuild {
@@ -241,6 +268,11 @@ pub fn retry_request(row: &StoredBuild, project: Project, token: String) -> Star
         priority: build.priority,
         idempotency_token: token,
         initiator: build.initiator,
+        timeout_in_seconds_override: spec.timeout_in_seconds,
+        cpus_override: spec.cpus,
+        memory_bytes_override: spec.memory_bytes,
+        source_version: spec.source_version,
+        source_repo_url: spec.source_repo_url,
     }
 }
 

@@ -10,7 +10,7 @@
 //! own secrets. Any other type fails the build before it runs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_buildspec::names::reserved_prefix;
@@ -22,7 +22,7 @@ use super::checkout::Checkout;
 use crate::artifacts::{ArtifactTarget, Packaging};
 use crate::docker::ComputeType;
 use crate::job::BuildJob;
-use crate::record::{BuildPhase, BuildRecord, PhaseContext, Timestamp};
+use crate::record::{BuildArtifact, BuildPhase, BuildRecord, PhaseContext, Timestamp};
 use crate::secrets::SecretStore;
 
 /// What the worker adds to every job.
@@ -53,7 +53,19 @@ pub fn build_job(
         job.compute = a.compute_type.parse::<ComputeType>()?;
         job.limits = job.compute.limits();
     }
-    if a.timeout_in_minutes > 0 {
+    if a.cpus != 0.0 {
+        if !a.cpus.is_finite() || a.cpus < 0.0 {
+            return Err(format!("cpus {}: must be a positive number", a.cpus));
+        }
+        job.limits.cpus = a.cpus;
+    }
+    if a.memory_bytes > 0 {
+        job.limits.memory_bytes = i64::try_from(a.memory_bytes)
+            .map_err(|_| format!("memory of {} bytes is over Docker's limit", a.memory_bytes))?;
+    }
+    if a.timeout_in_seconds > 0 {
+        job.timeout = Duration::from_secs(u64::from(a.timeout_in_seconds));
+    } else if a.timeout_in_minutes > 0 {
         job.timeout = Duration::from_secs(u64::from(a.timeout_in_minutes) * 60);
     }
     let packaging = match a.packaging.as_str() {
@@ -139,8 +151,14 @@ fn apply_environment(
     Ok(())
 }
 
-/// The `Completed` report of a finished build (artifacts and log count are filled in later).
-pub fn completed(record: &BuildRecord, epoch: u64) -> pb::Completed {
+/// The files listed per artifact in a report; `file_count` has the total.
+const MAX_LISTED_FILES: usize = 1000;
+
+/// The `Completed` report of a finished build (the artifacts tar's digest and the log count are
+/// filled in later). `out_dir` is where the runner wrote the artifacts: their locations are
+/// reported relative to it, as paths in the artifacts tar.
+pub fn completed(record: &BuildRecord, epoch: u64, out_dir: &Path) -> pb::Completed {
+    let artifact = |a: &BuildArtifact| artifact(a, out_dir);
     pb::Completed {
         build_id: record.id.clone(),
         epoch,
@@ -155,7 +173,36 @@ pub fn completed(record: &BuildRecord, epoch: u64) -> pb::Completed {
             })
             .collect(),
         resolved_source_version: record.resolved_source_version.clone().unwrap_or_default(),
+        artifacts: record.artifacts.as_ref().map(artifact),
+        secondary_artifacts: record.secondary_artifacts.iter().map(artifact).collect(),
         ..Default::default()
+    }
+}
+
+fn artifact(a: &BuildArtifact, out_dir: &Path) -> pb::BuildArtifact {
+    let location = Path::new(&a.location)
+        .strip_prefix(out_dir)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    pb::BuildArtifact {
+        artifact_identifier: a.artifact_identifier.clone().unwrap_or_default(),
+        location,
+        name: a.name.clone(),
+        packaging: a.packaging.clone(),
+        sha256sum: a.sha256sum.clone(),
+        size_in_bytes: a.size_in_bytes,
+        files: a
+            .files
+            .iter()
+            .take(MAX_LISTED_FILES)
+            .map(|f| pb::ArtifactFile {
+                path: f.path.clone(),
+                size_in_bytes: f.size_in_bytes,
+                sha256sum: f.sha256sum.clone(),
+                symlink_target: f.symlink_target.clone().unwrap_or_default(),
+            })
+            .collect(),
+        file_count: a.files.len() as u64,
     }
 }
 
