@@ -263,7 +263,11 @@ async fn execute(p: Prepared) -> Result<ExitCode, Failure> {
     let stop = CancellationToken::new();
     let serving = tokio::spawn(coordinator.serve(stop.clone()));
     let drain = CancellationToken::new();
-    let agent = tokio::spawn(run_agent(agent_config(addr, p.secrets), engine, drain.clone()));
+    let agent = tokio::spawn(run_agent(
+        agent_config(addr, p.secrets),
+        engine,
+        drain.clone(),
+    ));
 
     let server = Arc::new(Server::local(addr).await?);
     let (build_tx, build_rx) = watch::channel(None);
@@ -365,7 +369,11 @@ fn clear_artifacts(build: &Build, out: &Path) -> anyhow::Result<()> {
 
 /// Artifact locations as paths under OUT; without `-a` nothing was written, so none.
 fn locate_artifacts(build: &mut Build, out: Option<&Path>) {
-    for artifact in build.artifacts.iter_mut().chain(&mut build.secondary_artifacts) {
+    for artifact in build
+        .artifacts
+        .iter_mut()
+        .chain(&mut build.secondary_artifacts)
+    {
         artifact.location = match out {
             Some(out) => out.join(&artifact.location).display().to_string(),
             None => String::new(),

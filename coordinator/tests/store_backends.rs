@@ -128,7 +128,10 @@ async fn embedded_logs_are_removed_only_while_the_store_is_closed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = EmbeddedStore::open(dir.path()).expect("open");
     let kept = create(&store, build("p", 0)).await;
-    store.append_log(&id(&kept), 0, b"hello\n").await.expect("log");
+    store
+        .append_log(&id(&kept), 0, b"hello\n")
+        .await
+        .expect("log");
     let open = EmbeddedStore::remove_logs(dir.path()).expect_err("the store is open");
     assert!(matches!(
         open,
