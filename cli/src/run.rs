@@ -29,8 +29,7 @@ use kiln_coordinator::store::{EmbeddedStore, StoreError};
 use kiln_coordinator::{Coordinator, CoordinatorConfig};
 use kiln_proto::v1::start_build_request::ProjectRef;
 use kiln_proto::v1::{
-    Build, EnvironmentVariable, Project, ProjectArtifacts, ProjectSource, StartBuildRequest,
-    StopBuildRequest,
+    Build, Project, ProjectArtifacts, ProjectSource, StartBuildRequest, StopBuildRequest,
 };
 use kiln_worker::agent::{run_agent, AgentConfig};
 use kiln_worker::artifacts::Packaging;
@@ -211,15 +210,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             ..Default::default()
         })),
         buildspec_override,
-        environment_variables_override: args
-            .env
-            .iter()
-            .map(|(name, value)| EnvironmentVariable {
-                name: name.clone(),
-                value: value.clone(),
-                r#type: "PLAINTEXT".to_string(),
-            })
-            .collect(),
+        environment_variables_override: client::plaintext(&args.env),
         image_override: image,
         compute_type_override: args.compute.codebuild_name().to_string(),
         // Whole seconds, rounded up; the coordinator refuses more than its limit (36 hours).
@@ -227,7 +218,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             .unwrap_or(u32::MAX),
         cpus_override: args.cpus.unwrap_or_default(),
         memory_bytes_override: args.memory.map_or(0, i64::unsigned_abs),
-        initiator: std::env::var("USER").unwrap_or_else(|_| "kiln".to_string()),
+        initiator: client::initiator(),
         source_version: source_version.unwrap_or_default(),
         source_repo_url,
         ..Default::default()

@@ -31,7 +31,7 @@ pub use builds::{get, list, stop, GetArgs, ListArgs, StopArgs};
 pub use connect::Server;
 pub use logs::{logs, LogsArgs};
 pub use project::{project, ProjectArgs};
-pub use start::{finish, follow, start, submit, StartArgs};
+pub use start::{finish, follow, initiator, plaintext, start, submit, StartArgs};
 
 /// Why a client command stopped: the message for stderr and the exit status.
 #[derive(Debug)]

@@ -80,8 +80,7 @@ pub struct StartArgs {
 }
 
 pub async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
-    let initiator = std::env::var("USER").unwrap_or_else(|_| "kiln".to_string());
-    let request = start_request(&args, initiator)?;
+    let request = start_request(&args, initiator())?;
     let server = args.server.connect().await?;
     let build = submit(&server, request, &args.dir).await?;
     if !args.follow {
@@ -214,15 +213,7 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
         project_ref: Some(project_ref),
         source,
         buildspec_override,
-        environment_variables_override: args
-            .env
-            .iter()
-            .map(|(name, value)| EnvironmentVariable {
-                name: name.clone(),
-                value: value.clone(),
-                r#type: "PLAINTEXT".to_string(),
-            })
-            .collect(),
+        environment_variables_override: plaintext(&args.env),
         image_override: args.image.clone().unwrap_or_default(),
         compute_type_override: args
             .compute
@@ -235,6 +226,23 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
         initiator,
         ..Default::default()
     })
+}
+
+/// `-e NAME=VALUE` overrides as the request carries them.
+pub fn plaintext(variables: &[(String, String)]) -> Vec<EnvironmentVariable> {
+    variables
+        .iter()
+        .map(|(name, value)| EnvironmentVariable {
+            name: name.clone(),
+            value: value.clone(),
+            r#type: "PLAINTEXT".to_string(),
+        })
+        .collect()
+}
+
+/// Who starts a build: the user's login name.
+pub fn initiator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "kiln".to_string())
 }
 
 /// Archives `dir` into a temporary file (UploadSource wants the size first), then streams it
