@@ -355,3 +355,81 @@ fn pick(request: u32, project: u32, default: u32) -> u32 {
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::Blobs;
+    use crate::config::CoordinatorConfig;
+    use crate::store::EmbeddedStore;
+    use kiln_proto::v1::ProjectSource;
+
+    fn request() -> StartBuildRequest {
+        StartBuildRequest {
+            project_ref: Some(start_build_request::ProjectRef::InlineProject(Project {
+                name: "app".into(),
+                source: Some(ProjectSource {
+                    r#type: "GIT".into(),
+                    location: "https://example.com/app.git".into(),
+                    buildspec: "version: 0.2\nphases:\n  build:\n    commands: [true]\n".into(),
+                }),
+                ..Default::default()
+            })),
+            source: Some(start_build_request::Source::SourceDigest(
+                "sha256:00".into(),
+            )),
+            timeout_in_minutes_override: 30,
+            timeout_in_seconds_override: 90,
+            cpus_override: 1.5,
+            memory_bytes_override: 1 << 30,
+            source_version: "abc123".into(),
+            source_repo_url: "file:///src/app".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn fine_overrides_reach_the_assignment_and_a_retry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
+        let blobs = Blobs::open(dir.path()).expect("blobs");
+        let core = Core::new(store, blobs, CoordinatorConfig::default());
+        // The project's buildspec wins, so the source is never read.
+        let chunks = futures_util::stream::iter([Ok(b"not a tar".to_vec())]);
+        let digest = core
+            .blobs
+            .store_stream(1 << 20, chunks)
+            .await
+            .expect("stored")
+            .digest;
+        let mut req = request();
+        req.source = Some(start_build_request::Source::SourceDigest(digest.clone()));
+        let build = start(&core, req, None).await.expect("started");
+        assert_eq!(build.timeout_in_minutes, 2, "90 s, rounded up");
+        assert_eq!(build.resolved_source_version, "abc123");
+        let row = core
+            .store
+            .get_build(&build.id)
+            .await
+            .expect("get")
+            .expect("row");
+        let spec = row.spec.clone().expect("spec");
+        assert_eq!(spec.timeout_in_seconds, 90);
+        assert_eq!((spec.cpus, spec.memory_bytes), (1.5, 1 << 30));
+        assert_eq!(spec.source_version, "abc123");
+        assert_eq!(spec.source_repo_url, "file:///src/app");
+        let retry = retry_request(&row, project_of(&row), String::new());
+        assert_eq!(retry.timeout_in_seconds_override, 90);
+        assert_eq!(
+            (retry.cpus_override, retry.memory_bytes_override),
+            (1.5, 1 << 30)
+        );
+        assert_eq!(retry.source_version, "abc123");
+
+        let mut bad = request();
+        bad.source = Some(start_build_request::Source::SourceDigest(digest));
+        bad.cpus_override = -1.0;
+        let refused = start(&core, bad, None).await.expect_err("negative cpus");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
+}

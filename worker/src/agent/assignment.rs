@@ -338,6 +338,94 @@ mod tests {
     }
 
     #[test]
+    fn fine_overrides_replace_the_compute_type_and_minutes() {
+        let buildspec = kiln_buildspec::parse("buildspec.yml", SPEC)
+            .expect("valid")
+            .buildspec;
+        let a = pb::Assignment {
+            compute_type: "MEDIUM".into(),
+            timeout_in_minutes: 2,
+            timeout_in_seconds: 90,
+            cpus: 1.5,
+            memory_bytes: 512 << 20,
+            ..Default::default()
+        };
+        let defaults = JobDefaults {
+            image: "img:1".into(),
+            secrets: SecretStore::default(),
+        };
+        let job = build_job(
+            &a,
+            buildspec.clone(),
+            "x".into(),
+            &Checkout::default(),
+            "/out".into(),
+            &defaults,
+        )
+        .expect("job");
+        assert_eq!(job.timeout, Duration::from_secs(90));
+        assert_eq!(job.limits.cpus, 1.5);
+        assert_eq!(job.limits.memory_bytes, 512 << 20);
+        assert_eq!(job.limits.pids, ComputeType::Medium.limits().pids);
+        let a = pb::Assignment {
+            cpus: f64::NAN,
+            ..a
+        };
+        let e = build_job(
+            &a,
+            buildspec,
+            "x".into(),
+            &Checkout::default(),
+            "/out".into(),
+            &defaults,
+        )
+        .expect_err("NaN cpus");
+        assert!(e.contains("cpus"), "{e}");
+    }
+
+    #[test]
+    fn artifacts_are_reported_by_their_place_in_the_tar() {
+        let file = |i: usize| crate::record::ArtifactFile {
+            path: format!("f{i}"),
+            size_in_bytes: 1,
+            sha256sum: "ab".into(),
+            symlink_target: (i == 0).then(|| "f1".to_string()),
+        };
+        let artifact = |id: Option<&str>, location: &str, files: usize| BuildArtifact {
+            artifact_identifier: id.map(str::to_string),
+            location: location.into(),
+            name: "n".into(),
+            packaging: "NONE".into(),
+            sha256sum: "cd".into(),
+            size_in_bytes: files as u64,
+            files: (0..files).map(file).collect(),
+        };
+        let spec = kiln_buildspec::parse("buildspec.yml", SPEC)
+            .expect("valid")
+            .buildspec;
+        let job = BuildJob::new("p", spec, "/src".into(), "img:1");
+        let mut record = crate::phases::initial_record(&job, "p:1");
+        record.artifacts = Some(artifact(None, "/w/artifacts/primary", 2));
+        record.secondary_artifacts = vec![artifact(
+            Some("docs"),
+            "/w/artifacts/secondary/docs.zip",
+            MAX_LISTED_FILES + 5,
+        )];
+        let c = completed(&record, 3, Path::new("/w/artifacts"));
+        let primary = c.artifacts.expect("primary");
+        assert_eq!(primary.location, "primary");
+        assert_eq!(primary.files[0].symlink_target, "f1");
+        assert_eq!((primary.files.len(), primary.file_count), (2, 2));
+        let docs = &c.secondary_artifacts[0];
+        assert_eq!(
+            (docs.artifact_identifier.as_str(), docs.location.as_str()),
+            ("docs", "secondary/docs.zip")
+        );
+        assert_eq!(docs.files.len(), MAX_LISTED_FILES);
+        assert_eq!(docs.file_count, MAX_LISTED_FILES as u64 + 5);
+    }
+
+    #[test]
     fn secret_variables_go_to_the_secret_lists_with_precedence() {
         let project = [
             var("A", "project", "PLAINTEXT"),
