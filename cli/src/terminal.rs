@@ -50,43 +50,45 @@ impl PhaseHeaders {
     }
 
     /// A whole held line: its header when it enters a phase, then the line.
-    fn release_line(&mut self) -> io::Result<()> {
-        let line = std::mem::take(&mut self.held);
-        if let Some(phase) = entered_phase(&line) {
+    fn release_line(&mut self, text: &mut Vec<u8>) {
+        if let Some(phase) = entered_phase(&self.held) {
             let header = match self.colour {
                 true => format!("\x1b[1;36m==> {phase}\x1b[0m\n"),
                 false => format!("==> {phase}\n"),
             };
-            self.out.write_all(header.as_bytes())?;
+            text.extend_from_slice(header.as_bytes());
         }
-        self.out.write_all(&line)
+        text.append(&mut self.held);
     }
 }
 
 impl Write for PhaseHeaders {
+    /// What can be written goes out in one write: a terminal's stdout writes each line it is
+    /// handed at once, and a log can have millions of lines.
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut text = Vec::with_capacity(buf.len());
         let mut rest = buf;
         while !rest.is_empty() {
             let line_end = rest.iter().position(|b| *b == b'\n').map(|i| i + 1);
             let (part, tail) = rest.split_at(line_end.unwrap_or(rest.len()));
             rest = tail;
             if self.plain {
-                self.out.write_all(part)?;
+                text.extend_from_slice(part);
             } else {
                 self.held.extend_from_slice(part);
                 let n = self.held.len().min(AGENT_LINE.len());
                 if self.held[..n] != AGENT_LINE[..n] {
-                    let held = std::mem::take(&mut self.held);
-                    self.out.write_all(&held)?;
+                    text.append(&mut self.held);
                     self.plain = true;
                 } else if line_end.is_some() {
-                    self.release_line()?;
+                    self.release_line(&mut text);
                 }
             }
             if line_end.is_some() {
                 self.plain = false;
             }
         }
+        self.out.write_all(&text)?;
         Ok(buf.len())
     }
 
