@@ -1,20 +1,48 @@
 //! `kiln run [DIR]`: runs a checkout's buildspec locally in Docker and prints the build record.
+//!
+//! There is one execution path. `kiln run` starts, in its own process, a coordinator (loopback,
+//! a free port, no tokens) and a worker agent connected to it over gRPC, as `kiln server` does,
+//! and then is their client with the code of `kiln start --follow` and `kiln artifacts`: it
+//! uploads DIR, starts the build, prints the log as it comes, and downloads and extracts the
+//! artifacts into OUT. Only what must be checked before anything runs (exit 2) happens here.
+//!
+//! Decisions:
+//! - The coordinator's store is an embedded store in `<state dir>/run` (see [`crate::host`]), so
+//!   build numbers keep increasing from run to run; the builds' records stay there, their logs are
+//!   removed after each run (nobody can read them once the coordinator is gone). The embedded
+//!   store is locked while open: when another `kiln run` has it, this one uses a temporary store
+//!   (its numbers start at 1) and says so in one line.
+//! - Sources and artifacts go through a temporary data directory, removed at the end.
+//! - The agent resolves `--secret` and `--secrets-file` values (its secret store), and reaps the
+//!   Docker objects dead Kiln processes left, before it drains at the end.
+//! - The first Ctrl-C (or SIGTERM) stops the build with `StopBuild`; a second exits 130 at once.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use kiln_buildspec::routing::Status;
-use kiln_worker::artifacts::{ArtifactTarget, Packaging};
+use kiln_buildspec::archive::{check_entry, ArchiveEntry};
+use kiln_coordinator::store::{EmbeddedStore, StoreError};
+use kiln_coordinator::{Coordinator, CoordinatorConfig};
+use kiln_proto::v1::start_build_request::ProjectRef;
+use kiln_proto::v1::{
+    Build, Project, ProjectArtifacts, ProjectSource, StartBuildRequest, StopBuildRequest,
+};
+use kiln_worker::agent::{run_agent, AgentConfig};
+use kiln_worker::artifacts::Packaging;
 use kiln_worker::docker::{ComputeType, Engine};
 use kiln_worker::secrets::SecretStore;
-use kiln_worker::BuildJob;
+use tokio::signal::unix::{signal, Signal, SignalKind};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{parse_duration, parse_size, parse_variable};
+use crate::client::{self, Failure, Server};
 use crate::host;
-use crate::terminal::TerminalSink;
+use crate::terminal::PhaseHeaders;
 
 /// The image `kiln run` uses without `-i`; `deploy/build-image.sh` builds it without a registry.
 pub const DEFAULT_IMAGE: &str = "kiln/build-image:bookworm";
@@ -65,14 +93,24 @@ pub struct RunArgs {
     json: bool,
 }
 
+/// A checked `kiln run`: the build to start and what the local worker needs for it.
+struct Prepared {
+    dir: PathBuf,
+    request: StartBuildRequest,
+    secrets: SecretStore,
+    out: Option<PathBuf>,
+    json: bool,
+}
+
 pub fn run(args: RunArgs) -> ExitCode {
-    let job = match prepare(&args) {
-        Ok(job) => job,
+    let prepared = match prepare(&args) {
+        Ok(prepared) => prepared,
         Err(e) => {
             eprintln!("kiln run: {e:#}");
             return ExitCode::from(2);
         }
     };
+    // The agent's log sinks block with `block_in_place`, which needs the multi-thread runtime.
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -80,18 +118,21 @@ pub fn run(args: RunArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(execute(job, args.json)) {
-        Ok(Status::Succeeded) => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
-        Err(e) => {
-            eprintln!("kiln run: {e:#}");
-            ExitCode::from(1)
+    let result = runtime.block_on(execute(prepared));
+    // Closes the store, so that its logs can go.
+    drop(runtime);
+    if let Some(dir) = store_dir() {
+        match EmbeddedStore::remove_logs(&dir) {
+            Ok(()) => {}
+            Err(StoreError::Io(e)) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => tracing::warn!(error = %e, "could not remove the logs of kiln run's builds"),
         }
     }
+    result.unwrap_or_else(|failure| failure.exit("run"))
 }
 
 /// Everything that can be checked before anything runs; an error here exits 2.
-fn prepare(args: &RunArgs) -> anyhow::Result<BuildJob> {
+fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let dir = std::fs::canonicalize(&args.dir)
         .with_context(|| format!("source directory {}", args.dir.display()))?;
     if !dir.is_dir() {
@@ -119,6 +160,12 @@ fn prepare(args: &RunArgs) -> anyhow::Result<BuildJob> {
             spec_path.display()
         );
     }
+    // The default buildspec is read from the uploaded source; another one is sent as text.
+    let buildspec_override = match &args.buildspec {
+        Some(_) => std::fs::read_to_string(&spec_path)
+            .with_context(|| format!("buildspec {}", spec_path.display()))?,
+        None => String::new(),
+    };
     let project = match &args.project {
         Some(p) => valid_project(p)?,
         None => project_from_dir(&dir),
@@ -138,101 +185,217 @@ fn prepare(args: &RunArgs) -> anyhow::Result<BuildJob> {
             );
         }
     }
-    let mut limits = args.compute.limits();
     if let Some(cpus) = args.cpus {
         if cpus.is_nan() || cpus <= 0.0 {
             bail!("--cpus must be positive");
         }
-        limits.cpus = cpus;
-    }
-    if let Some(memory) = args.memory {
-        limits.memory_bytes = memory;
     }
     let image = args
         .image
         .clone()
         .unwrap_or_else(|| DEFAULT_IMAGE.to_string());
-    let mut job = BuildJob::new(&project, parsed.buildspec, dir.clone(), &image);
-    job.buildspec_location = spec_path.display().to_string();
-    job.compute = args.compute;
-    job.limits = limits;
-    job.env_overrides = args.env.clone();
-    job.secrets = secrets;
-    job.timeout = args.timeout;
-    job.initiator = std::env::var("USER").unwrap_or_else(|_| "kiln".to_string());
-    job.resolved_source_version = git(&dir, &["rev-parse", "HEAD"]);
-    job.source_version = job.resolved_source_version.clone();
-    job.source_repo_url = git(&dir, &["config", "--get", "remote.origin.url"])
-        .or_else(|| Some(format!("file://{}", dir.display())));
-    job.artifacts = ArtifactTarget {
-        out_dir: args.artifacts.clone(),
-        packaging: args.packaging,
+    let source_version = git(&dir, &["rev-parse", "HEAD"]);
+    let source_repo_url = git(&dir, &["config", "--get", "remote.origin.url"])
+        .unwrap_or_else(|| format!("file://{}", dir.display()));
+    let request = StartBuildRequest {
+        project_ref: Some(ProjectRef::InlineProject(Project {
+            name: project,
+            source: Some(ProjectSource {
+                r#type: "NO_SOURCE".to_string(),
+                ..Default::default()
+            }),
+            artifacts: Some(ProjectArtifacts {
+                packaging: args.packaging.as_str().to_string(),
+            }),
+            ..Default::default()
+        })),
+        buildspec_override,
+        environment_variables_override: client::plaintext(&args.env),
+        image_override: image,
+        compute_type_override: args.compute.codebuild_name().to_string(),
+        // Whole seconds, rounded up; the coordinator refuses more than its limit (36 hours).
+        timeout_in_seconds_override: u32::try_from(args.timeout.as_millis().div_ceil(1000))
+            .unwrap_or(u32::MAX),
+        cpus_override: args.cpus.unwrap_or_default(),
+        memory_bytes_override: args.memory.map_or(0, i64::unsigned_abs),
+        initiator: client::initiator(),
+        source_version: source_version.unwrap_or_default(),
+        source_repo_url,
+        ..Default::default()
     };
-    job.build_number = host::next_build_number(&project);
-    Ok(job)
+    Ok(Prepared {
+        dir,
+        request,
+        secrets,
+        out: args.artifacts.clone(),
+        json: args.json,
+    })
 }
 
-async fn execute(job: BuildJob, json: bool) -> anyhow::Result<Status> {
-    let engine = Engine::connect().await?;
-    // Leftovers of killed kiln processes are removed while this build runs: they are other
-    // builds' objects, so nothing here waits for them.
-    let reaper = {
-        let engine = engine.clone();
-        tokio::spawn(async move { engine.reap_orphans(&host::hostname(), host::is_alive).await })
-    };
-    let cancel = CancellationToken::new();
-    tokio::spawn(stop_on_signal(cancel.clone()));
-    let sink = Box::new(TerminalSink::new(json));
-    let record = kiln_worker::run_build(engine, job, sink, cancel, &host::owner()).await;
-    match reaper.await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(reaped)) => tracing::info!(reaped, "removed objects left by earlier kiln processes"),
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "could not remove objects left by earlier kiln processes")
+/// Where `kiln run` keeps its coordinator's state.
+fn store_dir() -> Option<PathBuf> {
+    host::state_dir().map(|d| d.join("run"))
+}
+
+async fn execute(p: Prepared) -> Result<ExitCode, Failure> {
+    let failed = |e: anyhow::Error| Failure::failed(format!("{e:#}"));
+    // Registered first: from here on a Ctrl-C stops the build rather than the process.
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    let data = tempfile::Builder::new()
+        .prefix("kiln-run-")
+        .tempdir()
+        .map_err(|e| Failure::failed(format!("cannot make a temporary directory: {e}")))?;
+    let engine = Engine::connect().await.map_err(|e| failed(e.into()))?;
+    let coordinator = bind(data.path()).await.map_err(failed)?;
+    let addr = coordinator.local_addr().map_err(|e| failed(e.into()))?;
+    let stop = CancellationToken::new();
+    let serving = tokio::spawn(coordinator.serve(stop.clone()));
+    let drain = CancellationToken::new();
+    let agent = tokio::spawn(run_agent(
+        agent_config(addr, p.secrets),
+        engine,
+        drain.clone(),
+    ));
+
+    let server = Arc::new(Server::local(addr).await?);
+    let (build_tx, build_rx) = watch::channel(None);
+    if let (Ok(int), Ok(term)) = signals {
+        tokio::spawn(stop_on_signal(int, term, server.clone(), build_rx));
+    }
+    let build = client::submit(&server, p.request, &p.dir).await?;
+    let _ = build_tx.send(Some(build.id.clone()));
+    let mut log = PhaseHeaders::new(p.json);
+    let followed = client::follow(&server, &build.id, &mut log).await;
+    let _ = log.finish();
+    let mut build = followed?;
+    match &p.out {
+        Some(out) if !build.artifacts_digest.is_empty() => {
+            clear_artifacts(&build, out).map_err(failed)?;
+            client::download(&server, &build.id, out).await?;
+            locate_artifacts(&mut build, Some(out));
         }
-        Err(e) => tracing::warn!(error = %e, "the reaper task failed"),
+        out => locate_artifacts(&mut build, out.as_deref()),
     }
-    if json {
-        println!("{}", serde_json::to_string(&record)?);
-    } else {
-        // A phase that failed and then passed on a retry is no problem of the build's.
-        let succeeded = record.build_status == Status::Succeeded;
-        let problems: Vec<String> = record
-            .phases
-            .iter()
-            .filter(|p| !succeeded && p.phase_status != Some(Status::Succeeded))
-            .map(|p| {
-                let message = p.contexts.first().map_or("", |c| c.message.as_str());
-                format!("{}: {message}", p.phase_type.as_str())
-            })
-            .collect();
-        let detail = match problems.is_empty() {
-            true => String::new(),
-            false => format!(" ({})", problems.join("; ")),
+    let code = client::finish(&build, p.json);
+
+    drain.cancel();
+    match agent.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the local worker failed"),
+        Err(e) => tracing::warn!(error = %e, "the local worker task failed"),
+    }
+    stop.cancel();
+    match serving.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "the local coordinator failed"),
+        Err(e) => tracing::warn!(error = %e, "the local coordinator task failed"),
+    }
+    Ok(code)
+}
+
+/// The coordinator on a free loopback port, with the store in [`store_dir`], or in `data` when
+/// that one cannot be had (another `kiln run` holds it, no state directory).
+async fn bind(data: &Path) -> anyhow::Result<Coordinator> {
+    let config = |state: &Path| CoordinatorConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        state: state.display().to_string(),
+        data_dir: data.to_path_buf(),
+        // The checkout is the user's own: no size limit.
+        max_upload_bytes: u64::MAX,
+        ..CoordinatorConfig::default()
+    };
+    if let Some(dir) = store_dir() {
+        match Coordinator::bind(config(&dir)).await {
+            Ok(coordinator) => return Ok(coordinator),
+            Err(e) => match e.downcast_ref::<StoreError>() {
+                Some(StoreError::Io(io)) if io.kind() == std::io::ErrorKind::WouldBlock => {
+                    eprintln!(
+                        "kiln run: another kiln run is using {}; this build is numbered from 1",
+                        dir.display()
+                    )
+                }
+                Some(_) => eprintln!("kiln run: {e:#}; this build is numbered from 1"),
+                None => return Err(e),
+            },
+        }
+    }
+    Coordinator::bind(config(&data.join("state"))).await
+}
+
+/// The local worker: one build at a time, the secrets of the command line.
+fn agent_config(addr: SocketAddr, secrets: SecretStore) -> AgentConfig {
+    AgentConfig {
+        coordinator: format!("http://{addr}"),
+        join_token: None,
+        worker_id: host::hostname(),
+        labels: Default::default(),
+        slots: 1,
+        default_image: DEFAULT_IMAGE.to_string(),
+        secrets,
+        owner: host::owner(),
+    }
+}
+
+/// Removes the artifacts of an earlier build at the places this build's go, so that OUT holds
+/// only this build's files there (extraction merges into what exists).
+fn clear_artifacts(build: &Build, out: &Path) -> anyhow::Result<()> {
+    for artifact in build.artifacts.iter().chain(&build.secondary_artifacts) {
+        let relative = check_entry(&artifact.location, ArchiveEntry::Dir)?;
+        if relative.is_empty() {
+            continue;
+        }
+        let path = out.join(relative);
+        let removed = match std::fs::symlink_metadata(&path) {
+            Ok(meta) if meta.is_dir() => std::fs::remove_dir_all(&path),
+            Ok(_) => std::fs::remove_file(&path),
+            Err(_) => Ok(()),
         };
-        eprintln!(
-            "build {} {}{detail}",
-            record.id,
-            record.build_status.as_str()
-        );
+        removed.with_context(|| format!("cannot replace {}", path.display()))?;
     }
-    Ok(record.build_status)
+    Ok(())
+}
+
+/// Artifact locations as paths under OUT; without `-a` nothing was written, so none.
+fn locate_artifacts(build: &mut Build, out: Option<&Path>) {
+    for artifact in build
+        .artifacts
+        .iter_mut()
+        .chain(&mut build.secondary_artifacts)
+    {
+        artifact.location = match out {
+            Some(out) => out.join(&artifact.location).display().to_string(),
+            None => String::new(),
+        };
+    }
 }
 
 /// First Ctrl-C (or SIGTERM) stops the build cleanly; a second one exits at once, and the next
 /// `kiln run` reaps what was left.
-async fn stop_on_signal(cancel: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        return;
-    };
+async fn stop_on_signal(
+    mut int: Signal,
+    mut term: Signal,
+    server: Arc<Server>,
+    mut build: watch::Receiver<Option<String>>,
+) {
     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
     eprintln!("kiln run: stopping the build (press Ctrl-C again to exit at once)");
-    cancel.cancel();
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    let stopped = async {
+        // A build not started yet is stopped as soon as it is.
+        let id = match build.wait_for(Option::is_some).await {
+            Ok(id) => id.clone().unwrap_or_default(),
+            Err(_) => return,
+        };
+        let request = StopBuildRequest { id };
+        if let Err(status) = server.client().stop_build(request).await {
+            tracing::info!(error = %status, "could not stop the build");
+        }
+    };
+    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {}, () = stopped => {
+        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    } }
     std::process::exit(130);
 }
 

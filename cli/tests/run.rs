@@ -117,6 +117,17 @@ fn the_example_succeeds_with_artifacts_json_and_an_untouched_source() {
         std::fs::read_to_string(out.path().join("primary/fox.txt")).expect("artifact"),
         "THE QUICK BROWN FOX\n"
     );
+    let head = Command::new("git")
+        .arg("-C")
+        .arg(&source)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .expect("git");
+    assert_eq!(
+        record["resolvedSourceVersion"].as_str(),
+        Some(text(&head.stdout).trim()),
+        "the checkout's commit"
+    );
     let log = text(&result.stderr);
     assert!(
         log.contains("==> BUILD") && log.contains("Running command"),
@@ -205,6 +216,64 @@ fn variables_secrets_files_and_timeouts_from_the_command_line() {
     let log = text(&result.stderr);
     assert!(log.contains("x=from-cli pw=***"), "{log}");
     assert!(!log.contains("swordfish"));
+}
+
+#[test]
+fn cpu_and_memory_overrides_reach_the_container() {
+    let dir = checkout("version: 0.2\nphases:\n  build:\n    commands:\n      - cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/memory/memory.limit_in_bytes 2>/dev/null || true\n      - cat /sys/fs/cgroup/cpu.max /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || true\n");
+    let result = kiln_run(&["--cpus", "0.5", "--memory", "256m"], dir.path());
+    assert!(result.status.success(), "{}", text(&result.stderr));
+    let log = text(&result.stdout);
+    assert!(log.contains("268435456\n"), "256 MiB: {log}");
+    // A quota of half the (100 ms) period, in either cgroup version's format.
+    assert!(
+        log.contains("50000 100000\n") || log.contains("\n50000\n"),
+        "0.5 CPU: {log}"
+    );
+}
+
+#[test]
+fn build_numbers_keep_increasing_and_a_busy_store_is_not_waited_for() {
+    let state = tempfile::tempdir().expect("state");
+    let project = format!("numbered-{}", std::process::id());
+    let run = |dir: &Path| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        cmd.env("XDG_STATE_HOME", state.path())
+            .args(["run", "--json", "--project", &project])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    };
+    let number = |out: &Output| {
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let record: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        record["buildNumber"].as_u64().expect("number")
+    };
+    let quick = checkout("version: 0.2\nphases:\n  build:\n    commands:\n      - echo hi\n");
+    let first = number(&run(quick.path()).output().expect("kiln runs"));
+    let second = number(&run(quick.path()).output().expect("kiln runs"));
+    assert_eq!((first, second), (1, 2));
+    let logs = state.path().join("kiln/run/logs");
+    assert!(
+        std::fs::read_dir(&logs).map_or(true, |mut d| d.next().is_none()),
+        "the logs of finished runs are not kept"
+    );
+
+    let slow = checkout("version: 0.2\nphases:\n  build:\n    commands:\n      - sleep 5\n");
+    let holder = run(slow.path()).spawn().expect("kiln starts");
+    // Its build runs, so it holds the store.
+    wait_for("the first run's container", || {
+        !containers_of(&project).is_empty()
+    });
+    let beside = run(quick.path()).output().expect("kiln runs");
+    assert_eq!(number(&beside), 1, "a temporary store numbers from 1");
+    assert!(
+        text(&beside.stderr).contains("another kiln run is using"),
+        "{}",
+        text(&beside.stderr)
+    );
+    assert_eq!(number(&holder.wait_with_output().expect("exits")), 3);
 }
 
 fn containers_of(project: &str) -> Vec<String> {

@@ -33,7 +33,10 @@ impl Coordinator {
     pub async fn bind(config: CoordinatorConfig) -> anyhow::Result<Coordinator> {
         let store = AnyStore::open(&config.state, &config.redis_prefix)
             .await
-            .map_err(|e| anyhow::anyhow!("opening the state store {}: {e}", config.state))?;
+            .map_err(|e| {
+                // The store's error stays in the chain: callers can tell a store that is in use.
+                anyhow::Error::new(e).context(format!("opening the state store {}", config.state))
+            })?;
         let blobs = Blobs::open(&config.data_dir).map_err(|e| {
             anyhow::anyhow!(
                 "opening the data directory {}: {e}",

@@ -123,6 +123,28 @@ async fn embedded_directory_opens_once() {
     assert!(err.contains("open in another process"), "{err}");
 }
 
+#[tokio::test]
+async fn embedded_logs_are_removed_only_while_the_store_is_closed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = EmbeddedStore::open(dir.path()).expect("open");
+    let kept = create(&store, build("p", 0)).await;
+    store
+        .append_log(&id(&kept), 0, b"hello\n")
+        .await
+        .expect("log");
+    let open = EmbeddedStore::remove_logs(dir.path()).expect_err("the store is open");
+    assert!(matches!(
+        open,
+        kiln_coordinator::store::StoreError::Io(ref e) if e.kind() == std::io::ErrorKind::WouldBlock
+    ));
+    assert_eq!(store.log_len(&id(&kept)).await.expect("len"), 1);
+    drop(store);
+    EmbeddedStore::remove_logs(dir.path()).expect("closed");
+    let store = EmbeddedStore::open(dir.path()).expect("reopen");
+    assert_eq!(get(&store, &id(&kept)).await, kept, "the build stays");
+    assert_eq!(store.log_len(&id(&kept)).await.expect("len"), 0);
+}
+
 /// Group commit: many concurrent callers share fsyncs. Prints the rate; asserts a floor far
 /// below it so a slow CI disk does not fail it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -31,6 +31,16 @@ pub enum Packaging {
     Zip,
 }
 
+impl Packaging {
+    /// CodeBuild's name: `NONE` or `ZIP`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Packaging::None => "NONE",
+            Packaging::Zip => "ZIP",
+        }
+    }
+}
+
 impl std::str::FromStr for Packaging {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -324,11 +334,7 @@ impl Plan {
             artifact_identifier: self.identifier,
             location: self.location,
             name: self.name,
-            packaging: match packaging {
-                Packaging::None => "NONE",
-                Packaging::Zip => "ZIP",
-            }
-            .to_string(),
+            packaging: packaging.as_str().to_string(),
             sha256sum: zip_digest.unwrap_or_else(|| hex(&Sha256::digest(manifest.as_bytes()))),
             size_in_bytes: files.iter().map(|f| f.size_in_bytes).sum(),
             files,

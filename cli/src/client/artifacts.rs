@@ -16,7 +16,7 @@ use kiln_proto::v1::DownloadArtifactRequest;
 use tar::EntryType;
 use tokio::io::AsyncWriteExt;
 
-use super::connect::ServerArgs;
+use super::connect::{Server, ServerArgs};
 use super::Failure;
 
 #[derive(clap::Args)]
@@ -38,11 +38,21 @@ pub async fn artifacts(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
         )));
     }
     let server = args.server.connect().await?;
+    let extracted = download(&server, &args.id, &args.output).await?;
+    eprintln!(
+        "{extracted} entries of build {} in {}",
+        args.id,
+        args.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Downloads build `id`'s artifacts tar and extracts it into `output` (see the module docs);
+/// returns how many entries were written.
+pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize, Failure> {
     let spooling = |e: io::Error| Failure::failed(format!("cannot keep the download: {e}"));
     let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spooling)?);
-    let request = DownloadArtifactRequest {
-        id: args.id.clone(),
-    };
+    let request = DownloadArtifactRequest { id: id.to_string() };
     let mut chunks = server
         .client()
         .download_artifact(request)
@@ -55,17 +65,11 @@ pub async fn artifacts(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
     file.flush().await.map_err(spooling)?;
     let mut file = file.into_std().await;
     file.rewind().map_err(spooling)?;
-    let out = args.output.clone();
-    let extracted = tokio::task::spawn_blocking(move || extract(file, &out))
+    let out = output.to_path_buf();
+    tokio::task::spawn_blocking(move || extract(file, &out))
         .await
         .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?
-        .map_err(|e| Failure::failed(format!("{e:#}")))?;
-    eprintln!(
-        "{extracted} entries of build {} in {}",
-        args.id,
-        args.output.display()
-    );
-    Ok(ExitCode::SUCCESS)
+        .map_err(|e| Failure::failed(format!("{e:#}")))
 }
 
 /// Extracts the tar `archive` into `dir` (created when missing); returns how many entries were

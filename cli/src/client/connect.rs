@@ -2,6 +2,7 @@
 //! one table that turns gRPC statuses into messages a user can act on.
 
 use std::error::Error;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use kiln_proto::v1::build_service_client::BuildServiceClient;
@@ -79,13 +80,23 @@ impl ServerArgs {
     }
 
     pub async fn connect(&self) -> Result<Server, Failure> {
-        let bearer = self.bearer()?;
-        let address = self.url();
+        Server::connect(self.url(), &self.server, self.bearer()?).await
+    }
+}
+
+impl Server {
+    /// A coordinator on loopback without tokens: the one `kiln run` starts in its own process.
+    pub async fn local(addr: SocketAddr) -> Result<Server, Failure> {
+        let address = format!("http://{addr}");
+        Server::connect(address.clone(), &address, BearerToken(None)).await
+    }
+
+    /// Connects to `address` (a URL), as the user wrote it in `given`.
+    async fn connect(address: String, given: &str, bearer: BearerToken) -> Result<Server, Failure> {
         let endpoint = Endpoint::from_shared(address.clone())
             .map_err(|e| {
                 Failure::invalid(format!(
-                    "invalid server address {:?}: {e}; use a URL like {DEFAULT_SERVER}",
-                    self.server
+                    "invalid server address {given:?}: {e}; use a URL like {DEFAULT_SERVER}"
                 ))
             })?
             .connect_timeout(Duration::from_secs(10));
@@ -100,9 +111,7 @@ impl ServerArgs {
             .max_decoding_message_size(MAX_MESSAGE);
         Ok(Server { client, address })
     }
-}
 
-impl Server {
     /// A handle for one call (cheap: the channel is shared).
     pub fn client(&self) -> Client {
         self.client.clone()

@@ -1,8 +1,9 @@
 //! A build as JSON with CodeBuild's camelCase names (`buildStatus`, `phases[].phaseType`, times in
-//! RFC 3339), plus Kiln's own fields (`workerId`, `attempt`, `queuedReason`, `artifactsDigest`).
+//! RFC 3339, `artifacts`, `secondaryArtifacts`), plus Kiln's own fields (`workerId`, `attempt`,
+//! `queuedReason`, `artifactsDigest`, the artifacts' `files`).
 //! Unset fields are left out, as CodeBuild leaves them out.
 
-use kiln_proto::v1::{Build, BuildPhase};
+use kiln_proto::v1::{Build, BuildArtifact, BuildPhase};
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -79,6 +80,15 @@ pub fn build_json(build: &Build) -> Value {
             build.phases.iter().map(phase_json).collect::<Vec<_>>(),
         )
         .put("exportedEnvironmentVariables", variables)
+        .put("artifacts", build.artifacts.as_ref().map(artifact_json))
+        .put(
+            "secondaryArtifacts",
+            build
+                .secondary_artifacts
+                .iter()
+                .map(artifact_json)
+                .collect::<Vec<_>>(),
+        )
         // Kiln's own fields.
         .time("queuedTime", build.queued_time_ms)
         .put("priority", build.priority)
@@ -94,6 +104,34 @@ pub fn build_json(build: &Build) -> Value {
         )
         .put("retryOf", build.retry_of.as_str())
         .put("stopRequested", build.stop_requested)
+        .0
+        .into()
+}
+
+/// An artifact as the worker summed it; `fileCount` tells when `files` is cut short.
+fn artifact_json(artifact: &BuildArtifact) -> Value {
+    let files: Vec<Value> = artifact
+        .files
+        .iter()
+        .map(|f| {
+            Object::default()
+                .put("path", f.path.as_str())
+                .put("sizeInBytes", f.size_in_bytes)
+                .put("sha256sum", f.sha256sum.as_str())
+                .put("symlinkTarget", f.symlink_target.as_str())
+                .0
+                .into()
+        })
+        .collect();
+    Object::default()
+        .put("artifactIdentifier", artifact.artifact_identifier.as_str())
+        .put("location", artifact.location.as_str())
+        .put("name", artifact.name.as_str())
+        .put("packaging", artifact.packaging.as_str())
+        .put("sha256sum", artifact.sha256sum.as_str())
+        .put("sizeInBytes", artifact.size_in_bytes)
+        .put("files", files)
+        .put("fileCount", artifact.file_count)
         .0
         .into()
 }
@@ -121,7 +159,7 @@ fn phase_json(phase: &BuildPhase) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_proto::v1::{GitSource, NameValue, PhaseContext};
+    use kiln_proto::v1::{ArtifactFile, GitSource, NameValue, PhaseContext};
     use serde_json::json;
 
     #[test]
@@ -176,6 +214,21 @@ mod tests {
             worker_id: "w1".into(),
             attempt: 2,
             artifacts_digest: "sha256:ab".into(),
+            artifacts: Some(BuildArtifact {
+                location: "primary".into(),
+                name: "app-1.2".into(),
+                packaging: "NONE".into(),
+                sha256sum: "cd".into(),
+                size_in_bytes: 6,
+                files: vec![ArtifactFile {
+                    path: "app.txt".into(),
+                    size_in_bytes: 6,
+                    sha256sum: "ef".into(),
+                    symlink_target: String::new(),
+                }],
+                file_count: 1,
+                ..Default::default()
+            }),
             ..Default::default()
         };
         assert_eq!(
@@ -212,6 +265,16 @@ mod tests {
                     }
                 ],
                 "exportedEnvironmentVariables": [ { "name": "VERSION", "value": "1.2" } ],
+                "artifacts": {
+                    "location": "primary",
+                    "name": "app-1.2",
+                    "packaging": "NONE",
+                    "sha256sum": "cd",
+                    "sizeInBytes": 6,
+                    "files": [ { "path": "app.txt", "sizeInBytes": 6, "sha256sum": "ef" } ],
+                    "fileCount": 1
+                },
+                "secondaryArtifacts": [],
                 "priority": 0,
                 "git": { "url": "https://example.com/app.git" },
                 "workerId": "w1",

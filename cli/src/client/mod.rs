@@ -26,11 +26,12 @@ mod start;
 use std::future::Future;
 use std::process::ExitCode;
 
-pub use artifacts::{artifacts, ArtifactsArgs};
+pub use artifacts::{artifacts, download, ArtifactsArgs};
 pub use builds::{get, list, stop, GetArgs, ListArgs, StopArgs};
+pub use connect::Server;
 pub use logs::{logs, LogsArgs};
 pub use project::{project, ProjectArgs};
-pub use start::{start, StartArgs};
+pub use start::{finish, follow, initiator, plaintext, start, submit, StartArgs};
 
 /// Why a client command stopped: the message for stderr and the exit status.
 #[derive(Debug)]
@@ -41,7 +42,7 @@ pub struct Failure {
 
 impl Failure {
     /// Invalid input (exit 2): nothing was started or changed.
-    fn invalid(message: impl Into<String>) -> Failure {
+    pub fn invalid(message: impl Into<String>) -> Failure {
         Failure {
             code: 2,
             message: message.into(),
@@ -49,11 +50,17 @@ impl Failure {
     }
 
     /// Anything else that went wrong (exit 1).
-    fn failed(message: impl Into<String>) -> Failure {
+    pub fn failed(message: impl Into<String>) -> Failure {
         Failure {
             code: 1,
             message: message.into(),
         }
+    }
+
+    /// Tells the user (`kiln <name>: <message>`) and ends with the failure's status.
+    pub fn exit(self, name: &str) -> ExitCode {
+        eprintln!("kiln {name}: {}", self.message);
+        ExitCode::from(self.code)
     }
 }
 
@@ -66,11 +73,7 @@ pub fn execute(name: &str, command: impl Future<Output = Result<ExitCode, Failur
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(command) {
-        Ok(code) => code,
-        Err(failure) => {
-            eprintln!("kiln {name}: {}", failure.message);
-            ExitCode::from(failure.code)
-        }
-    }
+    runtime
+        .block_on(command)
+        .unwrap_or_else(|failure| failure.exit(name))
 }

@@ -80,21 +80,9 @@ pub struct StartArgs {
 }
 
 pub async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
-    let initiator = std::env::var("USER").unwrap_or_else(|_| "kiln".to_string());
-    let mut request = start_request(&args, initiator)?;
+    let request = start_request(&args, initiator())?;
     let server = args.server.connect().await?;
-    if request.source.is_none() {
-        let digest = upload(&server, &args.dir).await?;
-        request.source = Some(Source::SourceDigest(digest));
-    }
-    let build = server
-        .client()
-        .start_build(request)
-        .await
-        .map_err(|s| server.refused(s))?
-        .into_inner()
-        .build
-        .ok_or_else(|| Failure::failed("the server answered StartBuild without a build"))?;
+    let build = submit(&server, request, &args.dir).await?;
     if !args.follow {
         match args.json {
             true => out!("{:#}", build_json(&build)),
@@ -107,16 +95,47 @@ pub async fn start(args: StartArgs) -> Result<ExitCode, Failure> {
         true => Box::new(io::stderr()),
         false => Box::new(io::stdout()),
     };
-    print_log(&server, &build.id, true, &mut log).await?;
-    let build = until_complete(&server, fetch(&server, &build.id).await?).await?;
-    match args.json {
-        true => out!("{:#}", build_json(&build)),
-        false => eprintln!("{}", outcome_line(&build)),
+    let build = follow(&server, &build.id, &mut log).await?;
+    Ok(finish(&build, args.json))
+}
+
+/// Starts the build `request` describes, uploading `dir` as its source when it names none.
+pub async fn submit(
+    server: &Server,
+    mut request: StartBuildRequest,
+    dir: &Path,
+) -> Result<Build, Failure> {
+    if request.source.is_none() {
+        let digest = upload(server, dir).await?;
+        request.source = Some(Source::SourceDigest(digest));
     }
-    Ok(match build.build_status.as_str() {
+    server
+        .client()
+        .start_build(request)
+        .await
+        .map_err(|s| server.refused(s))?
+        .into_inner()
+        .build
+        .ok_or_else(|| Failure::failed("the server answered StartBuild without a build"))
+}
+
+/// Writes a build's log to `log` as it comes, until the build ends; returns the completed build.
+pub async fn follow(server: &Server, id: &str, log: &mut dyn Write) -> Result<Build, Failure> {
+    print_log(server, id, true, log).await?;
+    until_complete(server, fetch(server, id).await?).await
+}
+
+/// The end of a followed build: the build as JSON on stdout, or its outcome line on stderr; exit
+/// 0 only when it succeeded.
+pub fn finish(build: &Build, json: bool) -> ExitCode {
+    match json {
+        true => out!("{:#}", build_json(build)),
+        false => eprintln!("{}", outcome_line(build)),
+    }
+    match build.build_status.as_str() {
         "SUCCEEDED" => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
-    })
+    }
 }
 
 /// Everything that can be checked before talking to the server; an error here exits 2. The
@@ -194,15 +213,7 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
         project_ref: Some(project_ref),
         source,
         buildspec_override,
-        environment_variables_override: args
-            .env
-            .iter()
-            .map(|(name, value)| EnvironmentVariable {
-                name: name.clone(),
-                value: value.clone(),
-                r#type: "PLAINTEXT".to_string(),
-            })
-            .collect(),
+        environment_variables_override: plaintext(&args.env),
         image_override: args.image.clone().unwrap_or_default(),
         compute_type_override: args
             .compute
@@ -213,7 +224,25 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
         priority: args.priority,
         idempotency_token: args.idempotency_token.clone().unwrap_or_default(),
         initiator,
+        ..Default::default()
     })
+}
+
+/// `-e NAME=VALUE` overrides as the request carries them.
+pub fn plaintext(variables: &[(String, String)]) -> Vec<EnvironmentVariable> {
+    variables
+        .iter()
+        .map(|(name, value)| EnvironmentVariable {
+            name: name.clone(),
+            value: value.clone(),
+            r#type: "PLAINTEXT".to_string(),
+        })
+        .collect()
+}
+
+/// Who starts a build: the user's login name.
+pub fn initiator() -> String {
+    std::env::var("USER").unwrap_or_else(|_| "kiln".to_string())
 }
 
 /// Archives `dir` into a temporary file (UploadSource wants the size first), then streams it

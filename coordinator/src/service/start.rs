@@ -122,11 +122,15 @@ pub async fn start<S: StateStore>(
     }
     check_variables(&request.environment_variables_override)?;
     let env = project.environment.clone().unwrap_or_default();
-    let timeout = pick(
-        request.timeout_in_minutes_override,
-        project.timeout_in_minutes,
-        DEFAULT_TIMEOUT_MINUTES,
-    );
+    let timeout_seconds = request.timeout_in_seconds_override;
+    let timeout = match timeout_seconds {
+        0 => pick(
+            request.timeout_in_minutes_override,
+            project.timeout_in_minutes,
+            DEFAULT_TIMEOUT_MINUTES,
+        ),
+        seconds => seconds.div_ceil(60),
+    };
     if timeout > MAX_TIMEOUT_MINUTES {
         return Err(Status::invalid_argument(format!(
             "timeout of {timeout} minutes is over the limit of {MAX_TIMEOUT_MINUTES}"
@@ -137,6 +141,17 @@ pub async fn start<S: StateStore>(
         project.queued_timeout_in_minutes,
         DEFAULT_QUEUED_TIMEOUT_MINUTES,
     );
+    let cpus = request.cpus_override;
+    if !cpus.is_finite() || cpus < 0.0 {
+        return Err(Status::invalid_argument(
+            "cpus_override must be a positive number of CPUs (or 0 for the compute type's)",
+        ));
+    }
+    if i64::try_from(request.memory_bytes_override).is_err() {
+        return Err(Status::invalid_argument(
+            "memory_bytes_override is over the largest memory limit Docker takes",
+        ));
+    }
     if !(0..=100).contains(&request.priority) {
         return Err(Status::invalid_argument(
             "priority must be between 0 and 100",
@@ -152,9 +167,15 @@ pub async fn start<S: StateStore>(
     let now = now_ms();
     let id = format!("{}:{}", project.name, uuid::Uuid::new_v4());
     let initiator = non_empty(&request.initiator).unwrap_or("kiln").to_string();
-    let (git, digest) = match &source {
-        assignment::Source::Git(g) => (Some(g.clone()), String::new()),
-        assignment::Source::SourceDigest(d) => (None, d.clone()),
+    // What the client knows of an uploaded source's origin; a git checkout tells the worker.
+    let (git, digest, source_version, source_repo_url) = match &source {
+        assignment::Source::Git(g) => (Some(g.clone()), String::new(), "", ""),
+        assignment::Source::SourceDigest(d) => (
+            None,
+            d.clone(),
+            request.source_version.as_str(),
+            request.source_repo_url.as_str(),
+        ),
     };
     let build = Build {
         arn: format!("arn:aws:codebuild:us-east-1:000000000000:build/{id}"),
@@ -170,6 +191,7 @@ pub async fn start<S: StateStore>(
         priority: request.priority,
         source_digest: digest,
         git,
+        resolved_source_version: source_version.to_string(),
         image: image.clone(),
         compute_type: compute.clone(),
         phases: vec![
@@ -206,6 +228,11 @@ pub async fn start<S: StateStore>(
             .unwrap_or_default(),
         initiator,
         vpc: project.vpc.clone(),
+        timeout_in_seconds: timeout_seconds,
+        cpus,
+        memory_bytes: request.memory_bytes_override,
+        source_version: source_version.to_string(),
+        source_repo_url: source_repo_url.to_string(),
         ..Assignment::default()
     };
     let row = StoredBuild {
@@ -256,6 +283,11 @@ pub fn retry_request(row: &StoredBuild, project: Project, token: String) -> Star
         priority: build.priority,
         idempotency_token: token,
         initiator: build.initiator,
+        timeout_in_seconds_override: spec.timeout_in_seconds,
+        cpus_override: spec.cpus,
+        memory_bytes_override: spec.memory_bytes,
+        source_version: spec.source_version,
+        source_repo_url: spec.source_repo_url,
     }
 }
 
@@ -337,4 +369,82 @@ fn pick(request: u32, project: u32, default: u32) -> u32 {
 
 fn non_empty(s: &str) -> Option<&str> {
     (!s.is_empty()).then_some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::Blobs;
+    use crate::config::CoordinatorConfig;
+    use crate::store::EmbeddedStore;
+    use kiln_proto::v1::ProjectSource;
+
+    fn request() -> StartBuildRequest {
+        StartBuildRequest {
+            project_ref: Some(start_build_request::ProjectRef::InlineProject(Project {
+                name: "app".into(),
+                source: Some(ProjectSource {
+                    r#type: "GIT".into(),
+                    location: "https://example.com/app.git".into(),
+                    buildspec: "version: 0.2\nphases:\n  build:\n    commands: [true]\n".into(),
+                }),
+                ..Default::default()
+            })),
+            source: Some(start_build_request::Source::SourceDigest(
+                "sha256:00".into(),
+            )),
+            timeout_in_minutes_override: 30,
+            timeout_in_seconds_override: 90,
+            cpus_override: 1.5,
+            memory_bytes_override: 1 << 30,
+            source_version: "abc123".into(),
+            source_repo_url: "file:///src/app".into(),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn fine_overrides_reach_the_assignment_and_a_retry() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
+        let blobs = Blobs::open(dir.path()).expect("blobs");
+        let core = Core::new(store, blobs, CoordinatorConfig::default());
+        // The project's buildspec wins, so the source is never read.
+        let chunks = futures_util::stream::iter([Ok(b"not a tar".to_vec())]);
+        let digest = core
+            .blobs
+            .store_stream(1 << 20, chunks)
+            .await
+            .expect("stored")
+            .digest;
+        let mut req = request();
+        req.source = Some(start_build_request::Source::SourceDigest(digest.clone()));
+        let build = start(&core, req, None).await.expect("started");
+        assert_eq!(build.timeout_in_minutes, 2, "90 s, rounded up");
+        assert_eq!(build.resolved_source_version, "abc123");
+        let row = core
+            .store
+            .get_build(&build.id)
+            .await
+            .expect("get")
+            .expect("row");
+        let spec = row.spec.clone().expect("spec");
+        assert_eq!(spec.timeout_in_seconds, 90);
+        assert_eq!((spec.cpus, spec.memory_bytes), (1.5, 1 << 30));
+        assert_eq!(spec.source_version, "abc123");
+        assert_eq!(spec.source_repo_url, "file:///src/app");
+        let retry = retry_request(&row, project_of(&row), String::new());
+        assert_eq!(retry.timeout_in_seconds_override, 90);
+        assert_eq!(
+            (retry.cpus_override, retry.memory_bytes_override),
+            (1.5, 1 << 30)
+        );
+        assert_eq!(retry.source_version, "abc123");
+
+        let mut bad = request();
+        bad.source = Some(start_build_request::Source::SourceDigest(digest));
+        bad.cpus_override = -1.0;
+        let refused = start(&core, bad, None).await.expect_err("negative cpus");
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
 }

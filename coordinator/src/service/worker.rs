@@ -491,6 +491,8 @@ impl<S: StateStore> Session<S> {
                 build.resolved_source_version = done.resolved_source_version.clone();
                 build.artifacts_digest = done.artifacts_digest.clone();
                 build.artifacts_size = done.artifacts_size;
+                build.artifacts = done.artifacts.clone();
+                build.secondary_artifacts = done.secondary_artifacts.clone();
                 Some(QueueChange::Finish)
             })
             .await?;

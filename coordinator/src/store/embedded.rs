@@ -68,21 +68,7 @@ impl EmbeddedStore {
     /// [`EmbeddedStore::open`] with options.
     pub fn open_with(dir: &Path, options: EmbeddedOptions) -> StoreResult<EmbeddedStore> {
         fs::create_dir_all(dir.join("logs"))?;
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join("lock"))?;
-        lock.try_lock().map_err(|err| match err {
-            TryLockError::WouldBlock => io::Error::new(
-                io::ErrorKind::WouldBlock,
-                format!(
-                    "state store {} is open in another process; stop it or use another directory",
-                    dir.display()
-                ),
-            ),
-            TryLockError::Error(err) => err,
-        })?;
+        let lock = lock_dir(dir)?;
         let mut state = State::default();
         journal::replay(dir, |record| state.apply(record))?;
         let journal = Journal::rewrite(dir, &state.snapshot())?;
@@ -92,6 +78,40 @@ impl EmbeddedStore {
             _lock: lock,
         })
     }
+
+    /// Removes the logs of every build of the store in `dir`, which must not be open: the lock is
+    /// taken meanwhile (an error of kind `WouldBlock` when the store is open, in this process or
+    /// another). The builds stay, with empty logs. For stores whose logs nobody reads once the
+    /// builds are over, like `kiln run`'s.
+    pub fn remove_logs(dir: &Path) -> StoreResult<()> {
+        let _lock = lock_dir(dir)?;
+        match fs::remove_dir_all(dir.join("logs")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Takes the store directory's lock (an error of kind `WouldBlock` when someone holds it); it is
+/// released when the file is closed, also when the process dies.
+fn lock_dir(dir: &Path) -> io::Result<File> {
+    fs::create_dir_all(dir)?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("lock"))?;
+    lock.try_lock().map_err(|err| match err {
+        TryLockError::WouldBlock => io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "state store {} is open in another process; stop it or use another directory",
+                dir.display()
+            ),
+        ),
+        TryLockError::Error(err) => err,
+    })?;
+    Ok(lock)
 }
 
 impl StateStore for EmbeddedStore {

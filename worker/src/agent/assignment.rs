@@ -10,7 +10,7 @@
 //! own secrets. Any other type fails the build before it runs.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_buildspec::names::reserved_prefix;
@@ -22,7 +22,7 @@ use super::checkout::Checkout;
 use crate::artifacts::{ArtifactTarget, Packaging};
 use crate::docker::ComputeType;
 use crate::job::BuildJob;
-use crate::record::{BuildPhase, BuildRecord, PhaseContext, Timestamp};
+use crate::record::{BuildArtifact, BuildPhase, BuildRecord, PhaseContext, Timestamp};
 use crate::secrets::SecretStore;
 
 /// What the worker adds to every job.
@@ -53,7 +53,19 @@ pub fn build_job(
         job.compute = a.compute_type.parse::<ComputeType>()?;
         job.limits = job.compute.limits();
     }
-    if a.timeout_in_minutes > 0 {
+    if a.cpus != 0.0 {
+        if !a.cpus.is_finite() || a.cpus < 0.0 {
+            return Err(format!("cpus {}: must be a positive number", a.cpus));
+        }
+        job.limits.cpus = a.cpus;
+    }
+    if a.memory_bytes > 0 {
+        job.limits.memory_bytes = i64::try_from(a.memory_bytes)
+            .map_err(|_| format!("memory of {} bytes is over Docker's limit", a.memory_bytes))?;
+    }
+    if a.timeout_in_seconds > 0 {
+        job.timeout = Duration::from_secs(u64::from(a.timeout_in_seconds));
+    } else if a.timeout_in_minutes > 0 {
         job.timeout = Duration::from_secs(u64::from(a.timeout_in_minutes) * 60);
     }
     let packaging = match a.packaging.as_str() {
@@ -139,8 +151,14 @@ fn apply_environment(
     Ok(())
 }
 
-/// The `Completed` report of a finished build (artifacts and log count are filled in later).
-pub fn completed(record: &BuildRecord, epoch: u64) -> pb::Completed {
+/// The files listed per artifact in a report; `file_count` has the total.
+const MAX_LISTED_FILES: usize = 1000;
+
+/// The `Completed` report of a finished build (the artifacts tar's digest and the log count are
+/// filled in later). `out_dir` is where the runner wrote the artifacts: their locations are
+/// reported relative to it, as paths in the artifacts tar.
+pub fn completed(record: &BuildRecord, epoch: u64, out_dir: &Path) -> pb::Completed {
+    let artifact = |a: &BuildArtifact| artifact(a, out_dir);
     pb::Completed {
         build_id: record.id.clone(),
         epoch,
@@ -155,7 +173,36 @@ pub fn completed(record: &BuildRecord, epoch: u64) -> pb::Completed {
             })
             .collect(),
         resolved_source_version: record.resolved_source_version.clone().unwrap_or_default(),
+        artifacts: record.artifacts.as_ref().map(artifact),
+        secondary_artifacts: record.secondary_artifacts.iter().map(artifact).collect(),
         ..Default::default()
+    }
+}
+
+fn artifact(a: &BuildArtifact, out_dir: &Path) -> pb::BuildArtifact {
+    let location = Path::new(&a.location)
+        .strip_prefix(out_dir)
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    pb::BuildArtifact {
+        artifact_identifier: a.artifact_identifier.clone().unwrap_or_default(),
+        location,
+        name: a.name.clone(),
+        packaging: a.packaging.clone(),
+        sha256sum: a.sha256sum.clone(),
+        size_in_bytes: a.size_in_bytes,
+        files: a
+            .files
+            .iter()
+            .take(MAX_LISTED_FILES)
+            .map(|f| pb::ArtifactFile {
+                path: f.path.clone(),
+                size_in_bytes: f.size_in_bytes,
+                sha256sum: f.sha256sum.clone(),
+                symlink_target: f.symlink_target.clone().unwrap_or_default(),
+            })
+            .collect(),
+        file_count: a.files.len() as u64,
     }
 }
 
@@ -288,6 +335,94 @@ mod tests {
         assert_eq!(job.timeout, Duration::from_secs(300));
         assert_eq!(job.artifacts.packaging, Packaging::Zip);
         assert_eq!(job.artifacts.out_dir, Some(PathBuf::from("/out")));
+    }
+
+    #[test]
+    fn fine_overrides_replace_the_compute_type_and_minutes() {
+        let buildspec = kiln_buildspec::parse("buildspec.yml", SPEC)
+            .expect("valid")
+            .buildspec;
+        let a = pb::Assignment {
+            compute_type: "MEDIUM".into(),
+            timeout_in_minutes: 2,
+            timeout_in_seconds: 90,
+            cpus: 1.5,
+            memory_bytes: 512 << 20,
+            ..Default::default()
+        };
+        let defaults = JobDefaults {
+            image: "img:1".into(),
+            secrets: SecretStore::default(),
+        };
+        let job = build_job(
+            &a,
+            buildspec.clone(),
+            "x".into(),
+            &Checkout::default(),
+            "/out".into(),
+            &defaults,
+        )
+        .expect("job");
+        assert_eq!(job.timeout, Duration::from_secs(90));
+        assert_eq!(job.limits.cpus, 1.5);
+        assert_eq!(job.limits.memory_bytes, 512 << 20);
+        assert_eq!(job.limits.pids, ComputeType::Medium.limits().pids);
+        let a = pb::Assignment {
+            cpus: f64::NAN,
+            ..a
+        };
+        let e = build_job(
+            &a,
+            buildspec,
+            "x".into(),
+            &Checkout::default(),
+            "/out".into(),
+            &defaults,
+        )
+        .expect_err("NaN cpus");
+        assert!(e.contains("cpus"), "{e}");
+    }
+
+    #[test]
+    fn artifacts_are_reported_by_their_place_in_the_tar() {
+        let file = |i: usize| crate::record::ArtifactFile {
+            path: format!("f{i}"),
+            size_in_bytes: 1,
+            sha256sum: "ab".into(),
+            symlink_target: (i == 0).then(|| "f1".to_string()),
+        };
+        let artifact = |id: Option<&str>, location: &str, files: usize| BuildArtifact {
+            artifact_identifier: id.map(str::to_string),
+            location: location.into(),
+            name: "n".into(),
+            packaging: "NONE".into(),
+            sha256sum: "cd".into(),
+            size_in_bytes: files as u64,
+            files: (0..files).map(file).collect(),
+        };
+        let spec = kiln_buildspec::parse("buildspec.yml", SPEC)
+            .expect("valid")
+            .buildspec;
+        let job = BuildJob::new("p", spec, "/src".into(), "img:1");
+        let mut record = crate::phases::initial_record(&job, "p:1");
+        record.artifacts = Some(artifact(None, "/w/artifacts/primary", 2));
+        record.secondary_artifacts = vec![artifact(
+            Some("docs"),
+            "/w/artifacts/secondary/docs.zip",
+            MAX_LISTED_FILES + 5,
+        )];
+        let c = completed(&record, 3, Path::new("/w/artifacts"));
+        let primary = c.artifacts.expect("primary");
+        assert_eq!(primary.location, "primary");
+        assert_eq!(primary.files[0].symlink_target, "f1");
+        assert_eq!((primary.files.len(), primary.file_count), (2, 2));
+        let docs = &c.secondary_artifacts[0];
+        assert_eq!(
+            (docs.artifact_identifier.as_str(), docs.location.as_str()),
+            ("docs", "secondary/docs.zip")
+        );
+        assert_eq!(docs.files.len(), MAX_LISTED_FILES);
+        assert_eq!(docs.file_count, MAX_LISTED_FILES as u64 + 5);
     }
 
     #[test]

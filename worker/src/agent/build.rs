@@ -148,7 +148,7 @@ pub async fn run_assignment(
         &ctx.owner,
     )
     .await;
-    let mut report = completed(&record, a.epoch);
+    let mut report = completed(&record, a.epoch, &out_dir);
     match publish_artifacts(&ctx, &a, &out_dir, work.path(), &handles.abandon).await {
         Ok(Some(uploaded)) => {
             report.artifacts_digest = uploaded.digest;
@@ -187,9 +187,12 @@ async fn get_source(
             tokio::task::spawn_blocking(move || extract(&archive, &target))
                 .await
                 .map_err(|e| CheckoutError::Io(std::io::Error::other(e)))??;
+            let known = |s: &str| (!s.is_empty()).then(|| s.to_string());
             Ok(Checkout {
                 dir,
-                ..Default::default()
+                source_version: known(&a.source_version),
+                resolved_source_version: known(&a.source_version),
+                repo_url: known(&a.source_repo_url),
             })
         }
         // NO_SOURCE: an empty directory.

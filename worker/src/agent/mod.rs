@@ -18,7 +18,7 @@
 //! - Assignments that arrive while draining or with no free slot are not run and not tracked: no
 //!   heartbeat renews their lease, so the coordinator re-queues them when it expires.
 //! - At start, Docker objects left by dead Kiln processes on this host are reaped (in the
-//!   background: they are not this agent's builds).
+//!   background: they are not this agent's builds; a drained agent waits for the reaping to end).
 
 mod assignment;
 mod build;
@@ -137,7 +137,7 @@ pub async fn run_agent(
         return Err(AgentError::NoSlots);
     }
     let client = connect_lazily(&config)?;
-    {
+    let reaper = {
         let engine = engine.clone();
         tokio::spawn(async move {
             match engine
@@ -152,8 +152,8 @@ pub async fn run_agent(
                     tracing::warn!(error = %e, "could not remove objects left by earlier kiln processes")
                 }
             }
-        });
-    }
+        })
+    };
     let (cpus, memory_bytes) = capacity(&engine);
     let (finished_tx, finished_rx) = mpsc::unbounded_channel();
     let context = Arc::new(BuildContext {
@@ -180,6 +180,10 @@ pub async fn run_agent(
         memory_bytes,
     };
     agent.run().await;
+    // A drained agent leaves nothing behind, not even a half-done reaping.
+    if let Err(e) = reaper.await {
+        tracing::warn!(error = %e, "the reaper task failed");
+    }
     Ok(())
 }
 

@@ -127,7 +127,7 @@ struct Build {
     deadline: Instant,
 }
 
-fn initial_record(job: &BuildJob, build_id: &str) -> BuildRecord {
+pub(crate) fn initial_record(job: &BuildJob, build_id: &str) -> BuildRecord {
     let now = Timestamp::now();
     let instant = |phase| BuildPhase {
         phase_type: phase,
