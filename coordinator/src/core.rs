@@ -37,8 +37,6 @@ pub struct WorkerConn {
     /// Log bytes received per attempt held, against `max_log_bytes` (counted from this
     /// connection on).
     pub log_bytes: HashMap<(String, u64), u64>,
-    /// When each assignment was handed to this connection (until the worker reports it).
-    pub assigned_at: HashMap<(String, u64), Instant>,
 }
 
 impl WorkerConn {
@@ -58,7 +56,6 @@ impl WorkerConn {
         let attempt = (build_id.to_string(), epoch);
         self.cancelled.remove(&attempt);
         self.log_bytes.remove(&attempt);
-        self.assigned_at.remove(&attempt);
     }
 
     /// Whether this worker carries every label a build needs.

@@ -238,17 +238,8 @@ fn send_to<S: StateStore>(
     let Some(w) = workers.get_mut(worker).filter(|w| w.conn == conn) else {
         return false;
     };
-    let assignment = match &message.kind {
-        Some(coordinator_message::Kind::Assignment(a)) => Some((a.build_id.clone(), a.epoch)),
-        _ => None,
-    };
     match w.tx.try_send(Ok(message)) {
-        Ok(()) => {
-            if let Some(attempt) = assignment {
-                w.assigned_at.insert(attempt, tokio::time::Instant::now());
-            }
-            true
-        }
+        Ok(()) => true,
         Err(tokio::sync::mpsc::error::TrySendError::Full(_)) => {
             if !w.draining {
                 tracing::warn!(
@@ -567,7 +558,6 @@ mod tests {
                 running: Default::default(),
                 cancelled: Default::default(),
                 log_bytes: Default::default(),
-                assigned_at: Default::default(),
             },
         );
         let mut row = queued("p", now_ms() + 60_000);
@@ -611,7 +601,6 @@ mod tests {
                 running: Default::default(),
                 cancelled: Default::default(),
                 log_bytes: Default::default(),
-                assigned_at: Default::default(),
             },
         );
         for project in ["alpha", "alpha", "alpha", "beta"] {

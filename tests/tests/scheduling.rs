@@ -259,3 +259,83 @@ async fn sigterm_drains_a_worker() {
         "a draining worker takes no new build: {queued:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt() {
+    use kiln_proto::v1::worker_service_client::WorkerServiceClient;
+    use kiln_proto::v1::{coordinator_message, worker_message, Declined, Hello, WorkerMessage};
+
+    require_docker();
+    let data = tempfile::tempdir().expect("tempdir");
+    let (_c, addr) = coordinator(data.path(), &[]);
+    let src = checkout(&[("buildspec.yml", &sleeping(1))]);
+    let id = start(addr, src.path(), &[]);
+    // A worker (speaking the protocol by hand) that declines what it is given.
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let hello = Hello {
+        worker_id: "decliner".into(),
+        slots: 1,
+        ..Hello::default()
+    };
+    tx.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(hello)),
+    })
+    .await
+    .expect("send");
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect");
+    let mut inbound = WorkerServiceClient::new(channel)
+        .connect_worker(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("connect_worker")
+        .into_inner();
+    let assignment = loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), inbound.next())
+            .await
+            .expect("an assignment")
+            .expect("open")
+            .expect("message");
+        if let Some(coordinator_message::Kind::Assignment(a)) = message.kind {
+            break a;
+        }
+    };
+    assert_eq!(assignment.build_id, id);
+    let declined = Declined {
+        build_id: id.clone(),
+        epoch: assignment.epoch,
+        reason: "busy".into(),
+    };
+    tx.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Declined(declined)),
+    })
+    .await
+    .expect("send");
+    drop(tx);
+    let mut queued = get(addr, &id).await;
+    for _ in 0..50 {
+        if queued.build_status == "QUEUED" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        queued = get(addr, &id).await;
+    }
+    assert_eq!(queued.build_status, "QUEUED", "{queued:?}");
+    assert_eq!(queued.attempt, 0, "a declined assignment is no attempt");
+    assert!(
+        queued.queued_reason.contains("worker decliner"),
+        "{}",
+        queued.queued_reason
+    );
+    let _w = worker("taker", addr, &[]);
+    let mut c = client(addr, None).await;
+    let done = wait_complete(&mut c, &id, Duration::from_secs(120)).await;
+    assert_eq!(
+        (done.build_status.as_str(), done.attempt),
+        ("SUCCEEDED", 1),
+        "{done:?}"
+    );
+    assert_eq!(done.worker_id, "taker");
+}

@@ -83,7 +83,6 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
                 running: held,
                 cancelled: HashSet::new(),
                 log_bytes: HashMap::new(),
-                assigned_at: HashMap::new(),
             },
         );
         if previous.is_some() {
@@ -272,12 +271,24 @@ impl<S: StateStore> Session<S> {
                         self.reject(lease, "the lease is no longer yours").await;
                     }
                 }
-                self.reconcile(&beat.running).await;
                 Ok(())
             }
             worker_message::Kind::PhaseStarted(phase) => self.phase(phase).await,
             worker_message::Kind::Log(chunk) => self.log(chunk).await,
             worker_message::Kind::Completed(done) => self.completed(done).await,
+            worker_message::Kind::Declined(declined) => {
+                // Only the attempt this worker holds goes back; an older one's news is stale.
+                let held = self
+                    .with_conn(|w| w.running.get(&declined.build_id).copied())
+                    .flatten();
+                if held == Some(declined.epoch) {
+                    self.forget(&declined.build_id, declined.epoch);
+                    let why = format!("it declined the build: {}", declined.reason);
+                    let (id, epoch) = (&declined.build_id, declined.epoch);
+                    requeue(&self.core, id, epoch, &why, Lost::Undelivered).await;
+                }
+                Ok(())
+            }
             worker_message::Kind::Draining(_) => {
                 self.with_conn(|w| w.draining = true);
                 tracing::info!(worker = self.worker_id, "worker is draining");
@@ -316,30 +327,6 @@ impl<S: StateStore> Session<S> {
     fn forget(&self, build_id: &str, epoch: u64) {
         self.with_conn(|w| w.release(build_id, epoch));
         self.core.dispatch.notify_one();
-    }
-
-    /// Assignments the worker still does not list two heartbeats after they were sent were
-    /// dropped by it (it was full or draining): they go back to the queue at once, without
-    /// using up an attempt, instead of waiting for their lease to expire.
-    async fn reconcile(&self, listed: &[LeaseRef]) {
-        let grace = self.core.config.heartbeat_interval() * 2;
-        let dropped: Vec<(String, u64)> = self
-            .with_conn(|w| {
-                for l in listed {
-                    w.assigned_at.remove(&(l.build_id.clone(), l.epoch));
-                }
-                w.assigned_at
-                    .iter()
-                    .filter(|(_, at)| at.elapsed() > grace)
-                    .map(|(attempt, _)| attempt.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        for (build_id, epoch) in dropped {
-            self.forget(&build_id, epoch);
-            let why = "it did not take the assignment";
-            requeue(&self.core, &build_id, epoch, why, Lost::Undelivered).await;
-        }
     }
 
     /// The chunk's bytes to store: past `max_log_bytes` chunks keep their number but lose

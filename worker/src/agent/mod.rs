@@ -15,8 +15,9 @@
 //! - Source fetches and artifact uploads use their own RPCs on the same lazily connected channel
 //!   and are retried on transient errors; an upload the coordinator refuses for its epoch
 //!   (FAILED_PRECONDITION) drops the build's report.
-//! - Assignments that arrive while draining or with no free slot are not run and not tracked: no
-//!   heartbeat renews their lease, so the coordinator re-queues them when it expires.
+//! - Assignments that arrive while draining, with no free slot, or for a build whose earlier
+//!   attempt is still tracked are not run: the agent answers `Declined`, and the coordinator
+//!   queues the build again at once without counting an attempt.
 //! - At start, Docker objects left by dead Kiln processes on this host are reaped (in the
 //!   background: they are not this agent's builds; a drained agent waits for the reaping to end).
 

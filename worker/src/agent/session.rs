@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kiln_proto::v1::{
-    coordinator_message::Kind as In, worker_message::Kind as Out, Assignment, Draining, Hello,
-    WorkerMessage,
+    coordinator_message::Kind as In, worker_message::Kind as Out, Assignment, Declined, Draining,
+    Hello, WorkerMessage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -154,7 +154,7 @@ fn start_draining(agent: &mut Agent, outgoing: &mut Vec<WorkerMessage>) {
 
 fn handle(agent: &mut Agent, kind: In, outgoing: &mut Vec<WorkerMessage>) {
     match kind {
-        In::Assignment(a) => assign(agent, a),
+        In::Assignment(a) => assign(agent, a, outgoing),
         In::Cancel(c) => {
             tracing::info!(
                 build_id = c.build_id,
@@ -176,17 +176,23 @@ fn handle(agent: &mut Agent, kind: In, outgoing: &mut Vec<WorkerMessage>) {
     }
 }
 
-/// Starts a build, unless the agent is draining or full (see the module docs of `agent`).
-fn assign(agent: &mut Agent, a: Assignment) {
+/// Starts a build, unless the agent is draining or full, or still holds an earlier attempt of the
+/// build: then it declines, and the coordinator queues the build again at once.
+fn assign(agent: &mut Agent, a: Assignment, outgoing: &mut Vec<WorkerMessage>) {
     let (build_id, epoch) = (a.build_id.clone(), a.epoch);
-    if agent.draining || agent.builds.free_slots() == 0 {
-        tracing::warn!(
-            build_id,
+    let mut decline = |reason: &str| {
+        tracing::warn!(build_id, epoch, reason, "assignment declined");
+        outgoing.push(message(Out::Declined(Declined {
+            build_id: build_id.clone(),
             epoch,
-            draining = agent.draining,
-            "assignment not taken; its lease will expire and the coordinator re-queues it"
-        );
-        return;
+            reason: reason.to_string(),
+        })));
+    };
+    if agent.draining {
+        return decline("the worker is draining");
+    }
+    if agent.builds.free_slots() == 0 {
+        return decline("the worker has no free slot");
     }
     let ready = agent.log_ready.clone();
     let limits = Agent::outbox_limits();
@@ -194,8 +200,7 @@ fn assign(agent: &mut Agent, a: Assignment) {
         .builds
         .insert(&build_id, epoch, |stop| LogOutbox::new(limits, ready, stop))
     else {
-        tracing::warn!(build_id, epoch, "duplicate assignment ignored");
-        return;
+        return decline("the worker still holds an earlier attempt of the build");
     };
     let handles = BuildHandles {
         outbox: tracked.outbox.clone(),

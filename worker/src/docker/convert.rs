@@ -11,6 +11,8 @@ use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
 pub const LABEL_MANAGED: &str = "kiln.managed";
 /// The build a container or network belongs to.
 pub const LABEL_BUILD_ID: &str = "kiln.build-id";
+/// One run of a build (a build may run again after a worker was lost, even on the same host).
+pub const LABEL_RUN: &str = "kiln.run";
 /// `build` (container) or `network`.
 pub const LABEL_ROLE: &str = "kiln.role";
 /// The process that created the object: `<host>/<pid>/<process start ticks>`.
@@ -100,28 +102,33 @@ impl Limits {
     }
 }
 
-/// The Docker objects of one build, named from its id so any process can find them again.
+/// The Docker objects of one run of a build, named from the run's id; labelled with the build and
+/// the run so any process can find them again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuildResources {
     pub build_id: String,
+    /// This run's id: two runs of one build never share or remove each other's objects.
+    pub run: String,
     pub container: String,
     pub network: String,
     pub labels: HashMap<String, String>,
 }
 
 impl BuildResources {
-    /// `build_uuid` is the uuid part of the build id; `owner` identifies the creating process.
-    pub fn new(build_id: &str, build_uuid: &str, project: &str, owner: &str) -> BuildResources {
+    /// `run` names this run of the build (unique); `owner` identifies the creating process.
+    pub fn new(build_id: &str, run: &str, project: &str, owner: &str) -> BuildResources {
         let labels = HashMap::from([
             (LABEL_MANAGED.to_string(), "true".to_string()),
             (LABEL_BUILD_ID.to_string(), build_id.to_string()),
+            (LABEL_RUN.to_string(), run.to_string()),
             (LABEL_PROJECT.to_string(), project.to_string()),
             (LABEL_OWNER.to_string(), owner.to_string()),
         ]);
         BuildResources {
             build_id: build_id.to_string(),
-            container: format!("kiln-build-{build_uuid}"),
-            network: format!("kiln-net-{build_uuid}"),
+            run: run.to_string(),
+            container: format!("kiln-build-{run}"),
+            network: format!("kiln-net-{run}"),
             labels,
         }
     }
@@ -205,13 +212,14 @@ mod tests {
     }
 
     #[test]
-    fn names_and_labels_are_deterministic() {
+    fn names_and_labels_come_from_the_run() {
         let r = BuildResources::new("app:1234", "1234", "app", "h/1/2");
         assert_eq!(r.container, "kiln-build-1234");
         assert_eq!(r.network, "kiln-net-1234");
         let body = r.container_body("img:1", ComputeType::Small.limits());
         let labels = body.labels.expect("labels");
         assert_eq!(labels[LABEL_BUILD_ID], "app:1234");
+        assert_eq!(labels[LABEL_RUN], "1234");
         assert_eq!(labels[LABEL_ROLE], "build");
         assert_eq!(labels[LABEL_MANAGED], "true");
         let host = body.host_config.expect("host config");

@@ -340,7 +340,7 @@ impl Engine {
             // Still in use while the container was going: try again now that it is gone.
             Err(_) => self.remove_network(network).await,
         };
-        let label = format!("{}={}", convert::LABEL_BUILD_ID, resources.build_id);
+        let label = format!("{}={}", convert::LABEL_RUN, resources.run);
         let swept = self.remove_labelled(&label, |_| true).await;
         container_removed
             .and(network_removed)

@@ -36,12 +36,15 @@ pub async fn run_build(
     owner: &str,
 ) -> BuildRecord {
     let build_id = job.build_id.clone();
-    // Docker names allow no `:`; the part after the project names the build's objects.
+    // The uuid part of the id (after the project), as CodeBuild's variables use it.
     let uuid = build_id
         .rsplit_once(':')
         .map_or(build_id.as_str(), |(_, uuid)| uuid)
         .to_string();
-    let resources = BuildResources::new(&build_id, &uuid, &job.project, owner);
+    // Each run gets its own objects: a build re-run after a lost worker may land on the same host
+    // while the first run's objects are still there.
+    let run = Uuid::new_v4().to_string();
+    let resources = BuildResources::new(&build_id, &run, &job.project, owner);
     let record = initial_record(&job, &build_id);
     let build = Build::new(
         engine.clone(),
