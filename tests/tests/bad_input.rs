@@ -125,6 +125,36 @@ async fn the_api_refuses_bad_input_with_clear_errors() {
         .expect("health without a token")
         .into_inner();
     assert_eq!(health.status, 1, "SERVING");
+    // Server reflection lists the services, also without a token.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let ask = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers = ServerReflectionClient::new(channel.clone())
+        .server_reflection_info(tokio_stream::iter(vec![ask]))
+        .await
+        .expect("reflection without a token")
+        .into_inner();
+    let answer = answers
+        .message()
+        .await
+        .expect("answer")
+        .expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = answer.message_response else {
+        panic!("not a service list: {answer:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for service in [
+        "kiln.v1.BuildService",
+        "kiln.v1.WorkerService",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(names.iter().any(|n| n == service), "{service} in {names:?}");
+    }
     // A worker with the client token (not the join token) is refused.
     let hello = WorkerMessage {
         kind: Some(worker_message::Kind::Hello(Hello {
