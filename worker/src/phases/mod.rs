@@ -623,16 +623,13 @@ impl Build {
                     ));
                 }
                 for a in std::iter::once(&collected.primary).chain(&collected.secondary) {
+                    // Where the worker staged the files means nothing to the build's readers.
                     self.log.agent(&format!(
-                        "Artifact {}: {} files, {} bytes{}",
+                        "Artifact {}: {} files, {} bytes, sha256 {}",
                         a.artifact_identifier.as_deref().unwrap_or("primary"),
                         a.files.len(),
                         a.size_in_bytes,
-                        if a.location.is_empty() {
-                            String::new()
-                        } else {
-                            format!(", written to {}", a.location)
-                        }
+                        a.sha256sum
                     ));
                 }
                 self.record.artifacts = Some(collected.primary);
