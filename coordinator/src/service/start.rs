@@ -47,8 +47,8 @@ pub async fn start<S: StateStore>(
                     .is_some()
             {
                 return Err(Status::already_exists(format!(
-                    "a project named {:?} is stored: start it by name (project_name), or give the \
-                     inline project another name",
+                    "a project named {0:?} is stored: start it by name (`kiln start --project \
+                     {0}`, or project_name in StartBuild), or give the inline project another name",
                     p.name
                 )));
             }
