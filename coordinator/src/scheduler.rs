@@ -485,6 +485,29 @@ mod tests {
     use crate::store::{Created, EmbeddedStore};
     use kiln_proto::v1::{Build, StoredBuild};
 
+    fn core_in(dir: &std::path::Path) -> Arc<Core<EmbeddedStore>> {
+        let store = EmbeddedStore::open(&dir.join("state")).expect("store");
+        let config = CoordinatorConfig::default().finish(dir).expect("config");
+        Core::new(store, Blobs::open(dir).expect("blobs"), config)
+    }
+
+    fn worker(
+        labels: std::collections::BTreeMap<String, String>,
+        slots: u32,
+        tx: crate::core::WorkerTx,
+    ) -> crate::core::WorkerConn {
+        crate::core::WorkerConn {
+            conn: 1,
+            labels,
+            slots,
+            draining: false,
+            tx,
+            running: Default::default(),
+            cancelled: Default::default(),
+            log_bytes: Default::default(),
+        }
+    }
+
     fn queued(project: &str, deadline_ms: i64) -> StoredBuild {
         let id = format!("{project}:{}", uuid::Uuid::new_v4());
         StoredBuild {
@@ -509,11 +532,7 @@ mod tests {
     #[tokio::test]
     async fn queued_builds_past_their_timeout_end_timed_out_and_leave_the_queue() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
-        let config = CoordinatorConfig::default()
-            .finish(dir.path())
-            .expect("config");
-        let core = Core::new(store, Blobs::open(dir.path()).expect("blobs"), config);
+        let core = core_in(dir.path());
         let mut ids = Vec::new();
         for deadline in [now_ms() - 1, now_ms() + 3_600_000] {
             let Created::New(row) = core
@@ -541,25 +560,10 @@ mod tests {
     #[tokio::test]
     async fn a_build_no_worker_can_run_says_why() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
-        let config = CoordinatorConfig::default()
-            .finish(dir.path())
-            .expect("config");
-        let core = Core::new(store, Blobs::open(dir.path()).expect("blobs"), config);
+        let core = core_in(dir.path());
         let (tx, _rx) = tokio::sync::mpsc::channel(8);
-        core.workers().insert(
-            "w".into(),
-            crate::core::WorkerConn {
-                conn: 1,
-                labels: [("os".to_string(), "linux".to_string())].into(),
-                slots: 1,
-                draining: false,
-                tx,
-                running: Default::default(),
-                cancelled: Default::default(),
-                log_bytes: Default::default(),
-            },
-        );
+        let labels = [("os".to_string(), "linux".to_string())].into();
+        core.workers().insert("w".into(), worker(labels, 1, tx));
         let mut row = queued("p", now_ms() + 60_000);
         row.worker_labels = [("gpu".to_string(), "yes".to_string())].into();
         let Created::New(row) = core.store.create_build(row, None).await.expect("create") else {
@@ -584,25 +588,10 @@ mod tests {
     #[tokio::test]
     async fn a_project_at_its_limit_does_not_hold_up_other_projects() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
-        let config = CoordinatorConfig::default()
-            .finish(dir.path())
-            .expect("config");
-        let core = Core::new(store, Blobs::open(dir.path()).expect("blobs"), config);
+        let core = core_in(dir.path());
         let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-        core.workers().insert(
-            "w".into(),
-            crate::core::WorkerConn {
-                conn: 1,
-                labels: Default::default(),
-                slots: 2,
-                draining: false,
-                tx,
-                running: Default::default(),
-                cancelled: Default::default(),
-                log_bytes: Default::default(),
-            },
-        );
+        core.workers()
+            .insert("w".into(), worker(Default::default(), 2, tx));
         for project in ["alpha", "alpha", "alpha", "beta"] {
             let mut row = queued(project, now_ms() + 60_000);
             row.concurrent_build_limit = u32::from(project == "alpha");

@@ -12,7 +12,10 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kiln_proto::v1::build_service_client::BuildServiceClient;
-use kiln_proto::v1::{Build, GetBuildRequest};
+use kiln_proto::v1::worker_service_client::WorkerServiceClient;
+use kiln_proto::v1::{
+    worker_message, Build, CoordinatorMessage, GetBuildRequest, Hello, WorkerMessage,
+};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -255,13 +258,41 @@ pub type Auth =
 
 pub type Client = BuildServiceClient<InterceptedService<Channel, Auth>>;
 
-/// A gRPC client of BuildService, with a bearer token when given.
-pub async fn client(addr: SocketAddr, token: Option<&str>) -> Client {
-    let channel = Channel::from_shared(format!("http://{addr}"))
+/// A gRPC channel to a coordinator.
+pub async fn channel(addr: SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{addr}"))
         .expect("uri")
         .connect()
         .await
-        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"))
+}
+
+/// A worker speaking the protocol by hand (no token): sends `hello`, returns the sender for
+/// further messages and the coordinator's stream.
+pub async fn raw_worker(
+    addr: SocketAddr,
+    hello: Hello,
+) -> (
+    tokio::sync::mpsc::Sender<WorkerMessage>,
+    tonic::Streaming<CoordinatorMessage>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    tx.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(hello)),
+    })
+    .await
+    .expect("send Hello");
+    let inbound = WorkerServiceClient::new(channel(addr).await)
+        .connect_worker(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .expect("connect_worker")
+        .into_inner();
+    (tx, inbound)
+}
+
+/// A gRPC client of BuildService, with a bearer token when given.
+pub async fn client(addr: SocketAddr, token: Option<&str>) -> Client {
+    let channel = channel(addr).await;
     let header: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>> =
         token.map(|t| format!("Bearer {t}").parse().expect("ascii token"));
     let intercept: Auth = Box::new(move |mut r: tonic::Request<()>| {

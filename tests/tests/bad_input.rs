@@ -8,7 +8,7 @@ use kiln_proto::v1::{
     GetBuildRequest, Hello, Project, StartBuildRequest, StopBuildRequest, StreamLogsRequest,
     UploadBegin, UploadSourceRequest, WorkerMessage,
 };
-use kiln_tests::{client, Client, Proc};
+use kiln_tests::{channel, client, Client, Proc};
 use tonic::Code;
 
 const CLIENT_TOKEN: &str = "client-s3cret";
@@ -112,11 +112,7 @@ async fn the_api_refuses_bad_input_with_clear_errors() {
         .await
         .expect_err("wrong token");
     assert_eq!(e.code(), Code::Unauthenticated, "{e}");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = channel(addr).await;
     let health = tonic_health::pb::health_client::HealthClient::new(channel.clone())
         .check(tonic_health::pb::HealthCheckRequest {
             service: "kiln.v1.BuildService".into(),

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use kiln_proto::v1::{Build, StreamLogsRequest};
 use kiln_tests::{
-    checkout, client, free_port, get, kiln, require_docker, start, wait_complete, Proc, Redis,
+    channel, checkout, client, free_port, get, kiln, raw_worker, require_docker, start,
+    wait_complete, Proc, Redis,
 };
 
 /// A buildspec whose log and artifact name its build number.
@@ -251,28 +252,13 @@ async fn a_killed_worker_s_build_runs_elsewhere_and_its_late_reports_are_rejecte
         build_id: id.clone(),
         epoch: stale_epoch,
     };
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
     let hello = Hello {
         worker_id: "doomed".into(),
         slots: 0,
         running: vec![stale.clone()],
         ..Hello::default()
     };
-    tx.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(hello)),
-    })
-    .await
-    .expect("send");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut inbound = WorkerServiceClient::new(channel.clone())
-        .connect_worker(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("connect_worker")
-        .into_inner();
+    let (tx, mut inbound) = raw_worker(addr, hello).await;
     let Some(Ok(welcome)) = inbound.next().await else {
         panic!("no welcome")
     };
@@ -328,7 +314,7 @@ async fn a_killed_worker_s_build_runs_elsewhere_and_its_late_reports_are_rejecte
             part: Some(upload_artifacts_request::Part::Data(b"forged".to_vec())),
         },
     ];
-    let e = WorkerServiceClient::new(channel)
+    let e = WorkerServiceClient::new(channel(addr).await)
         .upload_artifacts(tokio_stream::iter(upload))
         .await
         .expect_err("stale artifacts");

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kiln_proto::v1::{RetryBuildRequest, WatchBuildRequest};
-use kiln_tests::{checkout, client, get, kiln, require_docker, start, wait_complete, Proc};
+use kiln_tests::{
+    checkout, client, get, kiln, raw_worker, require_docker, start, wait_complete, Proc,
+};
 
 fn coordinator(data: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr) {
     let d = data.to_str().expect("utf-8");
@@ -24,6 +26,18 @@ fn worker(id: &str, addr: SocketAddr, extra: &[&str]) -> Proc {
     Proc::kiln(id, &args, &[], false).0
 }
 
+/// `kiln project apply` of a project file with this text.
+fn apply(server: &str, file: &std::path::Path, text: &str) {
+    std::fs::write(file, text).expect("write");
+    let file = file.to_str().expect("utf-8");
+    let out = kiln(&["project", "apply", "-f", file, "--server", server], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn sleeping(seconds: u32) -> String {
     format!("version: 0.2\nphases:\n  build:\n    commands:\n      - sleep {seconds}\n      - echo slept\n")
 }
@@ -36,26 +50,10 @@ async fn project_limits_and_labels_make_builds_wait_not_fail() {
     let _w = worker("w-fast", addr, &["--slots", "3", "--label", "pool=fast"]);
     let server = format!("http://{addr}");
     let project = data.path().join("project.yaml");
-    std::fs::write(
+    apply(
+        &server,
         &project,
         "name: limited\nenvironment:\n  workerLabels:\n    pool: fast\nconcurrentBuildLimit: 1\n",
-    )
-    .expect("write");
-    let out = kiln(
-        &[
-            "project",
-            "apply",
-            "-f",
-            project.to_str().expect("utf-8"),
-            "--server",
-            &server,
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let src = checkout(&[("buildspec.yml", &sleeping(2))]);
     let ids: Vec<String> = (0..3)
@@ -92,26 +90,10 @@ async fn project_limits_and_labels_make_builds_wait_not_fail() {
     }
 
     // A project whose label no worker has waits with a reason, and can be stopped while queued.
-    std::fs::write(
+    apply(
+        &server,
         &project,
         "name: gpu-only\nenvironment:\n  workerLabels:\n    gpu: \"yes\"\n",
-    )
-    .expect("write");
-    let out = kiln(
-        &[
-            "project",
-            "apply",
-            "-f",
-            project.to_str().expect("utf-8"),
-            "--server",
-            &server,
-        ],
-        &[],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let id = start(addr, src.path(), &["--project", "gpu-only"]);
     let mut reason = String::new();
@@ -262,8 +244,9 @@ async fn sigterm_drains_a_worker() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt() {
-    use kiln_proto::v1::worker_service_client::WorkerServiceClient;
-    use kiln_proto::v1::{coordinator_message, worker_message, Declined, Hello, WorkerMessage};
+    use kiln_proto::v1::{
+        coordinator_message, worker_message, Declined, Draining, Hello, WorkerMessage,
+    };
 
     require_docker();
     let data = tempfile::tempdir().expect("tempdir");
@@ -271,27 +254,12 @@ async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt()
     let src = checkout(&[("buildspec.yml", &sleeping(1))]);
     let id = start(addr, src.path(), &[]);
     // A worker (speaking the protocol by hand) that declines what it is given.
-    let (tx, rx) = tokio::sync::mpsc::channel(8);
     let hello = Hello {
         worker_id: "decliner".into(),
         slots: 1,
         ..Hello::default()
     };
-    tx.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(hello)),
-    })
-    .await
-    .expect("send");
-    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}"))
-        .expect("uri")
-        .connect()
-        .await
-        .expect("connect");
-    let mut inbound = WorkerServiceClient::new(channel)
-        .connect_worker(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .expect("connect_worker")
-        .into_inner();
+    let (tx, mut inbound) = raw_worker(addr, hello).await;
     let assignment = loop {
         let message = tokio::time::timeout(Duration::from_secs(10), inbound.next())
             .await
@@ -303,6 +271,12 @@ async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt()
         }
     };
     assert_eq!(assignment.build_id, id);
+    // It drains first (so it gets nothing more), then declines: the build goes back to the queue.
+    tx.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Draining(Draining {})),
+    })
+    .await
+    .expect("send");
     let declined = Declined {
         build_id: id.clone(),
         epoch: assignment.epoch,
@@ -313,7 +287,6 @@ async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt()
     })
     .await
     .expect("send");
-    drop(tx);
     let mut queued = get(addr, &id).await;
     for _ in 0..50 {
         if queued.build_status == "QUEUED" {
@@ -325,7 +298,7 @@ async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt()
     assert_eq!(queued.build_status, "QUEUED", "{queued:?}");
     assert_eq!(queued.attempt, 0, "a declined assignment is no attempt");
     assert!(
-        queued.queued_reason.contains("worker decliner"),
+        queued.queued_reason.contains("declined the build: busy"),
         "{}",
         queued.queued_reason
     );
