@@ -210,6 +210,7 @@ fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
             ..Default::default()
         })),
         buildspec_override,
+        buildspec_path: client::relative_buildspec(args.buildspec.as_deref()),
         environment_variables_override: client::plaintext(&args.env),
         image_override: image,
         compute_type_override: args.compute.codebuild_name().to_string(),

@@ -433,3 +433,24 @@ fn lint_reports_valid_and_invalid_files() {
     let corpus = kiln().arg("lint").args(&all).output().expect("lint");
     assert_eq!(corpus.status.code(), Some(0), "{}", text(&corpus.stderr));
 }
+
+#[test]
+fn the_log_names_where_the_buildspec_is() {
+    let dir = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir(dir.path().join("ci")).expect("mkdir");
+    let spec = "version: 0.2\nphases:\n  build:\n    commands:\n      - echo from-ci\n";
+    std::fs::write(dir.path().join("ci/spec.yml"), spec).expect("write");
+    let result = kiln_run(&["-b", "ci/spec.yml"], dir.path());
+    assert!(result.status.success(), "stderr:\n{}", text(&result.stderr));
+    let log = text(&result.stdout);
+    assert!(
+        log.contains("YAML location is /codebuild/output/src1/src/ci/spec.yml"),
+        "{log}"
+    );
+    let default = kiln_run(&[], examples().join("hello").as_path());
+    assert!(
+        text(&default.stdout).contains("YAML location is /codebuild/output/src1/src/buildspec.yml"),
+        "{}",
+        text(&default.stdout)
+    );
+}

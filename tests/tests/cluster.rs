@@ -149,6 +149,10 @@ async fn sixty_builds_spread_over_three_workers_with_complete_logs_and_artifacts
             "{id}: {log}"
         );
         assert!(
+            log.contains("YAML location is /codebuild/output/src1/src/buildspec.yml"),
+            "{id}: {log}"
+        );
+        assert!(
             log.contains("Phase complete: BUILD State: SUCCEEDED"),
             "{id}: {log}"
         );

@@ -31,7 +31,9 @@ pub use builds::{get, list, stop, GetArgs, ListArgs, StopArgs};
 pub use connect::Server;
 pub use logs::{logs, LogsArgs};
 pub use project::{project, ProjectArgs};
-pub use start::{finish, follow, initiator, plaintext, start, submit, StartArgs};
+pub use start::{
+    finish, follow, initiator, plaintext, relative_buildspec, start, submit, StartArgs,
+};
 
 /// Why a client command stopped: the message for stderr and the exit status.
 #[derive(Debug)]

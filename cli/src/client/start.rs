@@ -213,6 +213,7 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
         project_ref: Some(project_ref),
         source,
         buildspec_override,
+        buildspec_path: relative_buildspec(args.buildspec.as_deref()),
         environment_variables_override: plaintext(&args.env),
         image_override: args.image.clone().unwrap_or_default(),
         compute_type_override: args
@@ -334,6 +335,14 @@ async fn until_complete(server: &Server, build: Build) -> Result<Build, Failure>
         }
     }
     Ok(latest)
+}
+
+/// A `-b` file's path in the source (relative paths only), for the build's diagnostics.
+pub fn relative_buildspec(file: Option<&std::path::Path>) -> String {
+    match file {
+        Some(f) if f.is_relative() => f.to_string_lossy().into_owned(),
+        _ => String::new(),
+    }
 }
 
 #[cfg(test)]

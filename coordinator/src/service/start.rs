@@ -81,27 +81,32 @@ pub async fn start<S: StateStore>(
             ))
         }
     };
-    let buildspec = if !request.buildspec_override.is_empty() {
-        request.buildspec_override.clone()
+    let override_path = non_empty(&request.buildspec_path).unwrap_or(BUILDSPEC_FILE);
+    let (buildspec, buildspec_path) = if !request.buildspec_override.is_empty() {
+        (
+            request.buildspec_override.clone(),
+            override_path.to_string(),
+        )
     } else if !source_conf.buildspec.is_empty() {
-        source_conf.buildspec.clone()
+        (source_conf.buildspec.clone(), String::new())
     } else if let assignment::Source::SourceDigest(digest) = &source {
         let path = core.blobs.path(digest).ok_or_else(|| {
             Status::not_found(format!(
                 "no uploaded source {digest:?}: upload it with UploadSource first"
             ))
         })?;
-        tokio::task::spawn_blocking(move || archive::read_file(&path, BUILDSPEC_FILE))
+        let text = tokio::task::spawn_blocking(move || archive::read_file(&path, BUILDSPEC_FILE))
             .await
             .map_err(|e| Status::internal(e.to_string()))??
             .ok_or_else(|| {
                 Status::invalid_argument(
                     "no buildspec.yml at the root of the source: add one or pass a buildspec",
                 )
-            })?
+            })?;
+        (text, BUILDSPEC_FILE.to_string())
     } else {
         // A git source's buildspec is read by the worker after the checkout.
-        String::new()
+        (String::new(), String::new())
     };
     if let assignment::Source::SourceDigest(digest) = &source {
         if core.blobs.path(digest).is_none() {
@@ -111,7 +116,8 @@ pub async fn start<S: StateStore>(
         }
     }
     if !buildspec.is_empty() {
-        let parsed = kiln_buildspec::parse(BUILDSPEC_FILE, &buildspec).map_err(|errors| {
+        let name = non_empty(&buildspec_path).unwrap_or("buildspec");
+        let parsed = kiln_buildspec::parse(name, &buildspec).map_err(|errors| {
             Status::invalid_argument(format!("invalid buildspec (nothing was queued):\n{errors}"))
         })?;
         if parsed.buildspec.batch.is_some() && parsed.buildspec.phases.is_empty() {
@@ -215,6 +221,7 @@ pub async fn start<S: StateStore>(
         build_id: id,
         project_name: project.name.clone(),
         buildspec,
+        buildspec_path,
         source: Some(source),
         image,
         compute_type: compute,
@@ -275,6 +282,7 @@ pub fn retry_request(row: &StoredBuild, project: Project, token: String) -> Star
         project_ref: Some(start_build_request::ProjectRef::InlineProject(project)),
         source,
         buildspec_override: spec.buildspec,
+        buildspec_path: spec.buildspec_path,
         environment_variables_override: spec.environment_variables_override,
         image_override: spec.image,
         compute_type_override: spec.compute_type,

@@ -21,6 +21,7 @@ use crate::docker::Engine;
 use crate::log::BuildLog;
 use crate::mask::Masker;
 use crate::record::Timestamp;
+use crate::source::SRC_DIR;
 
 /// What every build task of an agent shares.
 pub struct BuildContext {
@@ -246,6 +247,8 @@ pub fn transient(code: tonic::Code) -> bool {
 
 /// The assignment's buildspec text, else `buildspec.yml` in the source; `Err` is the
 /// `file:line:col` message of a YAML_FILE_ERROR.
+/// The buildspec and where it is (for the `YAML location is` line): the assignment's text, named
+/// by its path in the source when it has one, else `buildspec.yml` from the checkout.
 fn read_buildspec(
     a: &pb::Assignment,
     src: &Path,
@@ -256,13 +259,18 @@ fn read_buildspec(
                 .map_err(|e| format!("buildspec.yml: cannot read the source's buildspec: {e}"))?;
             ("buildspec.yml", text)
         }
-        text => ("buildspec", text.to_string()),
+        text if a.buildspec_path.is_empty() => ("buildspec", text.to_string()),
+        text => (a.buildspec_path.as_str(), text.to_string()),
     };
     let parsed = kiln_buildspec::parse(name, &text).map_err(|errors| errors.to_string())?;
     if parsed.buildspec.batch.is_some() && parsed.buildspec.phases.is_empty() {
         return Err(format!("{name}: batch builds are not supported yet"));
     }
-    Ok((parsed.buildspec, name.to_string()))
+    let location = match name {
+        "buildspec" => "the project's buildspec".to_string(),
+        path => format!("{SRC_DIR}/{path}"),
+    };
+    Ok((parsed.buildspec, location))
 }
 
 /// A report for a build that ended before the runner; its log says why, in the runner's format.
