@@ -15,7 +15,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use kiln_proto::v1::{
     coordinator_message, start_build_request, worker_message, Completed, GitSource, Hello, Project,
     StartBuildRequest, WorkerMessage,
 };
+use kiln_tests::RedisServer;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
@@ -42,11 +42,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let redis = RedisServer::start()?;
+        let redis = RedisServer::start_throwaway();
         let n = if quick { 500 } else { 10_000 };
         println!("dispatch throughput: {n} builds from StartBuild to completion report");
         for workers in [1, 10, 100] {
-            for backend in [Backend::Embedded, Backend::Redis(redis.url.clone())] {
+            for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
                 let server = Server::start(&backend).await?;
                 let rate = throughput(&server, workers, n).await?;
                 println!(
@@ -61,7 +61,7 @@ fn main() -> Result<()> {
         }
         let samples = if quick { 200 } else { 2_000 };
         println!("dispatch latency at 100 builds/s ({samples} builds, 10 workers):");
-        for backend in [Backend::Embedded, Backend::Redis(redis.url.clone())] {
+        for backend in [Backend::Embedded, Backend::Redis(redis.url())] {
             let server = Server::start(&backend).await?;
             let (p50, p99) = latency(&server, samples).await?;
             println!(
@@ -232,8 +232,17 @@ async fn workers(server: &Server, count: usize) -> Result<(Seen, mpsc::Unbounded
 
 async fn throughput(server: &Server, worker_count: usize, n: usize) -> Result<f64> {
     let (_seen, mut done) = workers(server, worker_count).await?;
-    let clients = 32;
     let start = Instant::now();
+    submit(server, n).await?;
+    for _ in 0..n {
+        done.recv().await.ok_or("load workers stopped")?;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
+/// StartBuild `n` times from 32 concurrent clients.
+async fn submit(server: &Server, n: usize) -> Result<()> {
+    let clients = 32;
     let mut tasks = Vec::new();
     for c in 0..clients {
         let mut client = BuildServiceClient::new(server.channel().await?);
@@ -248,10 +257,7 @@ async fn throughput(server: &Server, worker_count: usize, n: usize) -> Result<f6
     for t in tasks {
         t.await??;
     }
-    for _ in 0..n {
-        done.recv().await.ok_or("load workers stopped")?;
-    }
-    Ok(n as f64 / start.elapsed().as_secs_f64())
+    Ok(())
 }
 
 async fn latency(server: &Server, samples: usize) -> Result<(f64, f64)> {
@@ -279,23 +285,8 @@ async fn latency(server: &Server, samples: usize) -> Result<(f64, f64)> {
 }
 
 async fn memory_per_queued(server: &Server, queued: usize) -> Result<f64> {
-    // Warm up allocator and connections with a few builds first.
-    let mut tasks = Vec::new();
-    let clients = 32;
     let before = rss_bytes()?;
-    for c in 0..clients {
-        let mut client = BuildServiceClient::new(server.channel().await?);
-        let share = queued / clients + usize::from(c < queued % clients);
-        tasks.push(tokio::spawn(async move {
-            for _ in 0..share {
-                client.start_build(request()).await?;
-            }
-            Ok::<_, tonic::Status>(())
-        }));
-    }
-    for t in tasks {
-        t.await??;
-    }
+    submit(server, queued).await?;
     let after = rss_bytes()?;
     Ok(after.saturating_sub(before) as f64 / queued as f64)
 }
@@ -309,53 +300,4 @@ fn rss_bytes() -> Result<u64> {
         .ok_or("statm without rss")?
         .parse()?;
     Ok(pages * 4096)
-}
-
-/// A real `redis-server` on a free port for the Redis runs.
-struct RedisServer {
-    child: Child,
-    url: String,
-}
-
-impl RedisServer {
-    fn start() -> Result<RedisServer> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .stdout(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                format!(
-                    "redis-server is needed for the benchmark ({e}): apt-get install redis-server"
-                )
-            })?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                return Err("redis-server did not start".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(RedisServer {
-            child,
-            url: format!("redis://127.0.0.1:{port}/0"),
-        })
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }

@@ -4,6 +4,8 @@
 //! Everything a test needs must be there: a missing Docker daemon, build image, `redis-server`
 //! or `kiln` binary fails the test with a message saying how to get it, never skips it.
 
+mod redis;
+
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -18,6 +20,8 @@ use kiln_proto::v1::{
 };
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
+
+pub use redis::RedisServer;
 
 /// The build image every test build uses (made by `deploy/build-image.sh`).
 pub const IMAGE: &str = "kiln/build-image:bookworm";
@@ -160,59 +164,6 @@ impl Drop for Proc {
                 self.log_text()
             );
         }
-    }
-}
-
-/// A real `redis-server` on a free loopback port, without persistence.
-pub struct Redis {
-    child: Child,
-    pub url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Redis {
-    pub fn start() -> Redis {
-        let port = free_port();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "redis-server is required for these tests ({e}): apt-get install redis-server"
-                )
-            });
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Redis {
-            child,
-            url: format!("redis://127.0.0.1:{port}/0"),
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use kiln_proto::v1::{Build, StreamLogsRequest};
 use kiln_tests::{
     channel, checkout, client, free_port, get, kiln, raw_worker, require_docker, start,
-    wait_complete, Proc, Redis,
+    wait_complete, Proc, RedisServer,
 };
 
 /// A buildspec whose log and artifact name its build number.
@@ -381,19 +381,19 @@ async fn a_restarted_coordinator_loses_nothing_embedded() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_coordinator_loses_nothing_redis() {
-    let redis = Redis::start();
+    let redis = RedisServer::start_throwaway();
     let data = tempfile::tempdir().expect("tempdir");
-    coordinator_restart(&redis.url, data.path().to_str().expect("utf-8")).await;
+    coordinator_restart(&redis.url(), data.path().to_str().expect("utf-8")).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_coordinators_on_one_redis_complete_every_build_once() {
     require_docker();
-    let redis = Redis::start();
+    let redis = RedisServer::start_throwaway();
     let data = tempfile::tempdir().expect("tempdir");
     let d = data.path().to_str().expect("utf-8");
-    let (_c1, a1) = coordinator("coordinator-1", "127.0.0.1:0", &redis.url, d, "10s");
-    let (_c2, a2) = coordinator("coordinator-2", "127.0.0.1:0", &redis.url, d, "10s");
+    let (_c1, a1) = coordinator("coordinator-1", "127.0.0.1:0", &redis.url(), d, "10s");
+    let (_c2, a2) = coordinator("coordinator-2", "127.0.0.1:0", &redis.url(), d, "10s");
     let _w1 = worker("w1", a1, 2);
     let _w2 = worker("w2", a2, 2);
     let _w3 = worker("w3", a2, 1);
