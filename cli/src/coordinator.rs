@@ -10,6 +10,7 @@ use kiln_coordinator::{Coordinator, CoordinatorConfig};
 use tokio_util::sync::CancellationToken;
 
 use crate::args::parse_duration;
+use crate::signals::StopSignals;
 
 #[derive(clap::Args)]
 pub struct CoordinatorArgs {
@@ -112,13 +113,9 @@ pub fn announce(who: &str, coordinator: &Coordinator) -> anyhow::Result<()> {
 /// Ctrl-C or SIGTERM stops serving (workers keep their builds and reconnect to the next
 /// coordinator).
 async fn stop_on_signal(stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut signals) = StopSignals::register() else {
         return;
     };
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    signals.next().await;
     stop.cancel();
 }

@@ -11,6 +11,7 @@ mod host;
 mod lint;
 mod run;
 mod server;
+mod signals;
 mod terminal;
 mod worker;
 

@@ -35,13 +35,13 @@ use kiln_worker::agent::{run_agent, AgentConfig};
 use kiln_worker::artifacts::Packaging;
 use kiln_worker::docker::{ComputeType, Engine};
 use kiln_worker::secrets::SecretStore;
-use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::args::{parse_duration, parse_size, parse_variable};
 use crate::client::{self, Failure, Server};
 use crate::host;
+use crate::signals::StopSignals;
 use crate::terminal::PhaseHeaders;
 
 /// The image `kiln run` uses without `-i`; `deploy/build-image.sh` builds it without a registry.
@@ -241,10 +241,7 @@ fn store_dir() -> Option<PathBuf> {
 async fn execute(p: Prepared) -> Result<ExitCode, Failure> {
     let failed = |e: anyhow::Error| Failure::failed(format!("{e:#}"));
     // Registered first: from here on a Ctrl-C stops the build rather than the process.
-    let signals = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
+    let signals = StopSignals::register();
     let data = tempfile::Builder::new()
         .prefix("kiln-run-")
         .tempdir()
@@ -263,8 +260,8 @@ async fn execute(p: Prepared) -> Result<ExitCode, Failure> {
 
     let server = Arc::new(Server::local(addr).await?);
     let (build_tx, build_rx) = watch::channel(None);
-    if let (Ok(int), Ok(term)) = signals {
-        tokio::spawn(stop_on_signal(int, term, server.clone(), build_rx));
+    if let Some(signals) = signals {
+        tokio::spawn(stop_on_signal(signals, server.clone(), build_rx));
     }
     let build = client::submit(&server, p.request, &p.dir).await?;
     let _ = build_tx.send(Some(build.id.clone()));
@@ -376,12 +373,11 @@ fn locate_artifacts(build: &mut Build, out: Option<&Path>) {
 /// First Ctrl-C (or SIGTERM) stops the build cleanly; a second one exits at once, and the next
 /// `kiln run` reaps what was left.
 async fn stop_on_signal(
-    mut int: Signal,
-    mut term: Signal,
+    mut signals: StopSignals,
     server: Arc<Server>,
     mut build: watch::Receiver<Option<String>>,
 ) {
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    signals.next().await;
     eprintln!("kiln run: stopping the build (press Ctrl-C again to exit at once)");
     let stopped = async {
         // A build not started yet is stopped as soon as it is.
@@ -394,9 +390,10 @@ async fn stop_on_signal(
             tracing::info!(error = %status, "could not stop the build");
         }
     };
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {}, () = stopped => {
-        tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
-    } }
+    tokio::select! {
+        () = signals.next() => {}
+        () = stopped => signals.next().await,
+    }
     std::process::exit(130);
 }
 

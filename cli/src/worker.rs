@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::host;
 use crate::run::DEFAULT_IMAGE;
+use crate::signals::StopSignals;
 
 /// Where a coordinator listens for workers by default.
 const DEFAULT_COORDINATOR: &str = "http://127.0.0.1:7420";
@@ -182,17 +183,13 @@ pub async fn serve(config: AgentConfig) -> anyhow::Result<()> {
 
 /// The first SIGTERM or Ctrl-C drains; a second exits at once.
 pub async fn drain_on_signal(drain: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
+    let Some(mut signals) = StopSignals::register() else {
         return;
     };
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    signals.next().await;
     eprintln!("kiln worker: draining: running builds finish first (signal again to exit at once)");
     drain.cancel();
-    tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
+    signals.next().await;
     std::process::exit(130);
 }
 

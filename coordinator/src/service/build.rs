@@ -2,11 +2,10 @@
 //! StreamLogs) wake on this coordinator's change signal and poll the store every
 //! [`POLL`] for changes made through other coordinators.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use kiln_proto::v1::build_service_server::BuildService;
 use kiln_proto::v1::{
     upload_source_request, BatchGetBuildsRequest, BatchGetBuildsResponse, Build, DataChunk,
@@ -25,6 +24,7 @@ use crate::core::{end_build, epoch, now_ms, record, store_error, Core};
 use crate::scheduler::send_cancel;
 use crate::service::start::{check_project, project_of, retry_request, start};
 use crate::service::worker::log_key;
+use crate::service::BoxStream;
 use crate::store::{BuildFilter, QueueChange, StateStore};
 
 /// How often followers look at the store when nothing woke them.
@@ -35,8 +35,6 @@ const LOG_BATCH: usize = 256;
 pub struct BuildApi<S> {
     pub core: Arc<Core<S>>,
 }
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: StateStore> BuildService for BuildApi<S> {

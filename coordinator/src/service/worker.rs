@@ -5,10 +5,9 @@
 //! that replaced it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::pin::Pin;
 use std::sync::Arc;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use kiln_proto::v1::worker_service_server::WorkerService;
 use kiln_proto::v1::{
     coordinator_message, upload_artifacts_request, worker_message, Completed, CompletedAck,
@@ -24,6 +23,7 @@ use crate::core::{
     close_phase, epoch, ms, now_ms, open_phase, record, store_error, Core, WorkerConn, WorkerTx,
 };
 use crate::scheduler::{requeue, Lost};
+use crate::service::BoxStream;
 use crate::store::{QueueChange, StateStore};
 
 /// The store key of one attempt's log.
@@ -34,8 +34,6 @@ pub fn log_key(build_id: &str, epoch: u64) -> String {
 pub struct WorkerApi<S> {
     pub core: Arc<Core<S>>,
 }
-
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl<S: StateStore> WorkerService for WorkerApi<S> {
