@@ -334,6 +334,8 @@ fn agent_config(addr: SocketAddr, secrets: SecretStore) -> AgentConfig {
         default_image: DEFAULT_IMAGE.to_string(),
         secrets,
         owner: host::owner(),
+        policy: Default::default(),
+        pids_limit: kiln_worker::docker::convert::DEFAULT_PIDS,
     }
 }
 

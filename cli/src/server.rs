@@ -20,6 +20,10 @@ pub struct ServerArgs {
     coordinator: CoordinatorArgs,
     #[command(flatten)]
     worker: LocalWorker,
+    /// The local worker's config file: labels, networks, sandbox (see deploy/worker.toml; its
+    /// coordinator and join token are this server's)
+    #[arg(long)]
+    worker_config: Option<std::path::PathBuf>,
 }
 
 pub fn server(args: ServerArgs) -> ExitCode {
@@ -32,13 +36,14 @@ pub fn server(args: ServerArgs) -> ExitCode {
     };
     let join_token = config.join_token.clone();
     let local = args.worker;
+    let worker_config = args.worker_config;
     crate::runtime("kiln server", async move {
         let coordinator = Coordinator::bind(config).await?;
         let addr = coordinator.local_addr()?;
         let agent = agent_config(WorkerArgs {
             coordinator: Some(format!("http://{}", loopback(addr))),
             join_token,
-            config: None,
+            config: worker_config,
             local,
         })?;
         let engine = Engine::connect().await?;

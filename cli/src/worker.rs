@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context};
+use kiln_proto::v1::{HostPathGrant, OfferedNetwork, SandboxPolicy};
 use kiln_worker::agent::{run_agent, AgentConfig};
+use kiln_worker::docker::convert::DEFAULT_PIDS;
 use kiln_worker::docker::Engine;
 use kiln_worker::secrets::SecretStore;
 use serde::Deserialize;
@@ -72,6 +74,111 @@ struct FileConfig {
     slots: Option<u32>,
     image: Option<String>,
     secrets_file: Option<PathBuf>,
+    #[serde(default)]
+    networks: Vec<NetworkConfig>,
+    #[serde(default)]
+    sandbox: SandboxConfig,
+}
+
+/// `[[networks]]`: an operator network builds of the listed projects may join.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NetworkConfig {
+    name: String,
+    /// Default: the name.
+    docker_network: Option<String>,
+    #[serde(default)]
+    internal: bool,
+    subnet: Option<String>,
+    #[serde(default)]
+    projects: Vec<String>,
+}
+
+/// `[sandbox]`: the exceptions to the default sandbox, per project, and the process limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SandboxConfig {
+    #[serde(default)]
+    privileged: Vec<String>,
+    #[serde(default)]
+    docker_socket: Vec<String>,
+    #[serde(default)]
+    host_network: Vec<String>,
+    #[serde(default)]
+    host_paths: Vec<HostPathConfig>,
+    pids_limit: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HostPathConfig {
+    path: String,
+    projects: Vec<String>,
+}
+
+/// Checks the file's networks and sandbox and turns them into the policy the worker announces.
+fn policy(networks: Vec<NetworkConfig>, sandbox: SandboxConfig) -> anyhow::Result<SandboxPolicy> {
+    let mut offered: Vec<OfferedNetwork> = Vec::new();
+    for n in networks {
+        let docker_network = n.docker_network.unwrap_or_else(|| n.name.clone());
+        let valid = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        };
+        if !valid(&n.name) || !valid(&docker_network) {
+            bail!(
+                "[[networks]] {:?} (Docker network {docker_network:?}): names are letters, digits, \
+                 -, _ and .",
+                n.name
+            );
+        }
+        if offered.iter().any(|o| o.name == n.name) {
+            bail!("[[networks]] {:?} is defined twice", n.name);
+        }
+        if n.projects.is_empty() {
+            bail!(
+                "[[networks]] {:?}: `projects` is empty, so no build could use it; list the \
+                 projects (or \"*\" for all)",
+                n.name
+            );
+        }
+        let subnet = n.subnet.unwrap_or_default();
+        if !subnet.is_empty() && !subnet.contains('/') {
+            bail!(
+                "[[networks]] {:?}: subnet {subnet:?} is not CIDR (e.g. 10.90.0.0/24)",
+                n.name
+            );
+        }
+        offered.push(OfferedNetwork {
+            name: n.name,
+            docker_network,
+            internal: n.internal,
+            subnet,
+            projects: n.projects,
+        });
+    }
+    let mut host_paths = Vec::new();
+    for h in sandbox.host_paths {
+        if !kiln_proto::policy::is_clean_absolute(&h.path) {
+            bail!(
+                "[[sandbox.host_paths]] {:?}: use an absolute path without `.`, `..` or a \
+                 trailing /",
+                h.path
+            );
+        }
+        host_paths.push(HostPathGrant {
+            path: h.path,
+            projects: h.projects,
+        });
+    }
+    Ok(SandboxPolicy {
+        networks: offered,
+        privileged: sandbox.privileged,
+        docker_socket: sandbox.docker_socket,
+        host_network: sandbox.host_network,
+        host_paths,
+    })
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -99,6 +206,11 @@ pub fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
         .and_then(Path::parent)
         .map(Path::to_path_buf)
         .unwrap_or_default();
+    let pids_limit = file.sandbox.pids_limit.unwrap_or(DEFAULT_PIDS);
+    if pids_limit < 16 {
+        bail!("[sandbox] pids_limit = {pids_limit}: allow at least 16 processes per build");
+    }
+    let policy = policy(file.networks, file.sandbox)?;
     let mut labels = file.labels;
     labels.extend(args.local.labels);
     let slots = args.local.slots.or(file.slots).unwrap_or(DEFAULT_SLOTS);
@@ -136,6 +248,8 @@ pub fn agent_config(args: WorkerArgs) -> anyhow::Result<AgentConfig> {
             .unwrap_or_else(|| DEFAULT_IMAGE.to_string()),
         secrets,
         owner: host::owner(),
+        policy,
+        pids_limit,
     })
 }
 
@@ -220,6 +334,48 @@ mod tests {
         assert_eq!(file.coordinator.as_deref(), Some("http://127.0.0.1:7420"));
         assert_eq!(file.slots, Some(2));
         assert!(!file.labels.is_empty());
+        let path = example();
+        let c = agent_config(args(&["--config", path.to_str().expect("utf8")])).expect("config");
+        let services = &c.policy.networks[0];
+        assert_eq!(
+            (services.name.as_str(), services.docker_network.as_str()),
+            ("services", "kiln-services")
+        );
+        assert!(!services.internal);
+        assert_eq!(services.subnet, "10.213.0.0/24");
+        assert_eq!(services.projects, ["web-app", "api"]);
+        assert!(c.policy.networks[1].internal);
+        assert_eq!(c.policy.privileged, ["docker-images"]);
+        assert_eq!(c.policy.host_paths[0].path, "/var/cache/kiln-shared");
+        assert_eq!(c.pids_limit, 4096);
+    }
+
+    #[test]
+    fn bad_networks_and_sandboxes_are_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let file = dir.path().join("w.toml");
+        let refused = |text: &str| {
+            std::fs::write(&file, text).expect("write");
+            let e = agent_config(args(&["--config", file.to_str().expect("utf8")]))
+                .expect_err("refused");
+            format!("{e:#}")
+        };
+        let e = refused("[[networks]]\nname = \"db\"\n");
+        assert!(e.contains("`projects` is empty"), "{e}");
+        let e = refused("[[networks]]\nname = \"a b\"\nprojects = [\"*\"]\n");
+        assert!(e.contains("names are letters"), "{e}");
+        let e = refused(
+            "[[networks]]\nname = \"db\"\nprojects = [\"*\"]\n[[networks]]\nname = \"db\"\nprojects = [\"*\"]\n",
+        );
+        assert!(e.contains("defined twice"), "{e}");
+        let e = refused("[[networks]]\nname = \"db\"\nsubnet = \"10.0.0.1\"\nprojects = [\"*\"]\n");
+        assert!(e.contains("not CIDR"), "{e}");
+        let e = refused("[[sandbox.host_paths]]\npath = \"/srv/../etc\"\nprojects = [\"*\"]\n");
+        assert!(e.contains("absolute path"), "{e}");
+        let e = refused("[sandbox]\npids_limit = 2\n");
+        assert!(e.contains("at least 16"), "{e}");
+        let e = refused("[sandbox]\nprivileged = true\n");
+        assert!(e.contains("privileged"), "{e}");
     }
 
     #[test]

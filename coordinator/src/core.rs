@@ -10,7 +10,10 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use kiln_proto::v1::{BuildPhase, CoordinatorMessage, PhaseContext, StoredBuild};
+use kiln_proto::policy::{admit, Refusal};
+use kiln_proto::v1::{
+    Assignment, BuildPhase, CoordinatorMessage, PhaseContext, SandboxPolicy, StoredBuild,
+};
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::time::Instant;
 use tonic::Status;
@@ -27,6 +30,8 @@ pub struct WorkerConn {
     /// Tells this connection from a later one of the same worker.
     pub conn: u64,
     pub labels: BTreeMap<String, String>,
+    /// The networks and sandbox exceptions it offers (its config).
+    pub policy: SandboxPolicy,
     pub slots: u32,
     pub draining: bool,
     pub tx: WorkerTx,
@@ -62,6 +67,35 @@ impl WorkerConn {
     pub fn matches(&self, wanted: &std::collections::HashMap<String, String>) -> bool {
         wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
+
+    /// Whether this worker may run the build: it has the labels and its policy admits the
+    /// networks and sandbox exceptions the build asks for.
+    pub fn accepts(&self, row: &StoredBuild) -> Result<(), Refusal> {
+        admit(
+            &self.policy,
+            row.spec.as_ref().unwrap_or(&Assignment::default()),
+        )
+    }
+}
+
+/// What the connected workers that carry a build's labels say to it: `Ok` when one of them
+/// admits it or none is connected (it waits for one), else the most telling refusal (a worker
+/// that has the network but not for this project says more than one without it).
+pub fn admission<'a>(
+    workers: impl Iterator<Item = &'a WorkerConn>,
+    row: &StoredBuild,
+) -> Result<(), Refusal> {
+    let mut refusal: Option<Refusal> = None;
+    for w in workers.filter(|w| w.matches(&row.worker_labels)) {
+        match w.accepts(row) {
+            Ok(()) => return Ok(()),
+            Err(r @ Refusal::Denied(_)) => refusal = Some(r),
+            Err(r) => {
+                refusal.get_or_insert(r);
+            }
+        }
+    }
+    refusal.map_or(Ok(()), Err)
 }
 
 pub struct Core<S> {

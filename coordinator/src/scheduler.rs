@@ -122,8 +122,8 @@ enum Claimed {
     Lost,
 }
 
-/// Picks the worker with the most free slots among those with the build's labels and holds a
-/// slot there; the error is why none can (empty when they are only busy).
+/// Picks the worker with the most free slots among those with the build's labels whose policy
+/// admits it, and holds a slot there; the error is why none can (empty when they are only busy).
 fn reserve<S: StateStore>(
     core: &Core<S>,
     row: &kiln_proto::v1::StoredBuild,
@@ -131,13 +131,18 @@ fn reserve<S: StateStore>(
     let mut workers = core.workers();
     let best = workers
         .iter()
-        .filter(|(_, w)| w.free() > 0 && w.matches(&row.worker_labels))
+        .filter(|(_, w)| w.free() > 0 && w.matches(&row.worker_labels) && w.accepts(row).is_ok())
         .max_by_key(|(id, w)| (w.free(), std::cmp::Reverse((*id).clone())))
         .map(|(id, _)| id.clone());
     let Some(worker_id) = best else {
-        return match workers.values().any(|w| w.matches(&row.worker_labels)) {
-            true => Err(String::new()),
-            false => Err(no_worker_reason(&row.worker_labels)),
+        if !workers.values().any(|w| w.matches(&row.worker_labels)) {
+            return Err(no_worker_reason(&row.worker_labels));
+        }
+        return match crate::core::admission(workers.values(), row) {
+            Ok(()) => Err(String::new()),
+            Err(refusal) => Err(format!(
+                "waiting: no connected worker may run it: {refusal}"
+            )),
         };
     };
     let epoch = epoch(row) + 1;
@@ -499,6 +504,7 @@ mod tests {
         crate::core::WorkerConn {
             conn: 1,
             labels,
+            policy: Default::default(),
             slots,
             draining: false,
             tx,

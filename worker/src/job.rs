@@ -6,7 +6,7 @@ use std::time::Duration;
 use kiln_buildspec::Buildspec;
 
 use crate::artifacts::ArtifactTarget;
-use crate::docker::{ComputeType, Limits};
+use crate::docker::{ComputeType, Limits, Sandbox};
 use crate::secrets::SecretStore;
 
 /// One build to run.
@@ -37,6 +37,8 @@ pub struct BuildJob {
     pub resolved_source_version: Option<String>,
     pub source_repo_url: Option<String>,
     pub artifacts: ArtifactTarget,
+    /// What the build gets beyond the default sandbox (allowed by the worker's policy).
+    pub sandbox: Sandbox,
 }
 
 impl BuildJob {
@@ -64,6 +66,7 @@ impl BuildJob {
             resolved_source_version: None,
             source_repo_url: None,
             artifacts: ArtifactTarget::default(),
+            sandbox: Sandbox::default(),
         }
     }
 }

@@ -147,6 +147,21 @@ pub struct BuildRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub artifacts: Option<BuildArtifact>,
     pub secondary_artifacts: Vec<BuildArtifact>,
+    /// Where the build container was attached, with its address on each network (CodeBuild's
+    /// `networkInterface`); empty on the host network.
+    pub network_interfaces: Vec<NetworkInterface>,
+}
+
+/// One network the build container was on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInterface {
+    /// The operator network's name; empty for the build's own network.
+    pub network: String,
+    pub docker_network: String,
+    pub ip_address: String,
+    pub aliases: Vec<String>,
+    pub internal: bool,
 }
 
 impl BuildRecord {

@@ -231,6 +231,8 @@ async fn an_assignment_runs_and_is_reported_with_its_log_and_artifacts() {
         default_image: common::IMAGE.into(),
         secrets: SecretStore::default(),
         owner: common::OWNER.into(),
+        policy: Default::default(),
+        pids_limit: kiln_worker::docker::convert::DEFAULT_PIDS,
     };
     let drain = CancellationToken::new();
     let agent = tokio::spawn(run_agent(config, engine, drain.clone()));

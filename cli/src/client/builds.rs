@@ -218,6 +218,20 @@ fn describe(build: &Build) -> String {
         );
     }
     row("retry of", &build.retry_of);
+    for i in &build.network_interfaces {
+        let name = match i.network.as_str() {
+            "" => "own",
+            n => n,
+        };
+        let aliases = match i.aliases.is_empty() {
+            true => String::new(),
+            false => format!(" as {}", i.aliases.join(", ")),
+        };
+        row(
+            "network",
+            &format!("{name} ({}) {}{aliases}", i.docker_network, i.ip_address),
+        );
+    }
     if !build.artifacts_digest.is_empty() {
         row(
             "artifacts",

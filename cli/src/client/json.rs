@@ -89,6 +89,22 @@ pub fn build_json(build: &Build) -> Value {
                 .map(artifact_json)
                 .collect::<Vec<_>>(),
         )
+        .put(
+            "networkInterfaces",
+            build
+                .network_interfaces
+                .iter()
+                .map(|i| {
+                    serde_json::json!({
+                        "network": i.network,
+                        "dockerNetwork": i.docker_network,
+                        "ipAddress": i.ip_address,
+                        "aliases": i.aliases,
+                        "internal": i.internal,
+                    })
+                })
+                .collect::<Vec<_>>(),
+        )
         // Kiln's own fields.
         .time("queuedTime", build.queued_time_ms)
         .put("priority", build.priority)

@@ -1,5 +1,5 @@
 //! The client commands of the `kiln` binary (`start`, `logs`, `get`, `list`, `stop`, `artifacts`,
-//! `project`): each talks to a Kiln server's `BuildService` over gRPC and ends with an exit status.
+//! `project`, `network`): each talks to a Kiln server's `BuildService` over gRPC and ends with an exit status.
 //!
 //! Exit status: 0 success; 1 a build that did not succeed, or a failure talking to the server;
 //! 2 invalid input, found locally or refused by the server with INVALID_ARGUMENT (nothing ran).
@@ -19,6 +19,7 @@ mod builds;
 mod connect;
 mod json;
 mod logs;
+mod network;
 mod project;
 mod project_file;
 mod start;
@@ -30,6 +31,7 @@ pub use artifacts::{artifacts, download, ArtifactsArgs};
 pub use builds::{get, list, stop, GetArgs, ListArgs, StopArgs};
 pub use connect::Server;
 pub use logs::{logs, LogsArgs};
+pub use network::{network, NetworkArgs};
 pub use project::{project, ProjectArgs};
 pub use start::{
     finish, follow, initiator, plaintext, relative_buildspec, start, submit, StartArgs,

@@ -137,6 +137,20 @@ fn describe(p: &Project) -> String {
             .collect();
         labels.sort();
         row("worker labels", &labels.join(", "));
+        let mut sandbox: Vec<String> = [
+            (env.privileged_mode, "privileged mode"),
+            (env.docker_socket, "Docker socket"),
+            (env.host_network, "host network"),
+        ]
+        .iter()
+        .filter(|(on, _)| *on)
+        .map(|(_, what)| what.to_string())
+        .collect();
+        sandbox.extend(env.host_paths.iter().map(|h| {
+            let mode = if h.read_only { " (read-only)" } else { "" };
+            format!("{} at {}{mode}", h.host_path, h.container_path)
+        }));
+        row("sandbox", &sandbox.join(", "));
     }
     if let Some(artifacts) = &p.artifacts {
         row("artifacts", &artifacts.packaging);

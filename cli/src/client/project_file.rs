@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use kiln_proto::v1::{
-    EnvironmentVariable, Project, ProjectArtifacts, ProjectCache, ProjectEnvironment,
+    EnvironmentVariable, HostMount, Project, ProjectArtifacts, ProjectCache, ProjectEnvironment,
     ProjectSource, VpcAttachment,
 };
 use kiln_worker::docker::ComputeType;
@@ -83,6 +83,43 @@ pub struct EnvironmentFile {
         skip_serializing_if = "BTreeMap::is_empty"
     )]
     pub worker_labels: BTreeMap<String, String>,
+    /// Sandbox exceptions: each also needs the worker config to allow the project.
+    #[serde(
+        default,
+        alias = "privileged_mode",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub privileged_mode: bool,
+    #[serde(
+        default,
+        alias = "docker_socket",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub docker_socket: bool,
+    #[serde(
+        default,
+        alias = "host_network",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub host_network: bool,
+    #[serde(default, alias = "host_paths", skip_serializing_if = "Vec::is_empty")]
+    pub host_paths: Vec<HostPathFile>,
+}
+
+/// `environment.hostPaths[]`: a worker directory mounted into the build container.
+#[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HostPathFile {
+    #[serde(alias = "host_path")]
+    pub host_path: String,
+    #[serde(alias = "container_path")]
+    pub container_path: String,
+    #[serde(
+        default,
+        alias = "read_only",
+        skip_serializing_if = "std::ops::Not::not"
+    )]
+    pub read_only: bool,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -249,6 +286,18 @@ impl ProjectFile {
                     compute_type,
                     environment_variables,
                     worker_labels: e.worker_labels.into_iter().collect(),
+                    privileged_mode: e.privileged_mode,
+                    docker_socket: e.docker_socket,
+                    host_network: e.host_network,
+                    host_paths: e
+                        .host_paths
+                        .into_iter()
+                        .map(|h| HostMount {
+                            host_path: h.host_path,
+                            container_path: h.container_path,
+                            read_only: h.read_only,
+                        })
+                        .collect(),
                 })
             })
             .transpose()?;
@@ -319,6 +368,18 @@ impl From<&Project> for ProjectFile {
                     .worker_labels
                     .iter()
                     .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+                privileged_mode: e.privileged_mode,
+                docker_socket: e.docker_socket,
+                host_network: e.host_network,
+                host_paths: e
+                    .host_paths
+                    .iter()
+                    .map(|h| HostPathFile {
+                        host_path: h.host_path.clone(),
+                        container_path: h.container_path.clone(),
+                        read_only: h.read_only,
+                    })
                     .collect(),
             }),
             artifacts: p.artifacts.as_ref().map(|a| ArtifactsFile {

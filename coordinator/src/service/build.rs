@@ -8,12 +8,12 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kiln_proto::v1::build_service_server::BuildService;
 use kiln_proto::v1::{
-    upload_source_request, BatchGetBuildsRequest, BatchGetBuildsResponse, Build, DataChunk,
-    DeleteProjectRequest, DeleteProjectResponse, DownloadArtifactRequest, GetBuildRequest,
-    GetProjectRequest, ListBuildsRequest, ListBuildsResponse, ListProjectsRequest,
-    ListProjectsResponse, LogChunk, Project, RetryBuildRequest, StartBuildRequest,
-    StartBuildResponse, StopBuildRequest, StreamLogsRequest, UploadSourceRequest,
-    UploadSourceResponse, WatchBuildRequest,
+    upload_source_request, AttachedBuild, BatchGetBuildsRequest, BatchGetBuildsResponse, Build,
+    DataChunk, DeleteProjectRequest, DeleteProjectResponse, DownloadArtifactRequest,
+    GetBuildRequest, GetProjectRequest, ListBuildsRequest, ListBuildsResponse, ListNetworksRequest,
+    ListNetworksResponse, ListProjectsRequest, ListProjectsResponse, LogChunk, Project,
+    RetryBuildRequest, StartBuildRequest, StartBuildResponse, StopBuildRequest, StreamLogsRequest,
+    UploadSourceRequest, UploadSourceResponse, WatchBuildRequest, WorkerNetworks,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -376,6 +376,49 @@ impl<S: StateStore> BuildService for BuildApi<S> {
     ) -> Result<Response<ListProjectsResponse>, Status> {
         let projects = self.core.store.list_projects().await.map_err(store_error)?;
         Ok(Response::new(ListProjectsResponse { projects }))
+    }
+
+    async fn list_networks(
+        &self,
+        _request: Request<ListNetworksRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        let connected: Vec<(Vec<String>, WorkerNetworks)> = self
+            .core
+            .workers()
+            .iter()
+            .map(|(id, w)| {
+                let running = w.running.keys().cloned().collect();
+                let networks = WorkerNetworks {
+                    worker_id: id.clone(),
+                    networks: w.policy.networks.clone(),
+                    attached: Vec::new(),
+                };
+                (running, networks)
+            })
+            .collect();
+        let mut workers = Vec::new();
+        for (running, mut w) in connected {
+            let rows = self
+                .core
+                .store
+                .get_builds(&running)
+                .await
+                .map_err(store_error)?;
+            for row in rows.into_iter().flatten() {
+                let build_id = record(&row).id.clone();
+                let vpc = row.spec.map(|s| s.vpc).unwrap_or_default();
+                w.attached.extend(vpc.into_iter().map(|v| AttachedBuild {
+                    build_id: build_id.clone(),
+                    network: v.network,
+                    aliases: v.aliases,
+                }));
+            }
+            w.attached
+                .sort_by(|a, b| (&a.network, &a.build_id).cmp(&(&b.network, &b.build_id)));
+            workers.push(w);
+        }
+        workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        Ok(Response::new(ListNetworksResponse { workers }))
     }
 
     async fn delete_project(

@@ -2,6 +2,7 @@
 //! before anything is stored: the project, the source, the buildspec (an invalid one is refused
 //! with INVALID_ARGUMENT and its `file:line:col` messages).
 
+use kiln_proto::policy::Refusal;
 use kiln_proto::v1::{
     assignment, start_build_request, Assignment, Build, BuildPhase, EnvironmentVariable, Project,
     StartBuildRequest, StoredBuild,
@@ -240,6 +241,10 @@ pub async fn start<S: StateStore>(
         memory_bytes: request.memory_bytes_override,
         source_version: source_version.to_string(),
         source_repo_url: source_repo_url.to_string(),
+        privileged_mode: env.privileged_mode,
+        docker_socket: env.docker_socket,
+        host_network: env.host_network,
+        host_paths: env.host_paths.clone(),
         ..Assignment::default()
     };
     let row = StoredBuild {
@@ -250,6 +255,14 @@ pub async fn start<S: StateStore>(
         queued_deadline_ms: now + i64::from(queued_timeout) * 60_000,
         ..StoredBuild::default()
     };
+    if let Err(refusal) = crate::core::admission(core.workers().values(), &row) {
+        let message =
+            format!("no connected worker may run this build (nothing was queued): {refusal}");
+        return Err(match refusal {
+            Refusal::Denied(_) => Status::permission_denied(message),
+            Refusal::Missing(_) => Status::failed_precondition(message),
+        });
+    }
     let token = non_empty(&request.idempotency_token).map(str::to_string);
     let stored = match core
         .store
@@ -307,6 +320,10 @@ pub fn project_of(row: &StoredBuild) -> Project {
         environment: Some(kiln_proto::v1::ProjectEnvironment {
             environment_variables: spec.project_environment_variables,
             worker_labels: row.worker_labels.clone(),
+            privileged_mode: spec.privileged_mode,
+            docker_socket: spec.docker_socket,
+            host_network: spec.host_network,
+            host_paths: spec.host_paths,
             ..Default::default()
         }),
         artifacts: Some(kiln_proto::v1::ProjectArtifacts {
@@ -333,6 +350,21 @@ pub fn check_project(project: &Project) -> Result<(), Status> {
     }
     if let Some(env) = &project.environment {
         check_variables(&env.environment_variables)?;
+        for mount in &env.host_paths {
+            kiln_proto::policy::check_mount(mount).map_err(Status::invalid_argument)?;
+        }
+        if env.host_network && !project.vpc.is_empty() {
+            return Err(Status::invalid_argument(
+                "a project on the host network cannot join `vpc` networks: drop one",
+            ));
+        }
+    }
+    for v in &project.vpc {
+        if v.network.is_empty() {
+            return Err(Status::invalid_argument(
+                "a `vpc` entry without a network: name an operator network from the worker config",
+            ));
+        }
     }
     if let Some(a) = &project.artifacts {
         if !["", "NONE", "ZIP"].contains(&a.packaging.as_str()) {

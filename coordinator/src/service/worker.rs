@@ -75,6 +75,7 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
             WorkerConn {
                 conn,
                 labels: hello.labels.into_iter().collect::<BTreeMap<_, _>>(),
+                policy: hello.policy.unwrap_or_default(),
                 slots: hello.slots.max(1),
                 draining: false,
                 tx: tx.clone(),
@@ -478,6 +479,7 @@ impl<S: StateStore> Session<S> {
                 build.artifacts_size = done.artifacts_size;
                 build.artifacts = done.artifacts.clone();
                 build.secondary_artifacts = done.secondary_artifacts.clone();
+                build.network_interfaces = done.network_interfaces.clone();
                 Some(QueueChange::Finish)
             })
             .await?;

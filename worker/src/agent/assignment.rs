@@ -20,7 +20,7 @@ use kiln_proto::v1 as pb;
 
 use super::checkout::Checkout;
 use crate::artifacts::{ArtifactTarget, Packaging};
-use crate::docker::ComputeType;
+use crate::docker::{Attachment, ComputeType, Mount, Sandbox};
 use crate::job::BuildJob;
 use crate::record::{BuildArtifact, BuildPhase, BuildRecord, PhaseContext, Timestamp};
 use crate::secrets::SecretStore;
@@ -30,6 +30,10 @@ use crate::secrets::SecretStore;
 pub struct JobDefaults {
     pub image: String,
     pub secrets: SecretStore,
+    /// The operator's networks and sandbox exceptions (the worker config).
+    pub policy: pb::SandboxPolicy,
+    /// The process limit of every build container.
+    pub pids_limit: i64,
 }
 
 /// A build's job, or the message that fails it before it runs (`CLIENT_ERROR`).
@@ -46,6 +50,7 @@ pub fn build_job(
         image => image,
     };
     let mut job = BuildJob::new(&a.project_name, buildspec, checkout.dir.clone(), image);
+    job.sandbox = sandbox(a, &defaults.policy)?;
     job.build_id = a.build_id.clone();
     job.build_number = a.build_number;
     job.buildspec_location = buildspec_location;
@@ -53,6 +58,7 @@ pub fn build_job(
         job.compute = a.compute_type.parse::<ComputeType>()?;
         job.limits = job.compute.limits();
     }
+    job.limits.pids = defaults.pids_limit;
     if a.cpus != 0.0 {
         if !a.cpus.is_finite() || a.cpus < 0.0 {
             return Err(format!("cpus {}: must be a positive number", a.cpus));
@@ -89,6 +95,47 @@ pub fn build_job(
         &a.environment_variables_override,
     )?;
     Ok(job)
+}
+
+/// The sandbox the build asks for, when the worker's policy admits it (the coordinator checked
+/// too, but the worker's config may have changed since).
+fn sandbox(a: &pb::Assignment, policy: &pb::SandboxPolicy) -> Result<Sandbox, String> {
+    kiln_proto::policy::admit(policy, a).map_err(|refusal| refusal.to_string())?;
+    if a.host_network && !a.vpc.is_empty() {
+        return Err("a build on the host network cannot join `vpc` networks: drop one".into());
+    }
+    let networks = a
+        .vpc
+        .iter()
+        .filter_map(|v| {
+            let offered = policy.networks.iter().find(|n| n.name == v.network)?;
+            Some(Attachment {
+                name: offered.name.clone(),
+                docker_network: offered.docker_network.clone(),
+                aliases: v.aliases.clone(),
+                internal: offered.internal,
+            })
+        })
+        .collect();
+    let mounts = a
+        .host_paths
+        .iter()
+        .map(|m| {
+            kiln_proto::policy::check_mount(m)?;
+            Ok(Mount {
+                host_path: m.host_path.clone(),
+                container_path: m.container_path.clone(),
+                read_only: m.read_only,
+            })
+        })
+        .collect::<Result<_, String>>()?;
+    Ok(Sandbox {
+        networks,
+        privileged: a.privileged_mode,
+        docker_socket: a.docker_socket,
+        host_network: a.host_network,
+        mounts,
+    })
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +222,17 @@ pub fn completed(record: &BuildRecord, epoch: u64, out_dir: &Path) -> pb::Comple
         resolved_source_version: record.resolved_source_version.clone().unwrap_or_default(),
         artifacts: record.artifacts.as_ref().map(artifact),
         secondary_artifacts: record.secondary_artifacts.iter().map(artifact).collect(),
+        network_interfaces: record
+            .network_interfaces
+            .iter()
+            .map(|i| pb::NetworkInterface {
+                network: i.network.clone(),
+                docker_network: i.docker_network.clone(),
+                ip_address: i.ip_address.clone(),
+                aliases: i.aliases.clone(),
+                internal: i.internal,
+            })
+            .collect(),
         ..Default::default()
     }
 }
@@ -311,6 +369,8 @@ mod tests {
         let defaults = JobDefaults {
             image: "img:1".into(),
             secrets: SecretStore::default(),
+            policy: pb::SandboxPolicy::default(),
+            pids_limit: crate::docker::convert::DEFAULT_PIDS,
         };
         let checkout = Checkout::default();
         build_job(
@@ -353,6 +413,8 @@ mod tests {
         let defaults = JobDefaults {
             image: "img:1".into(),
             secrets: SecretStore::default(),
+            policy: pb::SandboxPolicy::default(),
+            pids_limit: crate::docker::convert::DEFAULT_PIDS,
         };
         let job = build_job(
             &a,

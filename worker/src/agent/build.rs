@@ -134,12 +134,6 @@ pub async fn run_assignment(
             ));
         }
     };
-    if !a.vpc.is_empty() {
-        tracing::warn!(
-            build_id = a.build_id,
-            "vpc attachments are not supported by this worker yet; ignored"
-        );
-    }
     let sink = Box::new(ProtocolSink(handles.outbox.clone()));
     let record = crate::run_build(
         ctx.engine.clone(),

@@ -68,6 +68,10 @@ pub struct AgentConfig {
     pub secrets: SecretStore,
     /// The owner label of the Docker objects this process creates (`crate::host::owner`).
     pub owner: String,
+    /// The operator's networks and sandbox exceptions; the networks are created when missing.
+    pub policy: kiln_proto::v1::SandboxPolicy,
+    /// The process limit of every build container.
+    pub pids_limit: i64,
 }
 
 /// Why the agent could not run at all (connection trouble is retried, never returned).
@@ -79,6 +83,8 @@ pub enum AgentError {
     JoinToken,
     #[error("--slots must be at least 1")]
     NoSlots,
+    #[error(transparent)]
+    Network(crate::docker::EngineError),
 }
 
 /// Adds the join token to every call.
@@ -138,6 +144,20 @@ pub async fn run_agent(
         return Err(AgentError::NoSlots);
     }
     let client = connect_lazily(&config)?;
+    for n in &config.policy.networks {
+        let subnet = Some(n.subnet.as_str()).filter(|s| !s.is_empty());
+        let created = engine
+            .ensure_operator_network(&n.name, &n.docker_network, n.internal, subnet)
+            .await
+            .map_err(AgentError::Network)?;
+        if created {
+            tracing::info!(
+                network = n.name,
+                docker_network = n.docker_network,
+                "created operator network"
+            );
+        }
+    }
     let reaper = {
         let engine = engine.clone();
         tokio::spawn(async move {
@@ -163,6 +183,8 @@ pub async fn run_agent(
         defaults: JobDefaults {
             image: config.default_image.clone(),
             secrets: config.secrets.clone(),
+            policy: config.policy.clone(),
+            pids_limit: config.pids_limit,
         },
         owner: config.owner.clone(),
     });
@@ -327,6 +349,8 @@ mod tests {
             default_image: "i".into(),
             secrets: SecretStore::default(),
             owner: "o".into(),
+            policy: Default::default(),
+            pids_limit: crate::docker::convert::DEFAULT_PIDS,
         };
         assert!(matches!(
             connect_lazily(&config),

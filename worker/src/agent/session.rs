@@ -59,6 +59,7 @@ pub async fn run(agent: &mut Agent) -> Result<End, SessionError> {
         memory_bytes: agent.memory_bytes,
         running: agent.builds.leases(),
         version: env!("CARGO_PKG_VERSION").to_string(),
+        policy: Some(agent.config.policy.clone()),
     };
     // The receiver lives in the request stream until the call ends, so these sends succeed.
     let _ = tx.send(message(Out::Hello(hello)));

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
-use bollard::models::{ContainerCreateBody, HostConfig, NetworkCreateRequest};
+use bollard::models::{ContainerCreateBody, HostConfig, Ipam, IpamConfig, NetworkCreateRequest};
 
 /// Label on everything Kiln creates.
 pub const LABEL_MANAGED: &str = "kiln.managed";
@@ -19,6 +19,11 @@ pub const LABEL_ROLE: &str = "kiln.role";
 pub const LABEL_OWNER: &str = "kiln.owner";
 /// The project the build belongs to.
 pub const LABEL_PROJECT: &str = "kiln.project";
+/// On an operator network a worker created: its name in the worker config. Never reaped.
+pub const LABEL_OPERATOR_NETWORK: &str = "kiln.operator-network";
+
+/// Where the worker's Docker socket appears in a build container that may use it.
+pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// The container's main process: it only keeps the container alive while items run through
 /// `docker exec`; Docker's init (`init: true`) reaps the background processes items leave behind.
@@ -102,6 +107,69 @@ impl Limits {
     }
 }
 
+/// An operator network a build container joins, with the aliases it is known by there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The name in the worker config (and the project's `vpc`).
+    pub name: String,
+    pub docker_network: String,
+    pub aliases: Vec<String>,
+    pub internal: bool,
+}
+
+/// A host directory mounted into the build container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mount {
+    pub host_path: String,
+    pub container_path: String,
+    pub read_only: bool,
+}
+
+/// What a build gets beyond the default sandbox (its own network, no privileges, nothing of the
+/// host); the worker's policy has allowed all of it. `Default` is the default sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Sandbox {
+    pub networks: Vec<Attachment>,
+    pub privileged: bool,
+    pub docker_socket: bool,
+    pub host_network: bool,
+    pub mounts: Vec<Mount>,
+}
+
+impl Sandbox {
+    /// No egress when any attached network has none: the build's own network is then internal
+    /// too, or it would be the way out.
+    pub fn internal(&self) -> bool {
+        self.networks.iter().any(|n| n.internal)
+    }
+}
+
+/// The request that creates an operator network the worker config defines and Docker lacks.
+pub fn operator_network_request(
+    name: &str,
+    docker_network: &str,
+    internal: bool,
+    subnet: Option<&str>,
+) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: docker_network.to_string(),
+        driver: Some("bridge".to_string()),
+        internal: Some(internal),
+        labels: Some(HashMap::from([(
+            LABEL_OPERATOR_NETWORK.to_string(),
+            name.to_string(),
+        )])),
+        ipam: subnet.map(|subnet| Ipam {
+            config: Some(vec![IpamConfig {
+                subnet: Some(subnet.to_string()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
 /// The Docker objects of one run of a build, named from the run's id; labelled with the build and
 /// the run so any process can find them again.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,34 +207,59 @@ impl BuildResources {
         labels
     }
 
-    /// The build's own bridge network.
-    pub fn network_request(&self) -> NetworkCreateRequest {
+    /// The build's own bridge network; `internal` (no egress) when the sandbox says so.
+    pub fn network_request(&self, internal: bool) -> NetworkCreateRequest {
         NetworkCreateRequest {
             name: self.network.clone(),
             driver: Some("bridge".to_string()),
+            internal: Some(internal),
             labels: Some(self.labels_with_role("network")),
             ..Default::default()
         }
     }
 
-    /// The build container: the image, kept alive by a shell loop, on the build's network, with
-    /// limits; no host paths, no privileges. Build variables are not set here (they go with each
-    /// exec) so secrets never appear in `docker inspect`.
-    pub fn container_body(&self, image: &str, limits: Limits) -> ContainerCreateBody {
+    /// The build container: the image, kept alive by a shell loop, on the build's network (the
+    /// host's only when the sandbox allows it), with limits; no host paths and no privileges
+    /// beyond what the sandbox allows. Build variables are not set here (they go with each exec)
+    /// so secrets never appear in `docker inspect`.
+    pub fn container_body(
+        &self,
+        image: &str,
+        limits: Limits,
+        sandbox: &Sandbox,
+    ) -> ContainerCreateBody {
+        let mut binds: Vec<String> = sandbox
+            .mounts
+            .iter()
+            .map(|m| {
+                let mode = if m.read_only { ":ro" } else { "" };
+                format!("{}:{}{mode}", m.host_path, m.container_path)
+            })
+            .collect();
+        if sandbox.docker_socket {
+            binds.push(format!("{DOCKER_SOCKET}:{DOCKER_SOCKET}"));
+        }
+        let network_mode = match sandbox.host_network {
+            true => "host".to_string(),
+            false => self.network.clone(),
+        };
+        // A privileged build may need setuid tools (sudo inside Docker-in-Docker images).
+        let security_opt = (!sandbox.privileged).then(|| vec!["no-new-privileges".to_string()]);
         ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
             cmd: Some(vec![KEEPALIVE.to_string()]),
             labels: Some(self.labels_with_role("build")),
             host_config: Some(HostConfig {
-                network_mode: Some(self.network.clone()),
+                network_mode: Some(network_mode),
                 nano_cpus: Some((limits.cpus * 1e9) as i64),
                 memory: Some(limits.memory_bytes),
                 memory_swap: Some(limits.memory_bytes),
                 pids_limit: Some(limits.pids),
                 init: Some(true),
-                privileged: Some(false),
-                security_opt: Some(vec!["no-new-privileges".to_string()]),
+                privileged: Some(sandbox.privileged),
+                security_opt,
+                binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
             ..Default::default()
@@ -216,7 +309,7 @@ mod tests {
         let r = BuildResources::new("app:1234", "1234", "app", "h/1/2");
         assert_eq!(r.container, "kiln-build-1234");
         assert_eq!(r.network, "kiln-net-1234");
-        let body = r.container_body("img:1", ComputeType::Small.limits());
+        let body = r.container_body("img:1", ComputeType::Small.limits(), &Sandbox::default());
         let labels = body.labels.expect("labels");
         assert_eq!(labels[LABEL_BUILD_ID], "app:1234");
         assert_eq!(labels[LABEL_RUN], "1234");
@@ -233,8 +326,58 @@ mod tests {
             body.env.is_none(),
             "no variables (and so no secrets) in the container config"
         );
-        let net = r.network_request();
+        assert_eq!(
+            host.security_opt,
+            Some(vec!["no-new-privileges".to_string()])
+        );
+        let net = r.network_request(false);
         assert_eq!(net.labels.expect("labels")[LABEL_ROLE], "network");
+        assert_eq!(net.internal, Some(false));
+    }
+
+    #[test]
+    fn sandbox_exceptions_reach_the_container() {
+        let r = BuildResources::new("app:1", "1", "app", "h/1/2");
+        let sandbox = Sandbox {
+            privileged: true,
+            docker_socket: true,
+            host_network: true,
+            mounts: vec![Mount {
+                host_path: "/srv/cache".into(),
+                container_path: "/cache".into(),
+                read_only: true,
+            }],
+            ..Default::default()
+        };
+        let body = r.container_body("img", ComputeType::Small.limits(), &sandbox);
+        let host = body.host_config.expect("host config");
+        assert_eq!(host.privileged, Some(true));
+        assert_eq!(host.security_opt, None);
+        assert_eq!(host.network_mode.as_deref(), Some("host"));
+        assert_eq!(
+            host.binds,
+            Some(vec![
+                "/srv/cache:/cache:ro".to_string(),
+                format!("{DOCKER_SOCKET}:{DOCKER_SOCKET}")
+            ])
+        );
+        let internal = Sandbox {
+            networks: vec![Attachment {
+                name: "db".into(),
+                docker_network: "kiln-db".into(),
+                aliases: vec![],
+                internal: true,
+            }],
+            ..Default::default()
+        };
+        assert!(internal.internal() && !Sandbox::default().internal());
+        let net = operator_network_request("db", "kiln-db", true, Some("10.99.0.0/24"));
+        assert_eq!(net.labels.expect("labels")[LABEL_OPERATOR_NETWORK], "db");
+        assert_eq!(net.internal, Some(true));
+        let subnet = net.ipam.and_then(|i| i.config).expect("ipam")[0]
+            .subnet
+            .clone();
+        assert_eq!(subnet.as_deref(), Some("10.99.0.0/24"));
     }
 
     #[test]

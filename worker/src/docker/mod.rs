@@ -24,7 +24,9 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use thiserror::Error;
 
-pub use convert::{BuildResources, ComputeType, Limits};
+pub use convert::{Attachment, BuildResources, ComputeType, Limits, Mount, Sandbox};
+
+use crate::record::NetworkInterface;
 
 /// Engine failures. Image problems are the build's (CodeBuild's
 /// `BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE`); the rest are Kiln's own faults.
@@ -34,6 +36,8 @@ pub enum EngineError {
     Connect(#[source] bollard::errors::Error),
     #[error("image {image:?} not found locally and could not be pulled: {reason}")]
     Image { image: String, reason: String },
+    #[error("operator network {name:?}: {reason}")]
+    Network { name: String, reason: String },
     #[error("docker {op} failed: {source}")]
     Docker {
         op: &'static str,
@@ -80,6 +84,14 @@ pub struct ExecSpec {
     pub working_dir: String,
     /// A user name or uid; [`ROOT`] for root whatever the image's `USER`.
     pub user: String,
+}
+
+/// A provisioned build container: the image's environment (`NAME=value`), which the build starts
+/// from, and the networks the container is on.
+#[derive(Debug, Clone)]
+pub struct Provisioned {
+    pub image_env: Vec<String>,
+    pub interfaces: Vec<NetworkInterface>,
 }
 
 /// A connection to one Docker daemon.
@@ -147,18 +159,24 @@ impl Engine {
     }
 
     /// Makes the image available (see [`Engine::ensure_image`]) while the build's network is
-    /// created, then creates and starts the container; returns the image's environment. On error,
-    /// what was made is left for [`Engine::teardown`].
+    /// created (none on the host network), then creates the container, attaches it to the
+    /// sandbox's operator networks with their aliases, and starts it. On error, what was made is
+    /// left for [`Engine::teardown`].
     pub async fn provision(
         &self,
         resources: &BuildResources,
         image: &str,
         limits: Limits,
-    ) -> Result<Vec<String>, EngineError> {
+        sandbox: &Sandbox,
+    ) -> Result<Provisioned, EngineError> {
         let network = async {
+            if sandbox.host_network {
+                return Ok(());
+            }
             self.docker
-                .create_network(resources.network_request())
+                .create_network(resources.network_request(sandbox.internal()))
                 .await
+                .map(|_| ())
                 .map_err(docker_err("network create"))
         };
         let (image_ready, network_ready) = tokio::join!(self.ensure_image(image), network);
@@ -168,11 +186,14 @@ impl Engine {
             name: Some(resources.container.clone()),
             ..Default::default()
         };
-        let body = resources.container_body(image, limits.fit_to(self.host_cpus));
+        let body = resources.container_body(image, limits.fit_to(self.host_cpus), sandbox);
         self.docker
             .create_container(Some(options), body)
             .await
             .map_err(docker_err("container create"))?;
+        for attachment in &sandbox.networks {
+            self.attach(&resources.container, attachment).await?;
+        }
         self.docker
             .start_container(
                 &resources.container,
@@ -180,7 +201,132 @@ impl Engine {
             )
             .await
             .map_err(docker_err("container start"))?;
-        Ok(image_env)
+        let interfaces = self.interfaces(resources, sandbox).await?;
+        Ok(Provisioned {
+            image_env,
+            interfaces,
+        })
+    }
+
+    async fn attach(&self, container: &str, a: &Attachment) -> Result<(), EngineError> {
+        let request = bollard::models::NetworkConnectRequest {
+            container: Some(container.to_string()),
+            endpoint_config: Some(bollard::models::EndpointSettings {
+                aliases: Some(a.aliases.clone()),
+                ..Default::default()
+            }),
+        };
+        match self
+            .docker
+            .connect_network(&a.docker_network, request)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(EngineError::Network {
+                name: a.name.clone(),
+                reason: format!(
+                    "its Docker network {:?} is gone; restart the worker to create it again",
+                    a.docker_network
+                ),
+            }),
+            Err(e) => Err(docker_err("network connect")(e)),
+        }
+    }
+
+    /// The container's address on its own network and on each operator network.
+    async fn interfaces(
+        &self,
+        resources: &BuildResources,
+        sandbox: &Sandbox,
+    ) -> Result<Vec<NetworkInterface>, EngineError> {
+        if sandbox.host_network {
+            return Ok(Vec::new());
+        }
+        let inspect = self
+            .docker
+            .inspect_container(
+                &resources.container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(docker_err("container inspect"))?;
+        let on = inspect
+            .network_settings
+            .and_then(|n| n.networks)
+            .unwrap_or_default();
+        let address = |docker_network: &str| {
+            on.get(docker_network)
+                .and_then(|e| e.ip_address.clone())
+                .unwrap_or_default()
+        };
+        let own = NetworkInterface {
+            network: String::new(),
+            docker_network: resources.network.clone(),
+            ip_address: address(&resources.network),
+            aliases: Vec::new(),
+            internal: sandbox.internal(),
+        };
+        let operator = sandbox.networks.iter().map(|a| NetworkInterface {
+            network: a.name.clone(),
+            docker_network: a.docker_network.clone(),
+            ip_address: address(&a.docker_network),
+            aliases: a.aliases.clone(),
+            internal: a.internal,
+        });
+        Ok(std::iter::once(own).chain(operator).collect())
+    }
+
+    /// Makes sure an operator network exists as the worker config defines it: creates it when
+    /// missing, and refuses one whose egress differs from the config (an `internal` network that
+    /// is not would let builds out). Returns whether it was created.
+    pub async fn ensure_operator_network(
+        &self,
+        name: &str,
+        docker_network: &str,
+        internal: bool,
+        subnet: Option<&str>,
+    ) -> Result<bool, EngineError> {
+        let mismatch = |reason: String| EngineError::Network {
+            name: name.to_string(),
+            reason,
+        };
+        match self
+            .docker
+            .inspect_network(
+                docker_network,
+                None::<bollard::query_parameters::InspectNetworkOptions>,
+            )
+            .await
+        {
+            Ok(existing) => {
+                let is_internal = existing.internal.unwrap_or(false);
+                if is_internal != internal {
+                    return Err(mismatch(format!(
+                        "Docker network {docker_network:?} exists with internal = {is_internal} \
+                         but the worker config says internal = {internal}: remove it (`docker \
+                         network rm {docker_network}`) so the worker creates it, or change the \
+                         config"
+                    )));
+                }
+                Ok(false)
+            }
+            Err(e) if is_not_found(&e) => {
+                let request =
+                    convert::operator_network_request(name, docker_network, internal, subnet);
+                match self.docker.create_network(request).await {
+                    Ok(_) => Ok(true),
+                    // Another worker on this daemon created it meanwhile.
+                    Err(bollard::errors::Error::DockerResponseServerError {
+                        status_code: 409,
+                        ..
+                    }) => Ok(false),
+                    Err(e) => Err(mismatch(format!(
+                        "cannot create Docker network {docker_network:?}: {e}"
+                    ))),
+                }
+            }
+            Err(e) => Err(docker_err("network inspect")(e)),
+        }
     }
 
     /// Extracts a tar stream at `path` (which must exist) in the container.

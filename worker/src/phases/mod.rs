@@ -174,6 +174,7 @@ pub(crate) fn initial_record(job: &BuildJob, build_id: &str) -> BuildRecord {
         exported_environment_variables: Vec::new(),
         artifacts: None,
         secondary_artifacts: Vec::new(),
+        network_interfaces: Vec::new(),
     }
 }
 
@@ -416,17 +417,54 @@ impl Build {
     async fn provision(&mut self) -> Outcome {
         let image = self.job.image.clone();
         self.log.agent(&format!("Using image {image}"));
+        let sandbox = &self.job.sandbox;
+        for (what, on) in [
+            ("privileged mode", sandbox.privileged),
+            ("the Docker socket", sandbox.docker_socket),
+            ("the host network", sandbox.host_network),
+        ] {
+            if on {
+                self.log.agent(&format!("Sandbox: the build gets {what}"));
+            }
+        }
+        for m in &sandbox.mounts {
+            let mode = if m.read_only {
+                "read-only"
+            } else {
+                "read-write"
+            };
+            self.log.agent(&format!(
+                "Sandbox: host path {} at {} ({mode})",
+                m.host_path, m.container_path
+            ));
+        }
         match self
             .engine
-            .provision(&self.resources, &image, self.job.limits)
+            .provision(&self.resources, &image, self.job.limits, sandbox)
             .await
         {
-            Ok(image_env) => {
-                self.image_env = image_env
+            Ok(provisioned) => {
+                self.image_env = provisioned
+                    .image_env
                     .iter()
                     .filter_map(|e| e.split_once('='))
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect();
+                for i in provisioned
+                    .interfaces
+                    .iter()
+                    .filter(|i| !i.network.is_empty())
+                {
+                    let aliases = match i.aliases.is_empty() {
+                        true => String::new(),
+                        false => format!(" as {}", i.aliases.join(", ")),
+                    };
+                    self.log.agent(&format!(
+                        "Attached to network {} ({}) at {}{aliases}",
+                        i.network, i.docker_network, i.ip_address
+                    ));
+                }
+                self.record.network_interfaces = provisioned.interfaces;
                 Outcome::ok()
             }
             Err(e @ EngineError::Image { .. }) => Outcome::with(
@@ -434,6 +472,9 @@ impl Build {
                 "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
                 e.to_string(),
             ),
+            Err(e @ EngineError::Network { .. }) => {
+                Outcome::with(Status::Fault, "NETWORK_ERROR", e.to_string())
+            }
             Err(e) => Outcome::fault(&e),
         }
     }
