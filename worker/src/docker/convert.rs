@@ -22,6 +22,16 @@ pub const LABEL_PROJECT: &str = "kiln.project";
 /// On an operator network a worker created: its name in the worker config. Never reaped.
 pub const LABEL_OPERATOR_NETWORK: &str = "kiln.operator-network";
 
+/// The bridge option that leaves the host without an address on an internal network: without it
+/// (Docker before 28) a build there still reaches every address of the host through the bridge's
+/// gateway, though nothing beyond.
+pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
+
+/// Bridge options of a network with (`internal == false`) or without egress.
+fn bridge_options(internal: bool) -> Option<HashMap<String, String>> {
+    internal.then(|| HashMap::from([(INHIBIT_IPV4.to_string(), "true".to_string())]))
+}
+
 /// Where the worker's Docker socket appears in a build container that may use it.
 pub const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
@@ -155,6 +165,7 @@ pub fn operator_network_request(
         name: docker_network.to_string(),
         driver: Some("bridge".to_string()),
         internal: Some(internal),
+        options: bridge_options(internal),
         labels: Some(HashMap::from([(
             LABEL_OPERATOR_NETWORK.to_string(),
             name.to_string(),
@@ -213,6 +224,7 @@ impl BuildResources {
             name: self.network.clone(),
             driver: Some("bridge".to_string()),
             internal: Some(internal),
+            options: bridge_options(internal),
             labels: Some(self.labels_with_role("network")),
             ..Default::default()
         }
@@ -245,6 +257,13 @@ impl BuildResources {
         };
         // A privileged build may need setuid tools (sudo inside Docker-in-Docker images).
         let security_opt = (!sandbox.privileged).then(|| vec!["no-new-privileges".to_string()]);
+        // No IPv6 without egress: the bridge's link-local address would be a way to the host.
+        let sysctls = (sandbox.internal() && !sandbox.host_network).then(|| {
+            HashMap::from([(
+                "net.ipv6.conf.all.disable_ipv6".to_string(),
+                "1".to_string(),
+            )])
+        });
         ContainerCreateBody {
             image: Some(image.to_string()),
             entrypoint: Some(vec!["/bin/sh".to_string(), "-c".to_string()]),
@@ -259,6 +278,7 @@ impl BuildResources {
                 init: Some(true),
                 privileged: Some(sandbox.privileged),
                 security_opt,
+                sysctls,
                 binds: (!binds.is_empty()).then_some(binds),
                 ..Default::default()
             }),
@@ -371,9 +391,15 @@ mod tests {
             ..Default::default()
         };
         assert!(internal.internal() && !Sandbox::default().internal());
+        let body = r.container_body("img", ComputeType::Small.limits(), &internal);
+        let sysctls = body.host_config.and_then(|h| h.sysctls).expect("sysctls");
+        assert_eq!(sysctls["net.ipv6.conf.all.disable_ipv6"], "1");
+        let own = r.network_request(true);
+        assert_eq!(own.options.expect("options")[INHIBIT_IPV4], "true");
         let net = operator_network_request("db", "kiln-db", true, Some("10.99.0.0/24"));
         assert_eq!(net.labels.expect("labels")[LABEL_OPERATOR_NETWORK], "db");
         assert_eq!(net.internal, Some(true));
+        assert_eq!(net.options.as_ref().expect("options")[INHIBIT_IPV4], "true");
         let subnet = net.ipam.and_then(|i| i.config).expect("ipam")[0]
             .subnet
             .clone();

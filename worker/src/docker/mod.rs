@@ -38,6 +38,8 @@ pub enum EngineError {
     Image { image: String, reason: String },
     #[error("operator network {name:?}: {reason}")]
     Network { name: String, reason: String },
+    #[error("privileged mode is not available on this Docker host: the daemon itself lacks capabilities it would grant (is it running in a restricted container?): {0}")]
+    Privileged(String),
     #[error("docker {op} failed: {source}")]
     Docker {
         op: &'static str,
@@ -200,7 +202,14 @@ impl Engine {
                 None::<bollard::query_parameters::StartContainerOptions>,
             )
             .await
-            .map_err(docker_err("container start"))?;
+            .map_err(|e| match e {
+                bollard::errors::Error::DockerResponseServerError { message, .. }
+                    if sandbox.privileged && message.contains("apply caps") =>
+                {
+                    EngineError::Privileged(message)
+                }
+                e => docker_err("container start")(e),
+            })?;
         let interfaces = self.interfaces(resources, sandbox).await?;
         Ok(Provisioned {
             image_env,
@@ -300,6 +309,20 @@ impl Engine {
         {
             Ok(existing) => {
                 let is_internal = existing.internal.unwrap_or(false);
+                let host_cut_off = existing
+                    .options
+                    .as_ref()
+                    .and_then(|o| o.get(convert::INHIBIT_IPV4))
+                    .is_some_and(|v| v == "true");
+                if internal && is_internal && !host_cut_off {
+                    return Err(mismatch(format!(
+                        "Docker network {docker_network:?} is internal but the host has an \
+                         address on it, so builds could reach the host's services: remove it \
+                         (`docker network rm {docker_network}`) so the worker creates it with \
+                         -o {}=true",
+                        convert::INHIBIT_IPV4
+                    )));
+                }
                 if is_internal != internal {
                     return Err(mismatch(format!(
                         "Docker network {docker_network:?} exists with internal = {is_internal} \

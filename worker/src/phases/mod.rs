@@ -472,9 +472,6 @@ impl Build {
                 "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
                 e.to_string(),
             ),
-            Err(e @ EngineError::Network { .. }) => {
-                Outcome::with(Status::Fault, "NETWORK_ERROR", e.to_string())
-            }
             Err(e) => Outcome::fault(&e),
         }
     }
