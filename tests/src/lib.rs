@@ -180,6 +180,35 @@ fn unique() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// `kiln coordinator` with the embedded store in `data`, on a loopback port, with `extra` flags.
+pub fn start_coordinator(data: &Path, extra: &[&str]) -> (Proc, SocketAddr) {
+    let d = data.to_str().expect("utf-8");
+    let mut args = vec!["coordinator", "--listen", "127.0.0.1:0", "--data-dir", d];
+    args.extend_from_slice(extra);
+    let (proc, addr) = Proc::kiln("coordinator", &args, &[], true);
+    (proc, addr.expect("address"))
+}
+
+/// `kiln worker` with this id for the coordinator at `addr`, with `extra` flags.
+pub fn start_worker(id: &str, addr: SocketAddr, extra: &[&str]) -> Proc {
+    let url = format!("http://{addr}");
+    let mut args = vec!["worker", "--coordinator", &url, "--id", id];
+    args.extend_from_slice(extra);
+    Proc::kiln(id, &args, &[], false).0
+}
+
+/// `kiln project apply` of a project file with this text (written to `file`).
+pub fn apply_project(server: &str, file: &Path, text: &str) {
+    std::fs::write(file, text).expect("write");
+    let file = file.to_str().expect("utf-8");
+    let out = kiln(&["project", "apply", "-f", file, "--server", server], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Runs the `kiln` CLI to completion.
 pub fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(kiln_bin())

@@ -2,41 +2,14 @@
 //! worker labels (a build no worker can run says why), StopBuild of running and queued builds,
 //! the attempt limit (FAULT), drain on SIGTERM, RetryBuild and WatchBuild.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kiln_proto::v1::{RetryBuildRequest, WatchBuildRequest};
 use kiln_tests::{
-    checkout, client, get, kiln, raw_worker, require_docker, start, wait_complete, Proc,
+    apply_project, checkout, client, get, kiln, raw_worker, require_docker, start,
+    start_coordinator, start_worker, wait_complete,
 };
-
-fn coordinator(data: &std::path::Path, extra: &[&str]) -> (Proc, SocketAddr) {
-    let d = data.to_str().expect("utf-8");
-    let mut args = vec!["coordinator", "--listen", "127.0.0.1:0", "--data-dir", d];
-    args.extend_from_slice(extra);
-    let (proc, addr) = Proc::kiln("coordinator", &args, &[], true);
-    (proc, addr.expect("address"))
-}
-
-fn worker(id: &str, addr: SocketAddr, extra: &[&str]) -> Proc {
-    let url = format!("http://{addr}");
-    let mut args = vec!["worker", "--coordinator", &url, "--id", id];
-    args.extend_from_slice(extra);
-    Proc::kiln(id, &args, &[], false).0
-}
-
-/// `kiln project apply` of a project file with this text.
-fn apply(server: &str, file: &std::path::Path, text: &str) {
-    std::fs::write(file, text).expect("write");
-    let file = file.to_str().expect("utf-8");
-    let out = kiln(&["project", "apply", "-f", file, "--server", server], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn sleeping(seconds: u32) -> String {
     format!("version: 0.2\nphases:\n  build:\n    commands:\n      - sleep {seconds}\n      - echo slept\n")
@@ -46,11 +19,11 @@ fn sleeping(seconds: u32) -> String {
 async fn project_limits_and_labels_make_builds_wait_not_fail() {
     require_docker();
     let data = tempfile::tempdir().expect("tempdir");
-    let (_c, addr) = coordinator(data.path(), &[]);
-    let _w = worker("w-fast", addr, &["--slots", "3", "--label", "pool=fast"]);
+    let (_c, addr) = start_coordinator(data.path(), &[]);
+    let _w = start_worker("w-fast", addr, &["--slots", "3", "--label", "pool=fast"]);
     let server = format!("http://{addr}");
     let project = data.path().join("project.yaml");
-    apply(
+    apply_project(
         &server,
         &project,
         "name: limited\nenvironment:\n  workerLabels:\n    pool: fast\nconcurrentBuildLimit: 1\n",
@@ -90,7 +63,7 @@ async fn project_limits_and_labels_make_builds_wait_not_fail() {
     }
 
     // A project whose label no worker has waits with a reason, and can be stopped while queued.
-    apply(
+    apply_project(
         &server,
         &project,
         "name: gpu-only\nenvironment:\n  workerLabels:\n    gpu: \"yes\"\n",
@@ -125,11 +98,11 @@ async fn project_limits_and_labels_make_builds_wait_not_fail() {
 async fn stop_watch_retry_and_the_attempt_limit() {
     require_docker();
     let data = tempfile::tempdir().expect("tempdir");
-    let (_c, addr) = coordinator(
+    let (_c, addr) = start_coordinator(
         data.path(),
         &["--lease-ttl", "1500ms", "--max-attempts", "1"],
     );
-    let mut w = worker("w1", addr, &["--slots", "2"]);
+    let mut w = start_worker("w1", addr, &["--slots", "2"]);
     let src = checkout(&[("buildspec.yml", &sleeping(30))]);
     let id = start(addr, src.path(), &[]);
     // WatchBuild streams the changes until the end.
@@ -210,8 +183,8 @@ async fn stop_watch_retry_and_the_attempt_limit() {
 async fn sigterm_drains_a_worker() {
     require_docker();
     let data = tempfile::tempdir().expect("tempdir");
-    let (_c, addr) = coordinator(data.path(), &[]);
-    let mut w = worker("drainer", addr, &["--slots", "1"]);
+    let (_c, addr) = start_coordinator(data.path(), &[]);
+    let mut w = start_worker("drainer", addr, &["--slots", "1"]);
     let src = checkout(&[("buildspec.yml", &sleeping(3))]);
     let first = start(addr, src.path(), &[]);
     while get(addr, &first).await.current_phase != "BUILD" {
@@ -250,7 +223,7 @@ async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt()
 
     require_docker();
     let data = tempfile::tempdir().expect("tempdir");
-    let (_c, addr) = coordinator(data.path(), &[]);
+    let (_c, addr) = start_coordinator(data.path(), &[]);
     let src = checkout(&[("buildspec.yml", &sleeping(1))]);
     let id = start(addr, src.path(), &[]);
     // A worker (speaking the protocol by hand) that declines what it is given.
@@ -302,7 +275,7 @@ async fn a_declined_assignment_goes_back_to_the_queue_without_using_an_attempt()
         "{}",
         queued.queued_reason
     );
-    let _w = worker("taker", addr, &[]);
+    let _w = start_worker("taker", addr, &[]);
     let mut c = client(addr, None).await;
     let done = wait_complete(&mut c, &id, Duration::from_secs(120)).await;
     assert_eq!(

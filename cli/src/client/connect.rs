@@ -129,10 +129,8 @@ impl Server {
             Code::Unauthenticated => Failure::failed(format!(
                 "the server refused the token: pass --token or set KILN_TOKEN ({message})"
             )),
-            Code::PermissionDenied => Failure::failed(format!(
-                "the token may not do this: {message}; ask the server's operator for a token \
-                 scoped to the project"
-            )),
+            // The message says what is not allowed and who can change that.
+            Code::PermissionDenied => Failure::failed(format!("permission denied: {message}")),
             Code::NotFound | Code::AlreadyExists | Code::FailedPrecondition => {
                 Failure::failed(message)
             }
