@@ -91,19 +91,21 @@ pub fn build_json(build: &Build) -> Value {
         )
         .put(
             "networkInterfaces",
-            build
-                .network_interfaces
-                .iter()
-                .map(|i| {
-                    serde_json::json!({
-                        "network": i.network,
-                        "dockerNetwork": i.docker_network,
-                        "ipAddress": i.ip_address,
-                        "aliases": i.aliases,
-                        "internal": i.internal,
+            (!build.network_interfaces.is_empty()).then(|| {
+                build
+                    .network_interfaces
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "network": i.network,
+                            "dockerNetwork": i.docker_network,
+                            "ipAddress": i.ip_address,
+                            "aliases": i.aliases,
+                            "internal": i.internal,
+                        })
                     })
-                })
-                .collect::<Vec<_>>(),
+                    .collect::<Vec<_>>()
+            }),
         )
         // Kiln's own fields.
         .time("queuedTime", build.queued_time_ms)

@@ -423,6 +423,10 @@ mod tests {
             environment.worker_labels.get("arch").map(String::as_str),
             Some("amd64")
         );
+        let mount = &environment.host_paths[0];
+        assert_eq!(mount.host_path, "/var/cache/kiln-shared/npm");
+        assert_eq!(mount.container_path, "/root/.npm");
+        assert!(mount.read_only && !environment.privileged_mode);
         assert_eq!(project.vpc[0].network, "services");
         assert_eq!(project.timeout_in_minutes, 30);
         assert!(project
