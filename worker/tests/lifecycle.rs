@@ -74,6 +74,34 @@ async fn stop_ends_the_build_stopped() {
     assert!(leftovers(&ran.record.id).await.is_empty());
 }
 
+/// A stop that lands at any moment of PROVISIONING (here: at once and after 0-400 ms) ends the
+/// build STOPPED with nothing left: no Docker create is cut off in flight to finish after the
+/// teardown.
+#[tokio::test]
+async fn a_stop_during_provisioning_leaves_nothing() {
+    for delay_ms in [0, 20, 60, 120, 200, 400] {
+        let dir = checkout(
+            "version: 0.2\nphases:\n  build:\n    commands:\n      - sleep 30\n",
+            &[],
+        );
+        let job = job(dir.path());
+        let id = job.build_id.clone();
+        let cancel = CancellationToken::new();
+        let stopper = cancel.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            stopper.cancel();
+        });
+        let ran = common::run_job(job, dir, cancel).await;
+        assert_eq!(ran.status(), Stopped, "after {delay_ms} ms: {}", ran.log);
+        assert!(
+            leftovers(&id).await.is_empty(),
+            "stopped after {delay_ms} ms: {:?}",
+            leftovers(&id).await
+        );
+    }
+}
+
 #[tokio::test]
 async fn nothing_is_left_after_success_failure_or_a_provisioning_error() {
     let ok = run("version: 0.2\nphases:\n  build:\n    commands:\n      - echo ok\n").await;

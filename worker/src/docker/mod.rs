@@ -23,6 +23,7 @@ use bollard::Docker;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt, TryStreamExt};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 pub use convert::{Attachment, BuildResources, ComputeType, Limits, Mount, Sandbox};
 
@@ -40,6 +41,8 @@ pub enum EngineError {
     Network { name: String, reason: String },
     #[error("privileged mode is not available on this Docker host: the daemon itself lacks capabilities it would grant (is it running in a restricted container?): {0}")]
     Privileged(String),
+    #[error("stopped or timed out while the build was provisioned")]
+    Interrupted,
     #[error("docker {op} failed: {source}")]
     Docker {
         op: &'static str,
@@ -163,13 +166,16 @@ impl Engine {
     /// Makes the image available (see [`Engine::ensure_image`]) while the build's network is
     /// created (none on the host network), then creates the container, attaches it to the
     /// sandbox's operator networks with their aliases, and starts it. On error, what was made is
-    /// left for [`Engine::teardown`].
+    /// left for [`Engine::teardown`]. Cancelling `stop` ends a pull at once and otherwise takes
+    /// effect between the calls ([`EngineError::Interrupted`]): a create cut off in flight could
+    /// finish after the teardown, leaving its object behind.
     pub async fn provision(
         &self,
         resources: &BuildResources,
         image: &str,
         limits: Limits,
         sandbox: &Sandbox,
+        stop: &CancellationToken,
     ) -> Result<Provisioned, EngineError> {
         let network = async {
             if sandbox.host_network {
@@ -181,9 +187,21 @@ impl Engine {
                 .map(|_| ())
                 .map_err(docker_err("network create"))
         };
-        let (image_ready, network_ready) = tokio::join!(self.ensure_image(image), network);
-        let image_env = image_ready?;
+        let pull = async {
+            tokio::select! {
+                biased;
+                _ = stop.cancelled() => Err(EngineError::Interrupted),
+                ready = self.ensure_image(image) => ready,
+            }
+        };
+        let (image_ready, network_ready) = tokio::join!(pull, network);
         network_ready?;
+        let image_env = image_ready?;
+        let go_on = || match stop.is_cancelled() {
+            true => Err(EngineError::Interrupted),
+            false => Ok(()),
+        };
+        go_on()?;
         let options = bollard::query_parameters::CreateContainerOptions {
             name: Some(resources.container.clone()),
             ..Default::default()
@@ -194,8 +212,10 @@ impl Engine {
             .await
             .map_err(docker_err("container create"))?;
         for attachment in &sandbox.networks {
+            go_on()?;
             self.attach(&resources.container, attachment).await?;
         }
+        go_on()?;
         self.docker
             .start_container(
                 &resources.container,

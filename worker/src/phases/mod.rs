@@ -368,9 +368,12 @@ impl Build {
     }
 
     async fn run_phase(&mut self, phase: PhaseType) -> Outcome {
-        if phase == PhaseType::Finalizing {
+        match phase {
             // Never interrupted: this is where the build's resources go away.
-            return self.finalize().await;
+            PhaseType::Finalizing => return self.finalize().await,
+            // Interrupted only between Docker calls (see `provision`).
+            PhaseType::Provisioning => return self.provision().await,
+            _ => {}
         }
         let cancel = self.cancel.clone();
         let deadline = self.deadline;
@@ -385,26 +388,27 @@ impl Build {
                 if let Err(e) = self.engine.kill(&self.resources.container).await {
                     tracing::warn!(error = %e, "killing the build container failed");
                 }
-                match interrupt {
-                    Interrupt::Timeout => Outcome::with(
-                        Status::TimedOut,
-                        "BUILD_TIMED_OUT",
-                        format!(
-                            "Build has timed out after {} seconds",
-                            self.job.timeout.as_secs()
-                        ),
-                    ),
-                    Interrupt::Stop => {
-                        Outcome::with(Status::Stopped, "BUILD_STOPPED", "Build was stopped")
-                    }
-                }
+                self.interrupted(interrupt)
             }
+        }
+    }
+
+    fn interrupted(&self, interrupt: Interrupt) -> Outcome {
+        match interrupt {
+            Interrupt::Timeout => Outcome::with(
+                Status::TimedOut,
+                "BUILD_TIMED_OUT",
+                format!(
+                    "Build has timed out after {} seconds",
+                    self.job.timeout.as_secs()
+                ),
+            ),
+            Interrupt::Stop => Outcome::with(Status::Stopped, "BUILD_STOPPED", "Build was stopped"),
         }
     }
 
     async fn phase_work(&mut self, phase: PhaseType) -> Outcome {
         match phase {
-            PhaseType::Provisioning => self.provision().await,
             PhaseType::DownloadSource => self.download_source().await,
             PhaseType::UploadArtifacts => self.upload_artifacts().await,
             other => match other.command_phase() {
@@ -438,11 +442,22 @@ impl Build {
                 m.host_path, m.container_path
             ));
         }
-        match self
+        // A Docker create cut off in flight could finish after the teardown swept, leaving its
+        // object behind: a stop or the deadline is honoured between the engine's calls instead.
+        let stop = self.cancel.child_token();
+        let timer = tokio::spawn({
+            let (stop, deadline) = (stop.clone(), self.deadline);
+            async move {
+                tokio::time::sleep_until(deadline).await;
+                stop.cancel();
+            }
+        });
+        let provisioned = self
             .engine
-            .provision(&self.resources, &image, self.job.limits, sandbox)
-            .await
-        {
+            .provision(&self.resources, &image, self.job.limits, sandbox, &stop)
+            .await;
+        timer.abort();
+        match provisioned {
             Ok(provisioned) => {
                 self.image_env = provisioned
                     .image_env
@@ -472,6 +487,10 @@ impl Build {
                 "BUILD_CONTAINER_UNABLE_TO_PULL_IMAGE",
                 e.to_string(),
             ),
+            Err(EngineError::Interrupted) => match self.cancel.is_cancelled() {
+                true => self.interrupted(Interrupt::Stop),
+                false => self.interrupted(Interrupt::Timeout),
+            },
             Err(e) => Outcome::fault(&e),
         }
     }
