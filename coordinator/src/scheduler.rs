@@ -270,7 +270,7 @@ pub enum Lost {
 }
 
 /// Puts a build whose lease (with `held_epoch`) is lost back in the queue, or ends it FAULT
-/// after the attempt limit.
+/// after the attempt limit, or STOPPED when a stop was requested.
 pub async fn requeue<S: StateStore>(
     core: &Core<S>,
     id: &str,
@@ -290,6 +290,14 @@ pub async fn requeue<S: StateStore>(
                 return None; // renewed since the sweep looked
             }
             let worker = lease.worker_id.clone();
+            if record(row).stop_requested {
+                // StopBuild was asked before the worker was lost: the build ends as asked.
+                let message = format!(
+                    "Build was stopped (worker {worker} was lost ({why}) before it confirmed)"
+                );
+                end_build(row, "STOPPED", "BUILD_STOPPED", &message, now);
+                return Some(QueueChange::Finish);
+            }
             let mut attempt = record(row).attempt;
             if lost == Lost::Undelivered {
                 attempt = attempt.saturating_sub(1);
@@ -589,6 +597,85 @@ mod tests {
             "{}",
             record(&after).queued_reason
         );
+    }
+
+    #[tokio::test]
+    async fn a_build_no_worker_policy_admits_waits_and_says_why() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core_in(dir.path());
+        let (tx, mut rx) = tokio::sync::mpsc::channel(8);
+        let mut w = worker(Default::default(), 1, tx);
+        w.policy.networks.push(kiln_proto::v1::OfferedNetwork {
+            name: "db".into(),
+            docker_network: "kiln-db".into(),
+            projects: vec!["other".into()],
+            ..Default::default()
+        });
+        core.workers().insert("w".into(), w);
+        let mut row = queued("p", now_ms() + 60_000);
+        if let Some(spec) = row.spec.as_mut() {
+            spec.vpc.push(kiln_proto::v1::VpcAttachment {
+                network: "db".into(),
+                aliases: vec![],
+            });
+        }
+        let Created::New(row) = core.store.create_build(row, None).await.expect("create") else {
+            panic!("a new build");
+        };
+        let id = record(&row).id.clone();
+        assert!(!dispatch_round(&core, &mut HashSet::new())
+            .await
+            .expect("round"));
+        assert!(rx.try_recv().is_err(), "nothing was sent to the worker");
+        let reason = record(&core.build(&id).await.expect("build"))
+            .queued_reason
+            .clone();
+        assert!(
+            reason.contains(
+                "no connected worker may run it: project \"p\" may not use network \"db\""
+            ),
+            "{reason}"
+        );
+        // Once the worker allows the project, the build goes to it.
+        if let Some(w) = core.workers().get_mut("w") {
+            w.policy.networks[0].projects.push("p".into());
+        }
+        assert!(dispatch_round(&core, &mut HashSet::new())
+            .await
+            .expect("round"));
+        assert!(rx.try_recv().is_ok(), "the assignment was sent");
+    }
+
+    #[tokio::test]
+    async fn a_stopped_build_whose_worker_is_lost_ends_stopped_not_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core_in(dir.path());
+        let Created::New(row) = core
+            .store
+            .create_build(queued("p", now_ms() + 60_000), None)
+            .await
+            .expect("create")
+        else {
+            panic!("a new build");
+        };
+        let id = record(&row).id.clone();
+        core.update(&id, |row| {
+            row.lease = Some(kiln_proto::v1::Lease {
+                worker_id: "gone".into(),
+                epoch: 0,
+                expires_ms: now_ms() - 1,
+            });
+            let b = row.build.as_mut()?;
+            b.build_status = "IN_PROGRESS".into();
+            b.stop_requested = true;
+            Some(QueueChange::Claim { limit: 0 })
+        })
+        .await
+        .expect("update");
+        requeue(&core, &id, 0, "no heartbeat", Lost::Expired).await;
+        let b = record(&core.build(&id).await.expect("build")).clone();
+        assert_eq!(b.build_status, "STOPPED");
+        assert!(b.build_complete && !b.stop_requested);
     }
 
     #[tokio::test]

@@ -580,7 +580,9 @@ impl Engine {
     }
 
     /// Removes the containers, then the networks, that carry `label` (`key=value`) and that
-    /// `pick` chooses by their labels. Returns how many were removed.
+    /// `pick` chooses by their labels. One failure does not stop the rest; a network still busy
+    /// with a container going away is tried again once. Returns how many were removed, or the
+    /// first error.
     async fn remove_labelled(
         &self,
         label: &str,
@@ -597,10 +599,15 @@ impl Engine {
             .await
             .map_err(docker_err("container list"))?;
         let mut removed = 0;
+        let mut first_error = None;
         for c in containers {
             if let (true, Some(id)) = (pick(c.labels.as_ref()), c.id.as_deref()) {
-                self.remove_container(id).await?;
-                removed += 1;
+                match self.remove_container(id).await {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
         let networks = self
@@ -612,10 +619,22 @@ impl Engine {
             .map_err(docker_err("network list"))?;
         for n in networks {
             if let (true, Some(id)) = (pick(n.labels.as_ref()), n.id.as_deref()) {
-                self.remove_network(id).await?;
-                removed += 1;
+                let mut result = self.remove_network(id).await;
+                if result.is_err() {
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    result = self.remove_network(id).await;
+                }
+                match result {
+                    Ok(()) => removed += 1,
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                    }
+                }
             }
         }
-        Ok(removed)
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(removed),
+        }
     }
 }
