@@ -75,6 +75,11 @@ async fn dispatch_round<S: StateStore>(
     // Claims per limited project in this round: no more than its limit are tried.
     let mut tried: HashMap<String, u32> = HashMap::new();
     for row in rows.into_iter().flatten() {
+        // The queue was read before the rows: another coordinator may have claimed one since.
+        // Its row is current, so a claim of it would pass the compare-and-set and run it twice.
+        if record(&row).build_status != "QUEUED" || row.lease.is_some() {
+            continue;
+        }
         let project = &record(&row).project_name;
         if full.contains(project) {
             continue;
@@ -644,6 +649,44 @@ mod tests {
             .await
             .expect("round"));
         assert!(rx.try_recv().is_ok(), "the assignment was sent");
+    }
+
+    #[tokio::test]
+    async fn a_build_claimed_since_the_queue_was_read_is_not_claimed_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let core = core_in(dir.path());
+        let (tx1, mut rx1) = tokio::sync::mpsc::channel(8);
+        core.workers()
+            .insert("w1".into(), worker(Default::default(), 1, tx1));
+        let Created::New(row) = core
+            .store
+            .create_build(queued("p", now_ms() + 60_000), None)
+            .await
+            .expect("create")
+        else {
+            panic!("a new build");
+        };
+        let id = record(&row).id.clone();
+        assert!(dispatch_round(&core, &mut HashSet::new())
+            .await
+            .expect("round"));
+        assert!(rx1.try_recv().is_ok(), "w1 has it");
+        // What a second coordinator sees when its queue read raced the claim: the id still
+        // listed, the row already running.
+        core.update(&id, |_| Some(QueueChange::Enqueue))
+            .await
+            .expect("stale queue entry");
+        let (tx2, mut rx2) = tokio::sync::mpsc::channel(8);
+        core.workers()
+            .insert("w2".into(), worker(Default::default(), 1, tx2));
+        dispatch_round(&core, &mut HashSet::new())
+            .await
+            .expect("round");
+        assert!(
+            rx2.try_recv().is_err(),
+            "the running build was not handed out again"
+        );
+        assert_eq!(record(&core.build(&id).await.expect("build")).attempt, 1);
     }
 
     #[tokio::test]
