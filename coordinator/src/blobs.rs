@@ -1,12 +1,15 @@
-//! Content-addressed blobs on local disk: uploaded sources and build artifacts, named
-//! `sha256:<hex>` and stored once per content under `<data_dir>/blobs/sha256/`. (The `object_store`
-//! backed store with S3 replaces this directory in the cache/artifact issue.)
+//! Uploaded sources and build artifacts, named `sha256:<hex>` by their content, in the
+//! coordinator's blob store ([`kiln_cache::BlobStore`]: a local directory by default, an
+//! S3-compatible bucket shared by every coordinator of a cluster). Uploads land in a temporary
+//! file under `<data_dir>/blobs/tmp` first, are checked whole, then go to the store (once per
+//! content); reads decode a blob into a temporary file there and stream it.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use futures_util::{Stream, StreamExt};
-use sha2::{Digest, Sha256};
+use kiln_cache::{BlobStore, Digest, StoreConfig, StoreError};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Status;
 
@@ -15,7 +18,8 @@ const CHUNK: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct Blobs {
-    root: PathBuf,
+    store: BlobStore,
+    tmp: PathBuf,
 }
 
 /// A blob that was written.
@@ -24,7 +28,7 @@ pub struct Stored {
     pub size: u64,
 }
 
-/// A blob being written: bytes go to a temporary file; `finish` names it by its content.
+/// A blob being written: bytes go to a temporary file; `finish` stores it by its content.
 pub struct Upload {
     file: tokio::fs::File,
     temp: tempfile::TempPath,
@@ -33,17 +37,28 @@ pub struct Upload {
     limit: u64,
 }
 
+/// A blob decoded into a temporary file, removed when this is dropped.
+pub struct Fetched(tempfile::TempPath);
+
+impl Fetched {
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
 impl Blobs {
-    pub fn open(data_dir: &Path) -> io::Result<Blobs> {
-        let root = data_dir.join("blobs");
-        std::fs::create_dir_all(root.join("sha256"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
-        Ok(Blobs { root })
+    pub fn open(data_dir: &Path, store: &StoreConfig) -> anyhow::Result<Blobs> {
+        let tmp = data_dir.join("blobs").join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        Ok(Blobs {
+            store: BlobStore::open(store)?,
+            tmp,
+        })
     }
 
     /// Starts an upload of at most `limit` bytes.
     pub async fn upload(&self, limit: u64) -> io::Result<Upload> {
-        let temp = tempfile::NamedTempFile::new_in(self.root.join("tmp"))?;
+        let temp = tempfile::NamedTempFile::new_in(&self.tmp)?;
         let (file, temp) = temp.into_parts();
         Ok(Upload {
             file: tokio::fs::File::from_std(file),
@@ -54,12 +69,31 @@ impl Blobs {
         })
     }
 
-    /// The path of a stored blob; `None` for a malformed digest or a missing blob.
-    pub fn path(&self, digest: &str) -> Option<PathBuf> {
-        let hex = digest.strip_prefix("sha256:")?;
-        let valid = hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        let path = self.root.join("sha256").join(hex.to_ascii_lowercase());
-        (valid && path.is_file()).then_some(path)
+    /// Whether the store has the blob (false for a malformed digest).
+    pub async fn contains(&self, digest: &str) -> Result<bool, Status> {
+        let Ok(digest) = Digest::parse(digest) else {
+            return Ok(false);
+        };
+        let found = self
+            .store
+            .contains(std::slice::from_ref(&digest))
+            .await
+            .map_err(store_status)?;
+        Ok(found.first().copied().unwrap_or(false))
+    }
+
+    /// The blob in a temporary file; NOT_FOUND when there is none.
+    pub async fn fetch(&self, digest: &str) -> Result<Fetched, Status> {
+        let parsed =
+            Digest::parse(digest).map_err(|_| Status::not_found(format!("no blob {digest:?}")))?;
+        let temp = tempfile::NamedTempFile::new_in(&self.tmp)
+            .map_err(internal)?
+            .into_temp_path();
+        self.store
+            .get_file(&parsed, &temp)
+            .await
+            .map_err(store_status)?;
+        Ok(Fetched(temp))
     }
 
     /// A stored blob in chunks; NOT_FOUND when there is none.
@@ -67,12 +101,12 @@ impl Blobs {
         &self,
         digest: &str,
     ) -> Result<impl Stream<Item = Result<Vec<u8>, Status>> + Send + 'static, Status> {
-        let path = self
-            .path(digest)
-            .ok_or_else(|| Status::not_found(format!("no blob {digest:?}")))?;
-        let file = tokio::fs::File::open(&path)
+        let fetched = self.fetch(digest).await?;
+        let file = tokio::fs::File::open(fetched.path())
             .await
             .map_err(|e| Status::internal(format!("opening blob {digest}: {e}")))?;
+        // The open file outlives its name: the temporary file goes now.
+        drop(fetched);
         Ok(futures_util::stream::unfold(
             Some(file),
             |file| async move {
@@ -117,33 +151,39 @@ impl Upload {
     }
 
     /// Flushes, runs `check` on the complete file (refusing it with its error), then stores it
-    /// under its digest.
+    /// under its digest (the store checks the content against it once more).
     pub async fn finish(
         mut self,
         blobs: &Blobs,
         check: impl FnOnce(&Path) -> Result<(), Status> + Send + 'static,
     ) -> Result<Stored, Status> {
         self.file.flush().await.map_err(internal)?;
-        self.file.sync_data().await.map_err(internal)?;
         drop(self.file);
-        let digest = format!("sha256:{:x}", self.hasher.finalize());
+        let digest =
+            Digest::parse(&format!("sha256:{:x}", self.hasher.finalize())).map_err(internal)?;
         let temp = self.temp;
-        let target = blobs
-            .root
-            .join("sha256")
-            .join(digest.trim_start_matches("sha256:"));
-        tokio::task::spawn_blocking(move || {
-            check(&temp)?;
-            temp.persist(&target)
-                .map_err(|e| internal(e.error))
-                .map(|_| ())
-        })
-        .await
-        .map_err(internal)??;
+        let temp = tokio::task::spawn_blocking(move || check(&temp).map(|()| temp))
+            .await
+            .map_err(internal)??;
+        blobs
+            .store
+            .put_file(&temp, Some(&digest))
+            .await
+            .map_err(store_status)?;
         Ok(Stored {
-            digest,
+            digest: digest.to_string(),
             size: self.size,
         })
+    }
+}
+
+/// A missing blob is NOT_FOUND; a store that is down is UNAVAILABLE (clients retry); the rest is
+/// the coordinator's fault.
+fn store_status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound(_) | StoreError::BadDigest(_) => Status::not_found(e.to_string()),
+        StoreError::Backend { .. } => Status::unavailable(e.to_string()),
+        e => internal(e),
     }
 }
 

@@ -40,6 +40,32 @@ pub struct CoordinatorConfig {
     pub max_log_bytes: u64,
     /// Largest artifacts archive a worker may upload for one build.
     pub max_artifacts_bytes: u64,
+    /// Where sources and artifacts are kept (`[store]`).
+    pub store: StoreSettings,
+}
+
+/// `[store]`: the blob store for sources, artifacts and caches.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `local` (the default) or `s3`.
+    pub backend: String,
+    /// The local backend's directory (default: `<data_dir>/store`).
+    pub path: Option<PathBuf>,
+    /// The S3 backend: endpoint (empty = AWS), region, bucket, key prefix, addressing.
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub prefix: String,
+    pub path_style: Option<bool>,
+    /// Credentials; the environment's AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY when unset.
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    /// A file holding 64 hex digits: blobs are encrypted at rest with it (AES-256-GCM). The
+    /// environment's KILN_STORE_KEY (the digits themselves) works too.
+    pub encryption_key_file: Option<PathBuf>,
+    /// zstd level, 1 (fast) to 19 (small); default 3.
+    pub compression_level: Option<i32>,
 }
 
 impl Default for CoordinatorConfig {
@@ -57,6 +83,7 @@ impl Default for CoordinatorConfig {
             max_message_bytes: 4 << 20,
             max_log_bytes: 512 << 20,
             max_artifacts_bytes: 16 << 30,
+            store: StoreSettings::default(),
         }
     }
 }
@@ -92,6 +119,78 @@ impl CoordinatorConfig {
             bail!("max_attempts must be at least 1");
         }
         Ok(self)
+    }
+
+    /// The blob store's configuration, with secrets from their files or the environment.
+    pub fn store_config(&self) -> anyhow::Result<kiln_cache::StoreConfig> {
+        let s = &self.store;
+        let from_env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let backend = match s.backend.as_str() {
+            "" | "local" => kiln_cache::Backend::Local {
+                root: s
+                    .path
+                    .clone()
+                    .unwrap_or_else(|| self.data_dir.join("store")),
+            },
+            "s3" => {
+                let access_key_id = s
+                    .access_key_id
+                    .clone()
+                    .or_else(|| from_env("AWS_ACCESS_KEY_ID"));
+                let secret_access_key = s
+                    .secret_access_key
+                    .clone()
+                    .or_else(|| from_env("AWS_SECRET_ACCESS_KEY"));
+                let (Some(access_key_id), Some(secret_access_key)) =
+                    (access_key_id, secret_access_key)
+                else {
+                    bail!(
+                        "[store] backend = \"s3\" needs credentials: set access_key_id and \
+                         secret_access_key, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+                    );
+                };
+                if s.bucket.is_empty() {
+                    bail!("[store] backend = \"s3\" needs a bucket");
+                }
+                kiln_cache::Backend::S3(kiln_cache::S3Config {
+                    endpoint: s.endpoint.clone(),
+                    region: match s.region.as_str() {
+                        "" => "us-east-1".to_string(),
+                        r => r.to_string(),
+                    },
+                    bucket: s.bucket.clone(),
+                    access_key_id,
+                    secret_access_key,
+                    // Self-hosted services (an endpoint is set) want path-style requests.
+                    path_style: s.path_style.unwrap_or(!s.endpoint.is_empty()),
+                })
+            }
+            other => bail!("[store] backend = {other:?}: use \"local\" or \"s3\""),
+        };
+        let key = match (&s.encryption_key_file, from_env("KILN_STORE_KEY")) {
+            (Some(path), _) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("[store] encryption_key_file {}", path.display()))?;
+                Some(kiln_cache::EncryptionKey::from_hex(&text).map_err(|e| {
+                    anyhow::anyhow!("[store] encryption_key_file {}: {e}", path.display())
+                })?)
+            }
+            (None, Some(text)) => Some(
+                kiln_cache::EncryptionKey::from_hex(&text)
+                    .map_err(|e| anyhow::anyhow!("KILN_STORE_KEY: {e}"))?,
+            ),
+            (None, None) => None,
+        };
+        let level = s.compression_level.unwrap_or(3);
+        if !(1..=19).contains(&level) {
+            bail!("[store] compression_level = {level}: use 1 (fast) to 19 (small)");
+        }
+        Ok(kiln_cache::StoreConfig {
+            backend,
+            prefix: s.prefix.clone(),
+            key,
+            level,
+        })
     }
 
     /// Workers renew their leases this often.

@@ -506,7 +506,8 @@ mod tests {
     fn core_in(dir: &std::path::Path) -> Arc<Core<EmbeddedStore>> {
         let store = EmbeddedStore::open(&dir.join("state")).expect("store");
         let config = CoordinatorConfig::default().finish(dir).expect("config");
-        Core::new(store, Blobs::open(dir).expect("blobs"), config)
+        let blobs = Blobs::open(dir, &config.store_config().expect("store")).expect("blobs");
+        Core::new(store, blobs, config)
     }
 
     fn worker(

@@ -29,7 +29,7 @@ pub struct Coordinator {
 }
 
 impl Coordinator {
-    /// Opens the state store and the blob directory and binds the listener.
+    /// Opens the state store and the blob store and binds the listener.
     pub async fn bind(config: CoordinatorConfig) -> anyhow::Result<Coordinator> {
         let store = AnyStore::open(&config.state, &config.redis_prefix)
             .await
@@ -37,9 +37,9 @@ impl Coordinator {
                 // The store's error stays in the chain: callers can tell a store that is in use.
                 anyhow::Error::new(e).context(format!("opening the state store {}", config.state))
             })?;
-        let blobs = Blobs::open(&config.data_dir).map_err(|e| {
+        let blobs = Blobs::open(&config.data_dir, &config.store_config()?).map_err(|e| {
             anyhow::anyhow!(
-                "opening the data directory {}: {e}",
+                "opening the blob store (data directory {}): {e:#}",
                 config.data_dir.display()
             )
         })?;

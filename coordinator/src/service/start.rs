@@ -91,26 +91,28 @@ pub async fn start<S: StateStore>(
     } else if !source_conf.buildspec.is_empty() {
         (source_conf.buildspec.clone(), String::new())
     } else if let assignment::Source::SourceDigest(digest) = &source {
-        let path = core.blobs.path(digest).ok_or_else(|| {
-            Status::not_found(format!(
+        let fetched = core.blobs.fetch(digest).await.map_err(|e| match e.code() {
+            tonic::Code::NotFound => Status::not_found(format!(
                 "no uploaded source {digest:?}: upload it with UploadSource first"
-            ))
+            )),
+            _ => e,
         })?;
-        let text = tokio::task::spawn_blocking(move || archive::read_file(&path, BUILDSPEC_FILE))
-            .await
-            .map_err(|e| Status::internal(e.to_string()))??
-            .ok_or_else(|| {
-                Status::invalid_argument(
-                    "no buildspec.yml at the root of the source: add one or pass a buildspec",
-                )
-            })?;
+        let text =
+            tokio::task::spawn_blocking(move || archive::read_file(fetched.path(), BUILDSPEC_FILE))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))??
+                .ok_or_else(|| {
+                    Status::invalid_argument(
+                        "no buildspec.yml at the root of the source: add one or pass a buildspec",
+                    )
+                })?;
         (text, BUILDSPEC_FILE.to_string())
     } else {
         // A git source's buildspec is read by the worker after the checkout.
         (String::new(), String::new())
     };
     if let assignment::Source::SourceDigest(digest) = &source {
-        if core.blobs.path(digest).is_none() {
+        if !core.blobs.contains(digest).await? {
             return Err(Status::not_found(format!(
                 "no uploaded source {digest:?}: upload it with UploadSource first"
             )));
@@ -447,8 +449,11 @@ mod tests {
     async fn fine_overrides_reach_the_assignment_and_a_retry() {
         let dir = tempfile::tempdir().expect("tmp");
         let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
-        let blobs = Blobs::open(dir.path()).expect("blobs");
-        let core = Core::new(store, blobs, CoordinatorConfig::default());
+        let config = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config");
+        let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
+        let core = Core::new(store, blobs, config);
         // The project's buildspec wins, so the source is never read.
         let chunks = futures_util::stream::iter([Ok(b"not a tar".to_vec())]);
         let digest = core

@@ -1,0 +1,277 @@
+//! One suite for every backend: a local directory and a real S3-compatible server (`s3s-fs`, which
+//! `deploy/test-deps.sh` installs; a missing one fails the S3 tests with the fix, never skips
+//! them).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kiln_cache::{Backend, BlobStore, Digest, EncryptionKey, S3Config, StoreConfig, StoreError};
+
+/// A running `s3s-fs` on a loopback port, serving a temporary directory; killed when dropped.
+struct S3Server {
+    child: Child,
+    port: u16,
+    _root: tempfile::TempDir,
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn s3s_fs() -> PathBuf {
+    if let Some(path) = std::env::var_os("KILN_S3S_FS") {
+        return PathBuf::from(path);
+    }
+    let found = std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
+        .map(|dir| dir.join("s3s-fs"))
+        .find(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!("s3s-fs (the S3-compatible test server) is missing: run deploy/test-deps.sh, or set KILN_S3S_FS")
+    })
+}
+
+impl S3Server {
+    fn start() -> S3Server {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join("kiln")).expect("bucket dir");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                "kiln-test",
+                "--secret-key",
+                "kiln-test-secret",
+            ])
+            .arg(root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting s3s-fs");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3Server {
+            child,
+            port,
+            _root: root,
+        }
+    }
+
+    fn config(&self) -> Backend {
+        Backend::S3(S3Config {
+            endpoint: format!("http://127.0.0.1:{}", self.port),
+            region: "us-east-1".into(),
+            bucket: "kiln".into(),
+            access_key_id: "kiln-test".into(),
+            secret_access_key: "kiln-test-secret".into(),
+            path_style: true,
+        })
+    }
+}
+
+/// Plain and sealed blobs apart, so each round starts with an empty store.
+fn open(backend: Backend, key: Option<EncryptionKey>) -> BlobStore {
+    let prefix = if key.is_some() { "sealed" } else { "plain" };
+    open_at(backend, key, prefix)
+}
+
+fn open_at(backend: Backend, key: Option<EncryptionKey>, prefix: &str) -> BlobStore {
+    BlobStore::open(&StoreConfig {
+        backend,
+        prefix: prefix.into(),
+        key,
+        level: 3,
+    })
+    .expect("open the store")
+}
+
+fn file(dir: &Path, name: &str, content: &[u8]) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, content).expect("write");
+    path
+}
+
+/// Pseudo-random bytes that do not compress to nothing.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+async fn suite(backend: Backend) {
+    let key = EncryptionKey::from_hex(&"5a".repeat(32)).expect("key");
+    for encrypted in [None, Some(key.clone())] {
+        let store = open(backend.clone(), encrypted.clone());
+        let dir = tempfile::tempdir().expect("dir");
+        let small = file(dir.path(), "small", b"hello, cache\n");
+        let empty = file(dir.path(), "empty", b"");
+        // Several multipart parts and frames.
+        let big = file(dir.path(), "big", &noise(20 << 20, 7));
+
+        for path in [&small, &empty, &big] {
+            let put = store.put_file(path, None).await.expect("put");
+            assert!(put.uploaded, "{path:?} was new");
+            assert_eq!(put.size, std::fs::metadata(path).expect("meta").len());
+            let again = store
+                .put_file(path, Some(&put.digest))
+                .await
+                .expect("put again");
+            assert!(!again.uploaded, "unchanged content is not sent again");
+            let back = dir.path().join("back");
+            let n = store.get_file(&put.digest, &back).await.expect("get");
+            assert_eq!(n, put.size);
+            assert_eq!(
+                std::fs::read(&back).expect("read"),
+                std::fs::read(path).expect("read"),
+                "{path:?} came back whole"
+            );
+        }
+
+        let known = store.put_file(&small, None).await.expect("put").digest;
+        let unknown = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("digest");
+        assert_eq!(
+            store
+                .contains(&[known.clone(), unknown.clone(), known.clone()])
+                .await
+                .expect("contains"),
+            [true, false, true]
+        );
+        let e = store
+            .get_file(&unknown, &dir.path().join("x"))
+            .await
+            .expect_err("missing");
+        assert!(matches!(e, StoreError::NotFound(_)), "{e}");
+        assert!(!dir.path().join("x").exists());
+
+        // Content that does not match the digest it is stored under is refused.
+        let e = store
+            .put_file(&big, Some(&known))
+            .await
+            .expect_err("wrong digest");
+        assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+        let (raw, location) = store.raw(&known);
+        let other = open(backend.clone(), encrypted.clone());
+        let swapped = other.put_file(&empty, None).await.expect("put").digest;
+        let (_, empty_location) = other.raw(&swapped);
+        let bytes = raw
+            .get(&empty_location)
+            .await
+            .expect("raw get")
+            .bytes()
+            .await
+            .expect("bytes");
+        raw.put(&location, bytes.into()).await.expect("raw put");
+        let target = dir.path().join("tampered");
+        let e = store
+            .get_file(&known, &target)
+            .await
+            .expect_err("swapped content");
+        assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+        assert!(!target.exists(), "nothing is written for a refused blob");
+        raw.put(&location, bytes::Bytes::from_static(b"KLB\x01junk").into())
+            .await
+            .expect("raw put");
+        let e = store.get_file(&known, &target).await.expect_err("garbage");
+        assert!(matches!(e, StoreError::Corrupt { .. }), "{e}");
+
+        store.delete(&known).await.expect("delete");
+        store.delete(&known).await.expect("delete twice");
+        assert_eq!(store.contains(&[known]).await.expect("contains"), [false]);
+        let m = store.metrics();
+        assert!(m.bytes_in.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert!(m.hits.load(std::sync::atomic::Ordering::Relaxed) > 0);
+    }
+
+    // An encrypted blob needs the key; a wrong key is named as such.
+    let dir = tempfile::tempdir().expect("dir");
+    let path = file(dir.path(), "secret", b"top secret");
+    let sealed = open_at(backend.clone(), Some(key), "keys")
+        .put_file(&path, None)
+        .await
+        .expect("put");
+    let e = open_at(backend.clone(), None, "keys")
+        .get_file(&sealed.digest, &dir.path().join("a"))
+        .await
+        .expect_err("no key");
+    assert!(e.to_string().contains("no encryption key"), "{e}");
+    let wrong = EncryptionKey::from_hex(&"11".repeat(32)).expect("key");
+    let e = open_at(backend.clone(), Some(wrong), "keys")
+        .get_file(&sealed.digest, &dir.path().join("b"))
+        .await
+        .expect_err("wrong key");
+    assert!(e.to_string().contains("does not decrypt"), "{e}");
+    // At rest the content is not readable.
+    let (raw, location) = open_at(backend, None, "keys").raw(&sealed.digest);
+    let at_rest = raw
+        .get(&location)
+        .await
+        .expect("raw")
+        .bytes()
+        .await
+        .expect("bytes");
+    assert!(
+        !at_rest.windows(10).any(|w| w == b"top secret"),
+        "encrypted at rest"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_local_directory_backend_passes_the_suite() {
+    let root = tempfile::tempdir().expect("root");
+    suite(Backend::Local {
+        root: root.path().to_path_buf(),
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_s3_backend_passes_the_suite() {
+    let server = S3Server::start();
+    suite(server.config()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_store_that_is_down_says_where() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("port");
+    let store = open(
+        Backend::S3(S3Config {
+            endpoint: format!("http://127.0.0.1:{port}"),
+            region: "us-east-1".into(),
+            bucket: "kiln".into(),
+            access_key_id: "a".into(),
+            secret_access_key: "b".into(),
+            path_style: true,
+        }),
+        None,
+    );
+    let dir = tempfile::tempdir().expect("dir");
+    let path = file(dir.path(), "f", b"x");
+    let e = tokio::time::timeout(Duration::from_secs(120), store.put_file(&path, None))
+        .await
+        .expect("gives up in time")
+        .expect_err("down");
+    assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+}
