@@ -158,6 +158,9 @@ pub fn encode<R: Read, W: Write>(
         counter: 0,
     };
     let mut zstd = zstd::stream::write::Encoder::new(sink, level)?;
+    // As `zstd -T0`: every core compresses.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    zstd.multithread(u32::try_from(workers).unwrap_or(1))?;
     io::copy(&mut content, &mut zstd)?;
     let mut sink = zstd.finish()?;
     sink.emit(true)?;

@@ -220,8 +220,61 @@ mod tests {
         let config = CoordinatorConfig::load(&path).expect("deploy/coordinator.toml");
         assert_eq!(config.lease_ttl, Duration::from_secs(30));
         assert!(!config.client_tokens.is_empty());
+        assert_eq!(config.store.backend, "s3");
+        assert_eq!(config.store.bucket, "kiln");
+        assert_eq!(config.store.path_style, Some(true));
         let config = config.finish(Path::new("/tmp")).expect("valid");
         assert!(config.state.starts_with("redis://") || !config.state.is_empty());
+    }
+
+    #[test]
+    fn the_store_section_becomes_a_store_config() {
+        let dir = tempfile::tempdir().expect("dir");
+        let local = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config")
+            .store_config()
+            .expect("local store");
+        assert_eq!(
+            local.backend,
+            kiln_cache::Backend::Local {
+                root: dir.path().join("store")
+            }
+        );
+        assert!(local.key.is_none());
+        let key_file = dir.path().join("store.key");
+        std::fs::write(&key_file, format!("{}\n", "ab".repeat(32))).expect("key");
+        let text = format!(
+            "[store]\nbackend = \"s3\"\nendpoint = \"http://127.0.0.1:9000\"\nbucket = \"b\"\n\
+             access_key_id = \"a\"\nsecret_access_key = \"s\"\nencryption_key_file = {:?}\n",
+            key_file.display().to_string()
+        );
+        let s3 = toml::from_str::<CoordinatorConfig>(&text)
+            .expect("parses")
+            .store_config()
+            .expect("s3 store");
+        let kiln_cache::Backend::S3(b) = &s3.backend else {
+            panic!("an S3 backend");
+        };
+        assert!(b.path_style, "an endpoint means path-style");
+        assert_eq!(b.region, "us-east-1");
+        assert!(s3.key.is_some());
+        assert!(!format!("{s3:?}").contains("\"s\""), "no secret in Debug");
+        let bad = |text: &str| {
+            toml::from_str::<CoordinatorConfig>(text)
+                .expect("parses")
+                .store_config()
+                .map(|_| ())
+                .expect_err("refused")
+                .to_string()
+        };
+        assert!(bad("[store]\nbackend = \"ftp\"\n").contains("use \"local\" or \"s3\""));
+        assert!(bad("[store]\ncompression_level = 30\n").contains("1 (fast) to 19"));
+        let no_key = format!(
+            "[store]\nencryption_key_file = {:?}\n",
+            dir.path().join("x").display().to_string()
+        );
+        assert!(bad(&no_key).contains("encryption_key_file"));
     }
 
     #[test]
