@@ -429,3 +429,43 @@ async fn twenty_builds_failing_stopped_and_on_a_killed_worker_leave_nothing_behi
         "{build:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kiln_server_takes_a_worker_config_with_networks() {
+    require_docker();
+    let data = tempfile::tempdir().expect("tempdir");
+    let docker_network = unique("single");
+    let _cleanup = Cleanup(vec![("network", docker_network.clone())]);
+    let config = data.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        format!("[[networks]]\nname = \"db\"\ndocker_network = \"{docker_network}\"\nprojects = [\"*\"]\n"),
+    )
+    .expect("write");
+    let d = data.path().to_str().expect("utf-8");
+    let (mut server, addr) = Proc::kiln(
+        "server",
+        &[
+            "server",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            d,
+            "--worker-config",
+            config.to_str().expect("utf-8"),
+        ],
+        &[],
+        true,
+    );
+    let server_url = format!("http://{}", addr.expect("address"));
+    wait_for_worker(&server_url, &mut server);
+    let listed = network_list(&server_url);
+    assert_eq!(
+        listed["workers"][0]["networks"][0]["name"], "db",
+        "{listed}"
+    );
+    assert_eq!(
+        docker(&["network", "inspect", "-f", "{{.Name}}", &docker_network]),
+        docker_network
+    );
+}
