@@ -10,6 +10,7 @@ pub mod agent;
 pub mod artifacts;
 pub mod docker;
 pub mod host;
+pub mod ignore;
 pub mod job;
 pub mod log;
 pub mod mask;

@@ -257,7 +257,8 @@ async fn upload(server: &Server, dir: &Path) -> Result<String, Failure> {
     };
     let spool = tempfile::tempfile().map_err(archiving)?;
     let mut file = tokio::fs::File::from_std(spool);
-    let (stream, archiver) = kiln_worker::source::archive_checkout(dir);
+    let (stream, archiver) = kiln_worker::source::archive_checkout(dir)
+        .map_err(|e| Failure::invalid(format!("{}: {e}", dir.display())))?;
     let mut stream = Box::pin(stream);
     let mut written = Ok(());
     while let Some(bytes) = stream.next().await {
