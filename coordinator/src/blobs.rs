@@ -71,15 +71,24 @@ impl Blobs {
 
     /// Whether the store has the blob (false for a malformed digest).
     pub async fn contains(&self, digest: &str) -> Result<bool, Status> {
-        let Ok(digest) = Digest::parse(digest) else {
-            return Ok(false);
-        };
-        let found = self
-            .store
-            .contains(std::slice::from_ref(&digest))
-            .await
-            .map_err(store_status)?;
+        let found = self.contains_all(&[digest.to_string()]).await?;
         Ok(found.first().copied().unwrap_or(false))
+    }
+
+    /// Which of the blobs the store has, in order (false for a malformed digest), in one batch.
+    pub async fn contains_all(&self, digests: &[String]) -> Result<Vec<bool>, Status> {
+        let parsed: Vec<Option<Digest>> = digests.iter().map(|d| Digest::parse(d).ok()).collect();
+        let valid: Vec<Digest> = parsed.iter().flatten().cloned().collect();
+        let mut found = self
+            .store
+            .contains(&valid)
+            .await
+            .map_err(store_status)?
+            .into_iter();
+        Ok(parsed
+            .iter()
+            .map(|d| d.is_some() && found.next().unwrap_or(false))
+            .collect())
     }
 
     /// The blob in a temporary file; NOT_FOUND when there is none.

@@ -13,8 +13,8 @@ use futures_util::StreamExt;
 use kiln_proto::v1::start_build_request::{ProjectRef, Source};
 use kiln_proto::v1::upload_source_request::Part;
 use kiln_proto::v1::{
-    Build, EnvironmentVariable, GitSource, Project, ProjectSource, StartBuildRequest, UploadBegin,
-    UploadSourceRequest, WatchBuildRequest,
+    Build, EnvironmentVariable, GitSource, HasBlobsRequest, Project, ProjectSource,
+    StartBuildRequest, UploadBegin, UploadSourceRequest, WatchBuildRequest,
 };
 use kiln_worker::docker::ComputeType;
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
@@ -276,6 +276,22 @@ async fn upload(server: &Server, dir: &Path) -> Result<String, Failure> {
     file.flush().await.map_err(archiving)?;
     let size = file.metadata().await.map_err(archiving)?.len();
     file.rewind().await.map_err(archiving)?;
+    // Unchanged files archive to the same bytes: a source the server has is not sent again.
+    let digest = format!("sha256:{}", sha256_hex(&mut file).await.map_err(archiving)?);
+    file.rewind().await.map_err(archiving)?;
+    let known = server
+        .client()
+        .has_blobs(HasBlobsRequest {
+            digests: vec![digest.clone()],
+        })
+        .await
+        .map_err(|s| server.refused(s))?
+        .into_inner()
+        .present;
+    if known.first().copied().unwrap_or(false) {
+        eprintln!("kiln start: the server has this source already ({digest}): not uploaded again");
+        return Ok(digest);
+    }
 
     let (tx, rx) = tokio::sync::mpsc::channel::<UploadSourceRequest>(4);
     let reader = tokio::spawn(async move {
@@ -312,6 +328,20 @@ async fn upload(server: &Server, dir: &Path) -> Result<String, Failure> {
         Err(e) => return Err(Failure::failed(format!("the upload task failed: {e}"))),
     }
     Ok(answer.map_err(|s| server.refused(s))?.into_inner().digest)
+}
+
+/// The SHA-256 of the rest of `file`, in hex.
+async fn sha256_hex(file: &mut tokio::fs::File) -> io::Result<String> {
+    use sha2::Digest as _;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(format!("{:x}", hasher.finalize()));
+        }
+        hasher.update(&buf[..n]);
+    }
 }
 
 /// The build once it is complete: a log stream can end before the final status is recorded.

@@ -10,10 +10,11 @@ use kiln_proto::v1::build_service_server::BuildService;
 use kiln_proto::v1::{
     upload_source_request, AttachedBuild, BatchGetBuildsRequest, BatchGetBuildsResponse, Build,
     DataChunk, DeleteProjectRequest, DeleteProjectResponse, DownloadArtifactRequest,
-    GetBuildRequest, GetProjectRequest, ListBuildsRequest, ListBuildsResponse, ListNetworksRequest,
-    ListNetworksResponse, ListProjectsRequest, ListProjectsResponse, LogChunk, Project,
-    RetryBuildRequest, StartBuildRequest, StartBuildResponse, StopBuildRequest, StreamLogsRequest,
-    UploadSourceRequest, UploadSourceResponse, WatchBuildRequest, WorkerNetworks,
+    GetBuildRequest, GetProjectRequest, HasBlobsRequest, HasBlobsResponse, ListBuildsRequest,
+    ListBuildsResponse, ListNetworksRequest, ListNetworksResponse, ListProjectsRequest,
+    ListProjectsResponse, LogChunk, Project, RetryBuildRequest, StartBuildRequest,
+    StartBuildResponse, StopBuildRequest, StreamLogsRequest, UploadSourceRequest,
+    UploadSourceResponse, WatchBuildRequest, WorkerNetworks,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -376,6 +377,20 @@ impl<S: StateStore> BuildService for BuildApi<S> {
     ) -> Result<Response<ListProjectsResponse>, Status> {
         let projects = self.core.store.list_projects().await.map_err(store_error)?;
         Ok(Response::new(ListProjectsResponse { projects }))
+    }
+
+    async fn has_blobs(
+        &self,
+        request: Request<HasBlobsRequest>,
+    ) -> Result<Response<HasBlobsResponse>, Status> {
+        let digests = request.into_inner().digests;
+        if digests.len() > 1000 {
+            return Err(Status::invalid_argument(
+                "at most 1000 digests per HasBlobs",
+            ));
+        }
+        let present = self.core.blobs.contains_all(&digests).await?;
+        Ok(Response::new(HasBlobsResponse { present }))
     }
 
     async fn list_networks(
