@@ -205,7 +205,7 @@ fn request() -> StartBuildRequest {
         })),
         source: Some(start_build_request::Source::Git(GitSource {
             url: "file:///nonexistent".to_string(),
-            revision: String::new(),
+            ..GitSource::default()
         })),
         buildspec_override: BUILDSPEC.to_string(),
         ..StartBuildRequest::default()

@@ -204,7 +204,7 @@ mod tests {
             end_time_ms: 1_700_000_042_000,
             git: Some(GitSource {
                 url: "https://example.com/app.git".into(),
-                revision: String::new(),
+                ..GitSource::default()
             }),
             image: "kiln/build-image:bookworm".into(),
             phases: vec![

@@ -58,6 +58,14 @@ pub struct SourceFile {
     pub location: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub buildspec: String,
+    /// GIT: clone only this many commits (0: all).
+    #[serde(
+        default,
+        rename = "gitCloneDepth",
+        alias = "git_clone_depth",
+        skip_serializing_if = "is_zero"
+    )]
+    pub git_clone_depth: u32,
 }
 
 #[derive(Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -251,6 +259,7 @@ impl ProjectFile {
                     r#type: one_of("source.type", &s.kind, &["NO_SOURCE", "GIT"])?,
                     location: s.location,
                     buildspec: s.buildspec,
+                    git_clone_depth: s.git_clone_depth,
                 })
             })
             .transpose()?;
@@ -351,6 +360,7 @@ impl From<&Project> for ProjectFile {
                 kind: s.r#type.clone(),
                 location: s.location.clone(),
                 buildspec: s.buildspec.clone(),
+                git_clone_depth: s.git_clone_depth,
             }),
             environment: p.environment.as_ref().map(|e| EnvironmentFile {
                 image: e.image.clone(),

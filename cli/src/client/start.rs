@@ -69,6 +69,9 @@ pub struct StartArgs {
     /// The branch, tag or commit of --git (default: the default branch)
     #[arg(long, requires = "git")]
     revision: Option<String>,
+    /// Clone only this many commits of --git's history (default: the project's, else all)
+    #[arg(long, requires = "git")]
+    depth: Option<u32>,
     /// Print the log until the build ends; exit 0 only when it succeeded
     #[arg(short, long)]
     follow: bool,
@@ -146,12 +149,13 @@ fn start_request(args: &StartArgs, initiator: String) -> Result<StartBuildReques
             let git = GitSource {
                 url: url.clone(),
                 revision: args.revision.clone().unwrap_or_default(),
+                clone_depth: args.depth.unwrap_or(0),
             };
             let repository = url.trim_end_matches('/').trim_end_matches(".git");
             let project_source = ProjectSource {
                 r#type: "GIT".to_string(),
                 location: url.clone(),
-                buildspec: String::new(),
+                ..ProjectSource::default()
             };
             let name = project_from_dir(Path::new(repository));
             (Some(Source::Git(git)), project_source, name)
@@ -446,13 +450,16 @@ mod tests {
             "https://h/org/app.git",
             "--revision",
             "v1",
+            "--depth",
+            "1",
         ]);
         assert_eq!(r.project_ref, Some(ProjectRef::ProjectName("web".into())));
         assert_eq!(
             r.source,
             Some(Source::Git(GitSource {
                 url: "https://h/org/app.git".into(),
-                revision: "v1".into()
+                revision: "v1".into(),
+                clone_depth: 1,
             }))
         );
         let r = request(&["--git", "https://h/org/app.git"]);

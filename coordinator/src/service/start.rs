@@ -64,7 +64,10 @@ pub async fn start<S: StateStore>(
     let source_conf = project.source.clone().unwrap_or_default();
     let source = match request.source.clone() {
         Some(start_build_request::Source::SourceDigest(d)) => assignment::Source::SourceDigest(d),
-        Some(start_build_request::Source::Git(g)) if !g.url.is_empty() => {
+        Some(start_build_request::Source::Git(mut g)) if !g.url.is_empty() => {
+            if g.clone_depth == 0 {
+                g.clone_depth = source_conf.git_clone_depth;
+            }
             assignment::Source::Git(g)
         }
         Some(start_build_request::Source::Git(_)) => {
@@ -74,6 +77,7 @@ pub async fn start<S: StateStore>(
             assignment::Source::Git(kiln_proto::v1::GitSource {
                 url: source_conf.location.clone(),
                 revision: String::new(),
+                clone_depth: source_conf.git_clone_depth,
             })
         }
         None => {
@@ -429,6 +433,7 @@ mod tests {
                     r#type: "GIT".into(),
                     location: "https://example.com/app.git".into(),
                     buildspec: "version: 0.2\nphases:\n  build:\n    commands: [true]\n".into(),
+                    git_clone_depth: 1,
                 }),
                 ..Default::default()
             })),
@@ -491,5 +496,36 @@ mod tests {
         bad.cpus_override = -1.0;
         let refused = start(&core, bad, None).await.expect_err("negative cpus");
         assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[tokio::test]
+    async fn a_git_source_takes_the_project_s_clone_depth() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
+        let config = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config");
+        let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
+        let core = Core::new(store, blobs, config);
+        let depth_of = |row: Option<StoredBuild>| match row.and_then(|r| r.spec)?.source? {
+            assignment::Source::Git(g) => Some(g.clone_depth),
+            assignment::Source::SourceDigest(_) => None,
+        };
+        let mut req = request();
+        req.source = None;
+        let build = start(&core, req, None).await.expect("started");
+        let row = core.store.get_build(&build.id).await.expect("get");
+        assert_eq!(depth_of(row), Some(1), "the project's gitCloneDepth");
+        let mut req = request();
+        req.source = Some(start_build_request::Source::Git(
+            kiln_proto::v1::GitSource {
+                url: "https://example.com/app.git".into(),
+                revision: "main".into(),
+                clone_depth: 5,
+            },
+        ));
+        let build = start(&core, req, None).await.expect("started");
+        let row = core.store.get_build(&build.id).await.expect("get");
+        assert_eq!(depth_of(row), Some(5), "the request's own depth wins");
     }
 }

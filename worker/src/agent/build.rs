@@ -172,7 +172,9 @@ async fn get_source(
 ) -> Result<Checkout, CheckoutError> {
     let dir = work.join("src");
     match &a.source {
-        Some(pb::assignment::Source::Git(git)) => git_clone(&git.url, &git.revision, &dir).await,
+        Some(pb::assignment::Source::Git(git)) => {
+            git_clone(&git.url, &git.revision, git.clone_depth, &dir).await
+        }
         Some(pb::assignment::Source::SourceDigest(digest)) => {
             let archive = work.join("source.tar");
             let mut client = ctx.client.clone();

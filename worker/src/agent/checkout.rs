@@ -133,28 +133,68 @@ fn refused(path: &str, reason: &str) -> CheckoutError {
 }
 
 /// Clones `url` into `dir` (which must not exist) and checks out `revision` when given.
-pub async fn git_clone(url: &str, revision: &str, dir: &Path) -> Result<Checkout, CheckoutError> {
+pub async fn git_clone(
+    url: &str,
+    revision: &str,
+    depth: u32,
+    dir: &Path,
+) -> Result<Checkout, CheckoutError> {
     if url.starts_with('-') || revision.starts_with('-') {
         return Err(CheckoutError::Refused(format!(
             "git source {url:?} revision {revision:?}: neither may start with '-'"
         )));
     }
     let dir_arg = dir.as_os_str();
-    git(
-        None,
-        &[
-            "clone".as_ref(),
-            "--quiet".as_ref(),
-            "--".as_ref(),
-            url.as_ref(),
-            dir_arg,
-        ],
-    )
-    .await?;
-    if !revision.is_empty() {
+    if depth == 0 {
+        git(
+            None,
+            &[
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--".as_ref(),
+                url.as_ref(),
+                dir_arg,
+            ],
+        )
+        .await?;
+        if !revision.is_empty() {
+            git(
+                Some(dir),
+                &["checkout", "--quiet", "--detach", revision].map(AsRef::as_ref),
+            )
+            .await?;
+        }
+    } else {
+        // A shallow clone: the default branch's tip, or the revision fetched on its own (a
+        // branch, a tag, or a commit the server lets clients ask for).
+        let depth_arg = format!("--depth={depth}");
+        git(
+            None,
+            &[
+                "clone".as_ref(),
+                "--quiet".as_ref(),
+                "--no-checkout".as_ref(),
+                depth_arg.as_ref(),
+                "--".as_ref(),
+                url.as_ref(),
+                dir_arg,
+            ],
+        )
+        .await?;
+        let target = match revision {
+            "" => "HEAD",
+            revision => {
+                git(
+                    Some(dir),
+                    &["fetch", "--quiet", &depth_arg, "origin", revision].map(AsRef::as_ref),
+                )
+                .await?;
+                "FETCH_HEAD"
+            }
+        };
         git(
             Some(dir),
-            &["checkout", "--quiet", "--detach", revision].map(AsRef::as_ref),
+            &["checkout", "--quiet", "--detach", target].map(AsRef::as_ref),
         )
         .await?;
     }
@@ -301,14 +341,48 @@ mod tests {
         run(&["commit", "--quiet", "-am", "two"]);
         let dest = tempfile::tempdir().expect("dest");
         let url = format!("file://{}", repo.path().display());
-        let checkout = git_clone(&url, "v1", &dest.path().join("src"))
+        let checkout = git_clone(&url, "v1", 0, &dest.path().join("src"))
             .await
             .expect("cloned");
         let text = std::fs::read_to_string(checkout.dir.join("f")).expect("f");
         assert_eq!(text, "1");
         assert_eq!(checkout.source_version.as_deref(), Some("v1"));
-        assert_eq!(checkout.resolved_source_version.map(|v| v.len()), Some(40));
-        let bad = git_clone(&url, "no-such-rev", &dest.path().join("again")).await;
+        assert_eq!(
+            checkout.resolved_source_version.as_ref().map(|v| v.len()),
+            Some(40)
+        );
+        let bad = git_clone(&url, "no-such-rev", 0, &dest.path().join("again")).await;
         assert!(matches!(bad, Err(CheckoutError::Refused(_))), "{bad:?}");
+        // Shallow: one commit of history, at the tip or at a tag.
+        let count = |dir: &Path| {
+            let out = std::process::Command::new("git")
+                .arg("-C")
+                .arg(dir)
+                .args(["rev-list", "--count", "HEAD"])
+                .output()
+                .expect("git");
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let tip = git_clone(&url, "", 1, &dest.path().join("shallow"))
+            .await
+            .expect("shallow clone");
+        assert_eq!(count(&tip.dir), "1");
+        assert_eq!(std::fs::read_to_string(tip.dir.join("f")).expect("f"), "2");
+        let tagged = git_clone(&url, "v1", 1, &dest.path().join("shallow-tag"))
+            .await
+            .expect("shallow clone of a tag");
+        assert_eq!(count(&tagged.dir), "1");
+        assert_eq!(
+            std::fs::read_to_string(tagged.dir.join("f")).expect("f"),
+            "1"
+        );
+        assert_eq!(
+            tagged.resolved_source_version,
+            checkout.resolved_source_version
+        );
+        let full = git_clone(&url, "", 0, &dest.path().join("full"))
+            .await
+            .expect("full clone");
+        assert_eq!(count(&full.dir), "2");
     }
 }
