@@ -549,6 +549,14 @@ mod tests {
         }
     }
 
+    /// Stores a new queued build of project `p`; returns its id.
+    async fn create_queued(core: &Core<EmbeddedStore>, row: StoredBuild) -> String {
+        let Created::New(row) = core.store.create_build(row, None).await.expect("create") else {
+            panic!("a new build");
+        };
+        record(&row).id.clone()
+    }
+
     #[tokio::test]
     async fn queued_builds_past_their_timeout_end_timed_out_and_leave_the_queue() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -625,10 +633,7 @@ mod tests {
                 aliases: vec![],
             });
         }
-        let Created::New(row) = core.store.create_build(row, None).await.expect("create") else {
-            panic!("a new build");
-        };
-        let id = record(&row).id.clone();
+        let id = create_queued(&core, row).await;
         assert!(!dispatch_round(&core, &mut HashSet::new())
             .await
             .expect("round"));
@@ -659,15 +664,7 @@ mod tests {
         let (tx1, mut rx1) = tokio::sync::mpsc::channel(8);
         core.workers()
             .insert("w1".into(), worker(Default::default(), 1, tx1));
-        let Created::New(row) = core
-            .store
-            .create_build(queued("p", now_ms() + 60_000), None)
-            .await
-            .expect("create")
-        else {
-            panic!("a new build");
-        };
-        let id = record(&row).id.clone();
+        let id = create_queued(&core, queued("p", now_ms() + 60_000)).await;
         assert!(dispatch_round(&core, &mut HashSet::new())
             .await
             .expect("round"));
@@ -694,15 +691,7 @@ mod tests {
     async fn a_stopped_build_whose_worker_is_lost_ends_stopped_not_queued() {
         let dir = tempfile::tempdir().expect("tempdir");
         let core = core_in(dir.path());
-        let Created::New(row) = core
-            .store
-            .create_build(queued("p", now_ms() + 60_000), None)
-            .await
-            .expect("create")
-        else {
-            panic!("a new build");
-        };
-        let id = record(&row).id.clone();
+        let id = create_queued(&core, queued("p", now_ms() + 60_000)).await;
         core.update(&id, |row| {
             row.lease = Some(kiln_proto::v1::Lease {
                 worker_id: "gone".into(),

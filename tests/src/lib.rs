@@ -209,6 +209,28 @@ pub fn apply_project(server: &str, file: &Path, text: &str) {
     );
 }
 
+/// Runs the docker CLI; its trimmed stdout, or a panic naming the command and its stderr.
+pub fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("the docker CLI");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A name no other test or run uses, for the Docker objects a test creates.
+pub fn unique_name(what: &str) -> String {
+    format!(
+        "kiln-test-{what}-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
 /// Runs the `kiln` CLI to completion.
 pub fn kiln(args: &[&str], envs: &[(&str, &str)]) -> Output {
     Command::new(kiln_bin())

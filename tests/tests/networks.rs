@@ -10,34 +10,14 @@ use std::time::{Duration, Instant};
 
 use kiln_proto::v1::StopBuildRequest;
 use kiln_tests::{
-    apply_project, checkout, client, get, kiln, require_docker, start, start_coordinator,
-    start_worker, wait_complete, Proc, IMAGE,
+    apply_project, checkout, client, docker, get, kiln, require_docker, start, start_coordinator,
+    start_worker, unique_name, wait_complete, Proc, IMAGE,
 };
 
 const GREETING: &str = "hello from the database";
 
 /// Tries `$TARGET:5432` for 5 s; prints the greeting or UNREACHABLE.
 const PROBE: &str = "version: 0.2\nphases:\n  build:\n    commands:\n      - timeout 5 bash -c 'exec 3<>/dev/tcp/$TARGET/5432; head -n1 <&3' || echo UNREACHABLE\n      - sleep ${HOLD:-0}\n";
-
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn unique(what: &str) -> String {
-    format!(
-        "kiln-test-{what}-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    )
-}
 
 /// Removes Docker objects by name when dropped (containers first).
 struct Cleanup(Vec<(&'static str, String)>);
@@ -56,7 +36,7 @@ impl Drop for Cleanup {
 
 /// A "database": a TCP listener container on `network`, known there as `db`.
 fn database(network: &str) -> String {
-    let name = unique("db");
+    let name = unique_name("db");
     let script = format!(
         "$|=1; alarm 600; my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => 5432, Listen => 16, ReuseAddr => 1) or die; print \"listening\\n\"; while (my $c = $s->accept) {{ print $c \"{GREETING}\\n\"; close $c }}"
     );
@@ -135,7 +115,7 @@ async fn builds_join_operator_networks_only_where_the_worker_config_allows() {
     let data = tempfile::tempdir().expect("tempdir");
     let (_c, addr) = start_coordinator(data.path(), &[]);
     let server = format!("http://{addr}");
-    let (services, sealed) = (unique("services"), unique("sealed"));
+    let (services, sealed) = (unique_name("services"), unique_name("sealed"));
     let mut cleanup = Cleanup(vec![
         ("network", services.clone()),
         ("network", sealed.clone()),
@@ -300,7 +280,7 @@ async fn twenty_builds_failing_stopped_and_on_a_killed_worker_leave_nothing_behi
     let data = tempfile::tempdir().expect("tempdir");
     let (_c, addr) = start_coordinator(data.path(), &["--lease-ttl", "3s"]);
     let server = format!("http://{addr}");
-    let project = unique("churn");
+    let project = unique_name("churn");
     let config = data.path().join("worker.toml");
     std::fs::write(&config, "slots = 3\n[sandbox]\npids_limit = 64\n").expect("write");
     let config = config.to_str().expect("utf-8").to_string();
@@ -434,7 +414,7 @@ async fn twenty_builds_failing_stopped_and_on_a_killed_worker_leave_nothing_behi
 async fn kiln_server_takes_a_worker_config_with_networks() {
     require_docker();
     let data = tempfile::tempdir().expect("tempdir");
-    let docker_network = unique("single");
+    let docker_network = unique_name("single");
     let _cleanup = Cleanup(vec![("network", docker_network.clone())]);
     let config = data.path().join("worker.toml");
     std::fs::write(

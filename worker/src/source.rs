@@ -178,22 +178,7 @@ mod tests {
         std::fs::write(dir.path().join("buildspec.yml"), "version: 0.2\n").expect("write");
         std::fs::create_dir(dir.path().join("src")).expect("mkdir");
         std::fs::write(dir.path().join("src/main.rs"), "fn main() {}\n").expect("write");
-        let (stream, task) = archive_checkout(dir.path()).expect("archive");
-        let bytes: Vec<u8> = stream.flat_map(futures_util::stream::iter).collect().await;
-        task.await.expect("join").expect("archive");
-        let mut archive = tar::Archive::new(bytes.as_slice());
-        let mut paths: Vec<String> = archive
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                e.expect("entry")
-                    .path()
-                    .expect("path")
-                    .display()
-                    .to_string()
-            })
-            .collect();
-        paths.sort();
+        let paths = listed(dir.path()).await;
         assert_eq!(paths, ["buildspec.yml", "src", "src/main.rs"]);
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{checkout, engine, job, leftovers, run_with, Capture, IMAGE, OWNER};
 use kiln_buildspec::routing::Status::*;
+use kiln_tests::{docker, unique_name};
 use kiln_worker::docker::{Attachment, Mount, Sandbox};
 use tokio_util::sync::CancellationToken;
 
@@ -19,23 +20,6 @@ const GREETING: &str = "hello from the listener";
 /// Tries `$TARGET:7777` (a name or an address) for 5 s; prints the greeting or UNREACHABLE.
 const PROBE: &str = "version: 0.2\nphases:\n  build:\n    commands:\n      - timeout 5 bash -c 'exec 3<>/dev/tcp/$TARGET/$TARGET_PORT; head -n1 <&3' || echo UNREACHABLE\n";
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker")
-        .args(args)
-        .output()
-        .expect("the docker CLI");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn unique(what: &str) -> String {
-    format!("kiln-test-{what}-{}", uuid::Uuid::new_v4().simple())
-}
-
 /// A Docker network the test made; removed (after its containers) when dropped.
 struct TestNetwork {
     name: String,
@@ -44,7 +28,7 @@ struct TestNetwork {
 
 impl TestNetwork {
     fn new(internal: bool) -> TestNetwork {
-        let name = unique("net");
+        let name = unique_name("net");
         let mut args = vec!["network", "create", "--label", "kiln-test=1"];
         if internal {
             args.push("--internal");
@@ -71,7 +55,7 @@ impl TestNetwork {
     /// Starts a TCP listener container known as `alias` here; returns its address once it
     /// listens.
     fn listener(&mut self, alias: &str) -> String {
-        let name = unique("listener");
+        let name = unique_name("listener");
         let script = format!(
             "$|=1; alarm 300; my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => {PORT}, Listen => 16, ReuseAddr => 1) or die \"listen: $!\"; print \"listening\\n\"; while (my $c = $s->accept) {{ print $c \"{GREETING}\\n\"; close $c }}"
         );
@@ -253,7 +237,7 @@ async fn an_attached_build_reaches_a_service_by_alias_and_an_unattached_one_does
 #[tokio::test]
 async fn an_internal_network_has_no_egress() {
     let engine = engine().await;
-    let internal_name = unique("internal");
+    let internal_name = unique_name("internal");
     let created = engine
         .ensure_operator_network("isolated", &internal_name, true, None)
         .await

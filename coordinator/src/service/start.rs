@@ -450,15 +450,17 @@ mod tests {
         }
     }
 
+    fn core_in(dir: &std::path::Path) -> std::sync::Arc<Core<EmbeddedStore>> {
+        let store = EmbeddedStore::open(&dir.join("state")).expect("store");
+        let config = CoordinatorConfig::default().finish(dir).expect("config");
+        let blobs = Blobs::open(dir, &config.store_config().expect("store")).expect("blobs");
+        Core::new(store, blobs, config)
+    }
+
     #[tokio::test]
     async fn fine_overrides_reach_the_assignment_and_a_retry() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
-        let config = CoordinatorConfig::default()
-            .finish(dir.path())
-            .expect("config");
-        let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
-        let core = Core::new(store, blobs, config);
+        let core = core_in(dir.path());
         // The project's buildspec wins, so the source is never read.
         let chunks = futures_util::stream::iter([Ok(b"not a tar".to_vec())]);
         let digest = core
@@ -501,12 +503,7 @@ mod tests {
     #[tokio::test]
     async fn a_git_source_takes_the_project_s_clone_depth() {
         let dir = tempfile::tempdir().expect("tmp");
-        let store = EmbeddedStore::open(&dir.path().join("state")).expect("store");
-        let config = CoordinatorConfig::default()
-            .finish(dir.path())
-            .expect("config");
-        let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
-        let core = Core::new(store, blobs, config);
+        let core = core_in(dir.path());
         let depth_of = |row: Option<StoredBuild>| match row.and_then(|r| r.spec)?.source? {
             assignment::Source::Git(g) => Some(g.clone_depth),
             assignment::Source::SourceDigest(_) => None,
