@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use futures_util::{Stream, StreamExt};
 use kiln_cache::{BlobStore, Digest, StoreConfig, StoreError};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tonic::Status;
 
 /// Bytes per chunk when a blob is streamed out.
@@ -105,15 +105,19 @@ impl Blobs {
         Ok(Fetched(temp))
     }
 
-    /// A stored blob in chunks; NOT_FOUND when there is none.
+    /// A stored blob in chunks from byte `offset` on; NOT_FOUND when there is none.
     pub async fn read(
         &self,
         digest: &str,
+        offset: u64,
     ) -> Result<impl Stream<Item = Result<Vec<u8>, Status>> + Send + 'static, Status> {
         let fetched = self.fetch(digest).await?;
-        let file = tokio::fs::File::open(fetched.path())
+        let mut file = tokio::fs::File::open(fetched.path())
             .await
             .map_err(|e| Status::internal(format!("opening blob {digest}: {e}")))?;
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| Status::internal(format!("reading blob {digest}: {e}")))?;
         // The open file outlives its name: the temporary file goes now.
         drop(fetched);
         Ok(futures_util::stream::unfold(

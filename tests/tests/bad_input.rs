@@ -197,7 +197,10 @@ async fn the_api_refuses_bad_input_with_clear_errors() {
         .expect_err("logs");
     assert_eq!(e.code(), Code::NotFound, "{e}");
     let e = c
-        .download_artifact(DownloadArtifactRequest { id: unknown })
+        .download_artifact(DownloadArtifactRequest {
+            id: unknown,
+            offset: 0,
+        })
         .await
         .expect_err("artifacts");
     assert_eq!(e.code(), Code::NotFound, "{e}");

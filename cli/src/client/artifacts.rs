@@ -1,18 +1,23 @@
 //! `kiln artifacts ID -o DIR`: downloads a build's artifacts tar and extracts it into DIR.
 //!
+//! The tar is kept in `DIR/.kiln-artifacts-<digest>.part` while it comes: a download cut off (a
+//! dropped connection, Ctrl-C) resumes from there when the command is run again. The whole tar is
+//! checked against the digest on the build record before anything is extracted; one that does not
+//! match is removed.
+//!
 //! The tar comes from the server, but what the build put in it is untrusted: every entry is
 //! checked with [`check_entry`] before anything is written, and nothing is written through a link
 //! (a path under an extracted symlink is refused, as is a hard link to one), so the lexical check
 //! is also the physical one and no entry can land, or point, outside DIR.
 
 use std::fs;
-use std::io::{self, Read, Seek};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use kiln_buildspec::archive::{check_entry, ArchiveEntry};
-use kiln_proto::v1::DownloadArtifactRequest;
+use kiln_proto::v1::{DownloadArtifactRequest, GetBuildRequest};
 use tar::EntryType;
 use tokio::io::AsyncWriteExt;
 
@@ -47,29 +52,108 @@ pub async fn artifacts(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads build `id`'s artifacts tar and extracts it into `output` (see the module docs);
-/// returns how many entries were written.
+/// Downloads build `id`'s artifacts tar (resuming a partial download) and extracts it into
+/// `output` (see the module docs); returns how many entries were written.
 pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize, Failure> {
-    let spooling = |e: io::Error| Failure::failed(format!("cannot keep the download: {e}"));
-    let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spooling)?);
-    let request = DownloadArtifactRequest { id: id.to_string() };
+    let build = server
+        .client()
+        .get_build(GetBuildRequest { id: id.to_string() })
+        .await
+        .map_err(|s| server.refused(s))?
+        .into_inner();
+    let Some(hex) = build.artifacts_digest.strip_prefix("sha256:") else {
+        // No artifacts: the server says why.
+        let request = DownloadArtifactRequest {
+            id: id.to_string(),
+            offset: 0,
+        };
+        return Err(match server.client().download_artifact(request).await {
+            Err(status) => server.refused(status),
+            Ok(_) => Failure::failed(format!("build {id} names no artifacts digest")),
+        });
+    };
+    let keeping = |e: io::Error| Failure::failed(format!("cannot keep the download: {e}"));
+    fs::create_dir_all(output).map_err(keeping)?;
+    let short: String = hex.chars().take(16).collect();
+    let part = output.join(format!(".kiln-artifacts-{short}.part"));
+    let mut offset = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+    if offset > build.artifacts_size {
+        fs::remove_file(&part).map_err(keeping)?;
+        offset = 0;
+    }
+    if offset > 0 {
+        eprintln!("kiln artifacts: resuming the download of build {id} at byte {offset}");
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&part)
+        .await
+        .map_err(keeping)?;
+    let request = DownloadArtifactRequest {
+        id: id.to_string(),
+        offset,
+    };
     let mut chunks = server
         .client()
         .download_artifact(request)
         .await
         .map_err(|s| server.refused(s))?
         .into_inner();
-    while let Some(chunk) = chunks.message().await.map_err(|s| server.refused(s))? {
-        file.write_all(&chunk.data).await.map_err(spooling)?;
+    let mut received = offset;
+    loop {
+        match chunks.message().await {
+            Ok(Some(chunk)) => {
+                file.write_all(&chunk.data).await.map_err(keeping)?;
+                received += chunk.data.len() as u64;
+            }
+            Ok(None) => break,
+            Err(status) => {
+                file.flush().await.map_err(keeping)?;
+                return Err(Failure::failed(format!(
+                    "the download stopped after {received} of {} bytes ({}); run the same command \
+                     again to resume it",
+                    build.artifacts_size,
+                    status.message()
+                )));
+            }
+        }
     }
-    file.flush().await.map_err(spooling)?;
-    let mut file = file.into_std().await;
-    file.rewind().map_err(spooling)?;
+    file.flush().await.map_err(keeping)?;
+    drop(file);
+    let (path, expected) = (part.clone(), hex.to_string());
+    let checked = tokio::task::spawn_blocking(move || verify(&path, &expected))
+        .await
+        .map_err(|e| Failure::failed(format!("the check failed: {e}")))?;
+    match checked {
+        Ok(true) => {}
+        Ok(false) => {
+            fs::remove_file(&part).map_err(keeping)?;
+            return Err(Failure::failed(format!(
+                "the downloaded artifacts of build {id} do not match their digest {}; the \
+                 download was removed: run the command again",
+                build.artifacts_digest
+            )));
+        }
+        Err(e) => return Err(keeping(e)),
+    }
+    let archive = fs::File::open(&part).map_err(keeping)?;
+    // The open file is all the extraction needs; the name goes now.
+    fs::remove_file(&part).map_err(keeping)?;
     let out = output.to_path_buf();
-    tokio::task::spawn_blocking(move || extract(file, &out))
+    tokio::task::spawn_blocking(move || extract(archive, &out))
         .await
         .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?
         .map_err(|e| Failure::failed(format!("{e:#}")))
+}
+
+/// Whether the file's SHA-256 is `hex`.
+fn verify(path: &Path, hex: &str) -> io::Result<bool> {
+    use sha2::Digest as _;
+    let mut file = fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(format!("{:x}", hasher.finalize()) == hex.to_ascii_lowercase())
 }
 
 /// Extracts the tar `archive` into `dir` (created when missing); returns how many entries were

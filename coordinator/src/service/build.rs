@@ -302,7 +302,7 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         &self,
         request: Request<DownloadArtifactRequest>,
     ) -> Result<Response<Self::DownloadArtifactStream>, Status> {
-        let id = request.into_inner().id;
+        let DownloadArtifactRequest { id, offset } = request.into_inner();
         let row = self.core.build(&id).await?;
         let digest = &record(&row).artifacts_digest;
         if digest.is_empty() {
@@ -314,7 +314,7 @@ impl<S: StateStore> BuildService for BuildApi<S> {
                 }
             )));
         }
-        let stream = self.core.blobs.read(digest).await?;
+        let stream = self.core.blobs.read(digest, offset).await?;
         Ok(Response::new(Box::pin(
             stream.map(|r| r.map(|data| DataChunk { data })),
         )))

@@ -135,7 +135,11 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
         &self,
         request: Request<FetchSourceRequest>,
     ) -> Result<Response<Self::FetchSourceStream>, Status> {
-        let stream = self.core.blobs.read(&request.into_inner().digest).await?;
+        let stream = self
+            .core
+            .blobs
+            .read(&request.into_inner().digest, 0)
+            .await?;
         Ok(Response::new(Box::pin(
             stream.map(|r| r.map(|data| DataChunk { data })),
         )))
