@@ -68,8 +68,8 @@ impl WorkerConn {
         wanted.iter().all(|(k, v)| self.labels.get(k) == Some(v))
     }
 
-    /// Whether this worker may run the build: it has the labels and its policy admits the
-    /// networks and sandbox exceptions the build asks for.
+    /// Whether this worker's policy admits the networks and sandbox exceptions the build asks
+    /// for (its labels are [`WorkerConn::matches`]'s business).
     pub fn accepts(&self, row: &StoredBuild) -> Result<(), Refusal> {
         admit(
             &self.policy,
