@@ -27,6 +27,11 @@ pub const LABEL_OPERATOR_NETWORK: &str = "kiln.operator-network";
 /// gateway, though nothing beyond.
 pub const INHIBIT_IPV4: &str = "com.docker.network.bridge.inhibit_ipv4";
 
+/// Every build network's bridge is named `kiln<11 characters of the run id>`, so one host
+/// firewall rule (see `firewall`) can drop traffic between any two of them.
+pub const BRIDGE_PREFIX: &str = "kiln";
+const BRIDGE_NAME: &str = "com.docker.network.bridge.name";
+
 /// Bridge options of a network with (`internal == false`) or without egress.
 fn bridge_options(internal: bool) -> Option<HashMap<String, String>> {
     internal.then(|| HashMap::from([(INHIBIT_IPV4.to_string(), "true".to_string())]))
@@ -218,13 +223,26 @@ impl BuildResources {
         labels
     }
 
+    /// The name of the build network's bridge on the host (at most 15 characters).
+    pub fn bridge(&self) -> String {
+        let id: String = self
+            .run
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(11)
+            .collect();
+        format!("{BRIDGE_PREFIX}{id}")
+    }
+
     /// The build's own bridge network; `internal` (no egress) when the sandbox says so.
     pub fn network_request(&self, internal: bool) -> NetworkCreateRequest {
+        let mut options = bridge_options(internal).unwrap_or_default();
+        options.insert(BRIDGE_NAME.to_string(), self.bridge());
         NetworkCreateRequest {
             name: self.network.clone(),
             driver: Some("bridge".to_string()),
             internal: Some(internal),
-            options: bridge_options(internal),
+            options: Some(options),
             labels: Some(self.labels_with_role("network")),
             ..Default::default()
         }
@@ -353,6 +371,14 @@ mod tests {
         let net = r.network_request(false);
         assert_eq!(net.labels.expect("labels")[LABEL_ROLE], "network");
         assert_eq!(net.internal, Some(false));
+        let options = net.options.expect("options");
+        assert_eq!(options[BRIDGE_NAME], "kiln1234");
+        let long = BuildResources::new("a:1", "0b7c6e1a-29f4-4d2b-9c1e-5d6f7a8b9c0d", "a", "h/1/2");
+        assert_eq!(long.bridge(), "kiln0b7c6e1a29f");
+        assert!(
+            long.bridge().len() <= 15,
+            "Linux interface names are at most 15 bytes"
+        );
     }
 
     #[test]

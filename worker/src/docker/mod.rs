@@ -9,6 +9,7 @@
 //! remote or Docker-in-Docker daemon behaves the same.
 
 pub mod convert;
+pub mod firewall;
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -117,6 +118,11 @@ impl Engine {
             .await
             .map_err(EngineError::Connect)?;
         let info = docker.info().await.map_err(EngineError::Connect)?;
+        let local = std::env::var("DOCKER_HOST").map_or(true, |h| h.starts_with("unix://"));
+        if local {
+            // A blocking call, once per process.
+            let _ = tokio::task::spawn_blocking(firewall::isolate_build_bridges).await;
+        }
         Ok(Engine {
             docker,
             host_cpus: info.ncpu,
