@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_cache::{Backend, BlobStore, S3Config, StoreConfig};
+use kiln_tests::s3::{self, S3Server};
 
 fn main() {
     let mb: usize = std::env::var("KILN_BENCH_MB")
@@ -42,8 +43,8 @@ fn main() {
         restore,
     ));
 
-    let s3 = S3Server::start(work.path());
-    let remote = BlobStore::open(&config(s3.backend())).expect("s3 store");
+    let s3 = S3Server::start();
+    let remote = BlobStore::open(&config(s3_backend(&s3))).expect("s3 store");
     runtime.block_on(measure(
         "S3 (s3s-fs on loopback)",
         &remote,
@@ -158,46 +159,13 @@ fn baseline(input: &Path, work: &Path) -> (Duration, Duration) {
     (save, restored)
 }
 
-/// `s3s-fs` serving a directory on a loopback port; killed when dropped.
-struct S3Server(std::process::Child, u16);
-
-impl S3Server {
-    fn start(work: &Path) -> S3Server {
-        let root = work.join("s3");
-        std::fs::create_dir_all(root.join("kiln")).expect("bucket");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("port");
-        let child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", "bench", "--secret-key", "bench-secret"])
-            .arg(&root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("s3s-fs on PATH (deploy/test-deps.sh installs it)");
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3Server(child, port)
-    }
-
-    fn backend(&self) -> Backend {
-        Backend::S3(S3Config {
-            endpoint: format!("http://127.0.0.1:{}", self.1),
-            region: "us-east-1".into(),
-            bucket: "kiln".into(),
-            access_key_id: "bench".into(),
-            secret_access_key: "bench-secret".into(),
-            path_style: true,
-        })
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+fn s3_backend(server: &S3Server) -> Backend {
+    Backend::S3(S3Config {
+        endpoint: server.endpoint(),
+        region: s3::REGION.into(),
+        bucket: s3::BUCKET.into(),
+        access_key_id: s3::ACCESS_KEY.into(),
+        secret_access_key: s3::SECRET_KEY.into(),
+        path_style: true,
+    })
 }

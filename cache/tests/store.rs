@@ -4,83 +4,20 @@
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kiln_cache::{Backend, BlobStore, Digest, EncryptionKey, S3Config, StoreConfig, StoreError};
+use kiln_tests::s3::{self, S3Server};
 
-/// A running `s3s-fs` on a loopback port, serving a temporary directory; killed when dropped.
-struct S3Server {
-    child: Child,
-    port: u16,
-    _root: tempfile::TempDir,
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn s3s_fs() -> PathBuf {
-    if let Some(path) = std::env::var_os("KILN_S3S_FS") {
-        return PathBuf::from(path);
-    }
-    let found = std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .chain(std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo/bin")))
-        .map(|dir| dir.join("s3s-fs"))
-        .find(|p| p.is_file());
-    found.unwrap_or_else(|| {
-        panic!("s3s-fs (the S3-compatible test server) is missing: run deploy/test-deps.sh, or set KILN_S3S_FS")
+fn s3_backend(server: &S3Server) -> Backend {
+    Backend::S3(S3Config {
+        endpoint: server.endpoint(),
+        region: s3::REGION.into(),
+        bucket: s3::BUCKET.into(),
+        access_key_id: s3::ACCESS_KEY.into(),
+        secret_access_key: s3::SECRET_KEY.into(),
+        path_style: true,
     })
-}
-
-impl S3Server {
-    fn start() -> S3Server {
-        let root = tempfile::tempdir().expect("tempdir");
-        std::fs::create_dir(root.path().join("kiln")).expect("bucket dir");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--access-key",
-                "kiln-test",
-                "--secret-key",
-                "kiln-test-secret",
-            ])
-            .arg(root.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting s3s-fs");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "s3s-fs did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3Server {
-            child,
-            port,
-            _root: root,
-        }
-    }
-
-    fn config(&self) -> Backend {
-        Backend::S3(S3Config {
-            endpoint: format!("http://127.0.0.1:{}", self.port),
-            region: "us-east-1".into(),
-            bucket: "kiln".into(),
-            access_key_id: "kiln-test".into(),
-            secret_access_key: "kiln-test-secret".into(),
-            path_style: true,
-        })
-    }
 }
 
 /// Plain and sealed blobs apart, so each round starts with an empty store.
@@ -247,7 +184,7 @@ async fn the_local_directory_backend_passes_the_suite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_s3_backend_passes_the_suite() {
     let server = S3Server::start();
-    suite(server.config()).await;
+    suite(s3_backend(&server)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,10 +1,11 @@
 //! The end-to-end harness: starts real `kiln` processes (coordinators, workers), a real
-//! `redis-server`, and talks to them with real gRPC clients and the real `kiln` CLI.
+//! `redis-server`, a real S3-compatible server (`s3`), and talks to them with real gRPC clients and the real `kiln` CLI.
 //!
-//! Everything a test needs must be there: a missing Docker daemon, build image, `redis-server`
-//! or `kiln` binary fails the test with a message saying how to get it, never skips it.
+//! Everything a test needs must be there: a missing Docker daemon, build image, `redis-server`,
+//! `s3s-fs` or `kiln` binary fails the test with a message saying how to get it, never skips it.
 
 mod redis;
+pub mod s3;
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpListener};
@@ -221,6 +222,46 @@ pub fn docker(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A Perl program (the build image has Perl, not netcat) that listens on `port` and answers every
+/// connection with `greeting` and a newline, after printing `listening`; it gives up after ten
+/// minutes. Double quotes only, so a shell can take it in single quotes.
+pub fn listener_script(port: u16, greeting: &str) -> String {
+    format!(
+        "$|=1; alarm 600; my $s = IO::Socket::INET->new(LocalAddr => \"0.0.0.0\", LocalPort => {port}, Listen => 16, ReuseAddr => 1) or die \"cannot listen $!\"; print \"listening\\n\"; while (my $c = $s->accept) {{ print $c \"{greeting}\\n\"; close $c }}"
+    )
+}
+
+/// Starts a container of the build image running [`listener_script`] on Docker network `network`,
+/// known there as `alias`; returns its name once it listens.
+pub fn start_listener(network: &str, alias: &str, port: u16, greeting: &str) -> String {
+    let name = unique_name("listener");
+    let script = listener_script(port, greeting);
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "kiln-test=1",
+        "--network",
+        network,
+        "--network-alias",
+        alias,
+        IMAGE,
+        "perl",
+        "-MIO::Socket::INET",
+        "-e",
+        &script,
+    ]);
+    for _ in 0..100 {
+        if docker(&["logs", &name]).contains("listening") {
+            return name;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the listener container {name} on {network} did not start");
 }
 
 /// A name no other test or run uses, for the Docker objects a test creates.

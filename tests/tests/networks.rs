@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use kiln_proto::v1::StopBuildRequest;
 use kiln_tests::{
     apply_project, checkout, client, docker, get, kiln, require_docker, start, start_coordinator,
-    start_worker, unique_name, wait_complete, Proc, IMAGE,
+    start_listener, start_worker, unique_name, wait_complete, Proc,
 };
 
 const GREETING: &str = "hello from the database";
@@ -32,38 +32,6 @@ impl Drop for Cleanup {
             let _ = Command::new("docker").args(args).output();
         }
     }
-}
-
-/// A "database": a TCP listener container on `network`, known there as `db`.
-fn database(network: &str) -> String {
-    let name = unique_name("db");
-    let script = format!(
-        "$|=1; alarm 600; my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => 5432, Listen => 16, ReuseAddr => 1) or die; print \"listening\\n\"; while (my $c = $s->accept) {{ print $c \"{GREETING}\\n\"; close $c }}"
-    );
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        "kiln-test=1",
-        "--network",
-        network,
-        "--network-alias",
-        "db",
-        IMAGE,
-        "perl",
-        "-MIO::Socket::INET",
-        "-e",
-        &script,
-    ]);
-    for _ in 0..100 {
-        if docker(&["logs", &name]).contains("listening") {
-            return name;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("the database container did not start");
 }
 
 fn log_of(server: &str, id: &str) -> String {
@@ -146,7 +114,7 @@ async fn builds_join_operator_networks_only_where_the_worker_config_allows() {
         docker(&["network", "inspect", "-f", "{{.Internal}}", &services]),
         "false"
     );
-    let db = database(&services);
+    let db = start_listener(&services, "db", 5432, GREETING);
     cleanup.0.insert(0, ("container", db));
 
     let file = data.path().join("project.yaml");

@@ -8,9 +8,9 @@ use std::net::TcpListener;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{checkout, engine, job, leftovers, run_with, Capture, IMAGE, OWNER};
+use common::{checkout, engine, job, leftovers, run_with, Capture, OWNER};
 use kiln_buildspec::routing::Status::*;
-use kiln_tests::{docker, unique_name};
+use kiln_tests::{docker, listener_script, start_listener, unique_name};
 use kiln_worker::docker::{Attachment, Mount, Sandbox};
 use tokio_util::sync::CancellationToken;
 
@@ -55,40 +55,14 @@ impl TestNetwork {
     /// Starts a TCP listener container known as `alias` here; returns its address once it
     /// listens.
     fn listener(&mut self, alias: &str) -> String {
-        let name = unique_name("listener");
-        let script = format!(
-            "$|=1; alarm 300; my $s = IO::Socket::INET->new(LocalAddr => '0.0.0.0', LocalPort => {PORT}, Listen => 16, ReuseAddr => 1) or die \"listen: $!\"; print \"listening\\n\"; while (my $c = $s->accept) {{ print $c \"{GREETING}\\n\"; close $c }}"
-        );
-        docker(&[
-            "run",
-            "-d",
-            "--name",
-            &name,
-            "--label",
-            "kiln-test=1",
-            "--network",
-            &self.name,
-            "--network-alias",
-            alias,
-            IMAGE,
-            "perl",
-            "-MIO::Socket::INET",
-            "-e",
-            &script,
-        ]);
+        let name = start_listener(&self.name, alias, PORT, GREETING);
         self.containers.push(name.clone());
-        for _ in 0..100 {
-            if docker(&["logs", &name]).contains("listening") {
-                return docker(&[
-                    "inspect",
-                    "-f",
-                    "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                    &name,
-                ]);
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        panic!("the listener on {} did not start", self.name);
+        docker(&[
+            "inspect",
+            "-f",
+            "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+            &name,
+        ])
     }
 }
 
@@ -146,7 +120,8 @@ fn reached(log: &str) -> bool {
 #[tokio::test]
 async fn concurrent_builds_cannot_reach_each_other() {
     let listen = format!(
-        "version: 0.2\nphases:\n  build:\n    commands:\n      - perl -MIO::Socket::INET -e '$|=1; alarm 120; my $s = IO::Socket::INET->new(LocalAddr => \"0.0.0.0\", LocalPort => {PORT}, Listen => 16, ReuseAddr => 1) or die; print \"listening\\n\"; while (my $c = $s->accept) {{ print $c \"{GREETING}\\n\"; close $c }}'\n"
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - perl -MIO::Socket::INET -e '{}'\n",
+        listener_script(PORT, GREETING)
     );
     let dir = checkout(&listen, &[]);
     let listener_job = job(dir.path());
