@@ -1,6 +1,6 @@
 //! The `kiln` binary: `kiln run` runs a buildspec locally in Docker, `kiln lint` checks buildspecs,
 //! the client commands (`start`, `logs`, `get`, `list`, `stop`, `artifacts`, `project`,
-//! `network`) talk to a Kiln server, `kiln coordinator` and `kiln worker` run a farm, `kiln
+//! `network`, `cache`) talk to a Kiln server, `kiln coordinator` and `kiln worker` run a farm, `kiln
 //! server` both in one.
 //! Exit status: 0 success (for `worker`: drained); 1 a build that did not succeed, or Docker or
 //! the server that could not be reached; 2 invalid input (nothing ran); 130 a second Ctrl-C.
@@ -54,6 +54,8 @@ enum Command {
     Project(client::ProjectArgs),
     /// For operators: the networks workers offer builds, and the builds attached now
     Network(client::NetworkArgs),
+    /// A project's build caches: list them, or clear them so the next build starts cold
+    Cache(client::CacheArgs),
     /// Run builds for a coordinator until SIGTERM or Ctrl-C (which drains first)
     Worker(Box<worker::WorkerArgs>),
     /// Run the coordinator (workers connect with `kiln worker`)
@@ -82,6 +84,7 @@ fn main() -> ExitCode {
         Command::Artifacts(args) => client::execute("artifacts", client::artifacts(args)),
         Command::Project(args) => client::execute("project", client::project(args)),
         Command::Network(args) => client::execute("network", client::network(args)),
+        Command::Cache(args) => client::execute("cache", client::cache(args)),
         Command::Worker(args) => worker::worker(*args),
         Command::Coordinator(args) => coordinator::coordinator(*args),
         Command::Server(args) => server::server(*args),

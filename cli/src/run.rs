@@ -297,13 +297,21 @@ async fn execute(p: Prepared) -> Result<ExitCode, Failure> {
 /// The coordinator on a free loopback port, with the store in [`store_dir`], or in `data` when
 /// that one cannot be had (another `kiln run` holds it, no state directory).
 async fn bind(data: &Path) -> anyhow::Result<Coordinator> {
-    let config = |state: &Path| CoordinatorConfig {
-        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        state: state.display().to_string(),
-        data_dir: data.to_path_buf(),
-        // The checkout is the user's own: no size limit.
-        max_upload_bytes: u64::MAX,
-        ..CoordinatorConfig::default()
+    let config = |state: &Path| {
+        let mut config = CoordinatorConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            state: state.display().to_string(),
+            data_dir: data.to_path_buf(),
+            // The checkout is the user's own: no size limit.
+            max_upload_bytes: u64::MAX,
+            ..CoordinatorConfig::default()
+        };
+        // Blobs (build caches among them) stay beside the state that indexes them.
+        config.store.path = Some(state.with_file_name(match state.file_name() {
+            Some(name) => format!("{}-blobs", name.to_string_lossy()),
+            None => "blobs".to_string(),
+        }));
+        config
     };
     if let Some(dir) = store_dir() {
         match Coordinator::bind(config(&dir)).await {

@@ -75,8 +75,14 @@ impl Blobs {
         Ok(found.first().copied().unwrap_or(false))
     }
 
-    /// Which of the blobs the store has, in order (false for a malformed digest), in one batch.
+    /// Which of the blobs (at most 1000) the store has, in order (false for a malformed digest),
+    /// in one batch.
     pub async fn contains_all(&self, digests: &[String]) -> Result<Vec<bool>, Status> {
+        if digests.len() > 1000 {
+            return Err(Status::invalid_argument(
+                "at most 1000 digests per HasBlobs",
+            ));
+        }
         let parsed: Vec<Option<Digest>> = digests.iter().map(|d| Digest::parse(d).ok()).collect();
         let valid: Vec<Digest> = parsed.iter().flatten().cloned().collect();
         let mut found = self

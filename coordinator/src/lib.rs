@@ -3,12 +3,14 @@
 //!
 //! `server::Coordinator` is the entry point; `core` holds the shared state, `scheduler` the
 //! dispatcher and sweeper loops, `service` the gRPC services, `store` the durable state (embedded
-//! file or Redis), `blobs` uploaded sources and artifacts, `archive` the checks on uploads,
+//! file or Redis), `blobs` uploaded sources, artifacts and cache segments, `caches` the build cache
+//! index, `archive` the checks on uploads,
 //! `auth` the tokens, `config` the configuration file.
 
 pub mod archive;
 pub mod auth;
 pub mod blobs;
+pub mod caches;
 pub mod config;
 pub mod core;
 pub mod scheduler;

@@ -10,9 +10,10 @@ use std::sync::Arc;
 use common::fixtures::{build, create, create_with, get, id, number, update, CLAIM, NOW_MS};
 use common::RedisServer;
 use kiln_coordinator::store::{
-    BuildFilter, Created, EmbeddedStore, QueueChange, RedisStore, StateStore, StoreError, Updated,
+    cache_slot, BuildFilter, Created, EmbeddedStore, QueueChange, RedisStore, StateStore,
+    StoreError, Updated,
 };
-use kiln_proto::v1::{Lease, Project, StoredBuild};
+use kiln_proto::v1::{CacheEntry, Lease, Project, StoredBuild};
 use tempfile::TempDir;
 
 /// A backend under test, which can be opened again (after the last store is dropped) to see
@@ -94,6 +95,7 @@ on_both_backends!(
     active_builds_are_claimed_and_unfinished,
     list_builds_filters_and_pages_without_gaps_or_repeats,
     projects_crud,
+    cache_index_keeps_keyed_entries_immutable_and_survives_reopening,
     logs_append_in_order_and_read_with_offsets,
     reopening_keeps_everything,
     racing_claims_win_each_build_once,
@@ -474,6 +476,70 @@ async fn projects_crud(backend: impl Backend) {
         store.list_projects().await.expect("list"),
         [project("api", "a")]
     );
+}
+
+fn cache(project: &str, paths: &[&str], key: &str, segment: &str) -> CacheEntry {
+    CacheEntry {
+        project: project.into(),
+        paths: paths.iter().map(|p| p.to_string()).collect(),
+        key: key.into(),
+        segments: vec![segment.into()],
+        size: 10,
+        files: 1,
+        created_ms: NOW_MS,
+        build_id: format!("{project}:b"),
+    }
+}
+
+async fn sorted_caches(store: &impl StateStore, project: &str) -> Vec<CacheEntry> {
+    let mut all = store.caches(project).await.expect("caches");
+    all.sort_by_key(cache_slot);
+    all
+}
+
+async fn cache_index_keeps_keyed_entries_immutable_and_survives_reopening(backend: impl Backend) {
+    let store = backend.open().await;
+    let keyed = cache("web", &["node_modules/**/*"], "npm-1", "sha256:a");
+    assert!(store.put_cache(keyed.clone(), true).await.expect("put"));
+    let again = cache("web", &["node_modules/**/*"], "npm-1", "sha256:b");
+    assert!(
+        !store.put_cache(again, true).await.expect("put"),
+        "a keyed entry is immutable"
+    );
+    // The same key with other paths is another cache.
+    let other_paths = cache("web", &["/root/.m2/**/*"], "npm-1", "sha256:c");
+    assert_ne!(cache_slot(&keyed), cache_slot(&other_paths));
+    assert!(store
+        .put_cache(other_paths.clone(), true)
+        .await
+        .expect("put"));
+    // The rolling cache is replaced by each save.
+    let rolling = cache("web", &["node_modules/**/*"], "", "sha256:d");
+    assert!(store.put_cache(rolling, false).await.expect("put"));
+    let rolling = cache("web", &["node_modules/**/*"], "", "sha256:e");
+    assert!(store.put_cache(rolling.clone(), false).await.expect("put"));
+    // Another project's caches are apart, even with a name that extends this one's.
+    let api = cache("web2", &["node_modules/**/*"], "npm-1", "sha256:f");
+    assert!(store.put_cache(api.clone(), true).await.expect("put"));
+    let mut want = vec![keyed.clone(), other_paths.clone(), rolling.clone()];
+    want.sort_by_key(cache_slot);
+    assert_eq!(sorted_caches(&store, "web").await, want);
+    assert_eq!(
+        sorted_caches(&store, "web2").await,
+        std::slice::from_ref(&api)
+    );
+    assert_eq!(sorted_caches(&store, "nothing").await, []);
+
+    let gone = [cache_slot(&other_paths), "0000/none".to_string()];
+    assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 1);
+    assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 0);
+    drop(store);
+
+    let store = backend.open().await;
+    let mut want = vec![keyed, rolling];
+    want.sort_by_key(cache_slot);
+    assert_eq!(sorted_caches(&store, "web").await, want);
+    assert_eq!(sorted_caches(&store, "web2").await, [api]);
 }
 
 async fn logs_append_in_order_and_read_with_offsets(backend: impl Backend) {

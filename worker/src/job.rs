@@ -1,11 +1,13 @@
 //! What to build: everything the phase runner needs, decided before the build starts.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_buildspec::Buildspec;
 
 use crate::artifacts::ArtifactTarget;
+use crate::cache::CacheStore;
 use crate::docker::{ComputeType, Limits, Sandbox};
 use crate::secrets::SecretStore;
 
@@ -39,6 +41,8 @@ pub struct BuildJob {
     pub artifacts: ArtifactTarget,
     /// What the build gets beyond the default sandbox (allowed by the worker's policy).
     pub sandbox: Sandbox,
+    /// Where the buildspec's `cache` is restored from and saved to; `None`: caches are skipped.
+    pub cache: Option<Arc<dyn CacheStore>>,
 }
 
 impl BuildJob {
@@ -67,6 +71,7 @@ impl BuildJob {
             source_repo_url: None,
             artifacts: ArtifactTarget::default(),
             sandbox: Sandbox::default(),
+            cache: None,
         }
     }
 }

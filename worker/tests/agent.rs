@@ -12,8 +12,9 @@ use std::time::Duration;
 use kiln_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use kiln_proto::v1::{
     coordinator_message::Kind as Out, upload_artifacts_request::Part, worker_message::Kind as In,
-    Assignment, CompletedAck, CoordinatorMessage, DataChunk, FetchSourceRequest, LogAck,
-    UploadArtifactsRequest, UploadArtifactsResponse, Welcome, WorkerMessage,
+    Assignment, CacheEntry, CompletedAck, CoordinatorMessage, DataChunk, FetchSourceRequest,
+    HasBlobsRequest, HasBlobsResponse, LogAck, LookupCacheRequest, SaveCacheRequest,
+    SaveCacheResponse, UploadArtifactsRequest, UploadArtifactsResponse, Welcome, WorkerMessage,
 };
 use kiln_worker::agent::{run_agent, AgentConfig};
 use kiln_worker::secrets::SecretStore;
@@ -145,6 +146,36 @@ impl WorkerService for FakeCoordinator {
             .artifacts
             .push((build_id, data));
         Ok(Response::new(response))
+    }
+
+    // Build caches are tested against the real coordinator (tests/tests/caches.rs); these
+    // builds have none.
+    async fn lookup_cache(
+        &self,
+        _: Request<LookupCacheRequest>,
+    ) -> Result<Response<CacheEntry>, Status> {
+        Err(Status::unimplemented("no caches here"))
+    }
+
+    async fn has_blobs(
+        &self,
+        _: Request<HasBlobsRequest>,
+    ) -> Result<Response<HasBlobsResponse>, Status> {
+        Err(Status::unimplemented("no caches here"))
+    }
+
+    async fn upload_blob(
+        &self,
+        _: Request<Streaming<DataChunk>>,
+    ) -> Result<Response<UploadArtifactsResponse>, Status> {
+        Err(Status::unimplemented("no caches here"))
+    }
+
+    async fn save_cache(
+        &self,
+        _: Request<SaveCacheRequest>,
+    ) -> Result<Response<SaveCacheResponse>, Status> {
+        Err(Status::unimplemented("no caches here"))
     }
 }
 

@@ -1,5 +1,5 @@
 //! The client commands of the `kiln` binary (`start`, `logs`, `get`, `list`, `stop`, `artifacts`,
-//! `project`, `network`): each talks to a Kiln server's `BuildService` over gRPC and ends with an exit status.
+//! `project`, `network`, `cache`): each talks to a Kiln server's `BuildService` over gRPC and ends with an exit status.
 //!
 //! Exit status: 0 success; 1 a build that did not succeed, or a failure talking to the server;
 //! 2 invalid input, found locally or refused by the server with INVALID_ARGUMENT (nothing ran).
@@ -16,6 +16,7 @@ macro_rules! out {
 
 mod artifacts;
 mod builds;
+mod cache;
 mod connect;
 mod json;
 mod logs;
@@ -29,6 +30,7 @@ use std::process::ExitCode;
 
 pub use artifacts::{artifacts, download, ArtifactsArgs};
 pub use builds::{get, list, stop, GetArgs, ListArgs, StopArgs};
+pub use cache::{cache, CacheArgs};
 pub use connect::Server;
 pub use logs::{logs, LogsArgs};
 pub use network::{network, NetworkArgs};

@@ -9,9 +9,10 @@ use futures_util::StreamExt;
 use kiln_proto::v1::build_service_server::BuildService;
 use kiln_proto::v1::{
     upload_source_request, AttachedBuild, BatchGetBuildsRequest, BatchGetBuildsResponse, Build,
-    DataChunk, DeleteProjectRequest, DeleteProjectResponse, DownloadArtifactRequest,
-    GetBuildRequest, GetProjectRequest, HasBlobsRequest, HasBlobsResponse, ListBuildsRequest,
-    ListBuildsResponse, ListNetworksRequest, ListNetworksResponse, ListProjectsRequest,
+    DataChunk, DeleteCachesRequest, DeleteCachesResponse, DeleteProjectRequest,
+    DeleteProjectResponse, DownloadArtifactRequest, GetBuildRequest, GetProjectRequest,
+    HasBlobsRequest, HasBlobsResponse, ListBuildsRequest, ListBuildsResponse, ListCachesRequest,
+    ListCachesResponse, ListNetworksRequest, ListNetworksResponse, ListProjectsRequest,
     ListProjectsResponse, LogChunk, Project, RetryBuildRequest, StartBuildRequest,
     StartBuildResponse, StopBuildRequest, StreamLogsRequest, UploadSourceRequest,
     UploadSourceResponse, WatchBuildRequest, WorkerNetworks,
@@ -21,6 +22,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::archive;
+use crate::caches;
 use crate::core::{end_build, epoch, now_ms, record, store_error, Core};
 use crate::scheduler::send_cancel;
 use crate::service::start::{check_project, project_of, retry_request, start};
@@ -384,11 +386,6 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         request: Request<HasBlobsRequest>,
     ) -> Result<Response<HasBlobsResponse>, Status> {
         let digests = request.into_inner().digests;
-        if digests.len() > 1000 {
-            return Err(Status::invalid_argument(
-                "at most 1000 digests per HasBlobs",
-            ));
-        }
         let present = self.core.blobs.contains_all(&digests).await?;
         Ok(Response::new(HasBlobsResponse { present }))
     }
@@ -451,6 +448,24 @@ impl<S: StateStore> BuildService for BuildApi<S> {
             return Err(Status::not_found(format!("no project {name:?}")));
         }
         Ok(Response::new(DeleteProjectResponse {}))
+    }
+
+    async fn list_caches(
+        &self,
+        request: Request<ListCachesRequest>,
+    ) -> Result<Response<ListCachesResponse>, Status> {
+        let project = request.into_inner().project;
+        let entries = caches::list(&self.core.store, &project).await?;
+        Ok(Response::new(ListCachesResponse { entries }))
+    }
+
+    async fn delete_caches(
+        &self,
+        request: Request<DeleteCachesRequest>,
+    ) -> Result<Response<DeleteCachesResponse>, Status> {
+        let r = request.into_inner();
+        let deleted = caches::delete(&self.core.store, &r.project, &r.key, r.all).await?;
+        Ok(Response::new(DeleteCachesResponse { deleted }))
     }
 }
 

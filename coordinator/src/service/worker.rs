@@ -1,4 +1,5 @@
-//! `WorkerService`: the workers' control stream, source downloads and artifact uploads. Every
+//! `WorkerService`: the workers' control stream, source downloads, artifact uploads and build
+//! caches. Every
 //! message about a build is checked against the build's current lease epoch (the fencing token);
 //! a stale one gets a `Reject` and changes nothing. Log chunks are stored per attempt (keyed by
 //! build and epoch), so a worker that lost its lease can never write into the log of the attempt
@@ -10,15 +11,17 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use kiln_proto::v1::worker_service_server::WorkerService;
 use kiln_proto::v1::{
-    coordinator_message, upload_artifacts_request, worker_message, Completed, CompletedAck,
-    CoordinatorMessage, DataChunk, FetchSourceRequest, Hello, LeaseRef, LogAck, LogData,
-    PhaseStarted, Reject, Resume, UploadArtifactsRequest, UploadArtifactsResponse, Welcome,
-    WorkerMessage,
+    coordinator_message, upload_artifacts_request, worker_message, CacheEntry, Completed,
+    CompletedAck, CoordinatorMessage, DataChunk, FetchSourceRequest, HasBlobsRequest,
+    HasBlobsResponse, Hello, LeaseRef, LogAck, LogData, LookupCacheRequest, PhaseStarted, Reject,
+    Resume, SaveCacheRequest, SaveCacheResponse, StoredBuild, UploadArtifactsRequest,
+    UploadArtifactsResponse, Welcome, WorkerMessage,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::caches;
 use crate::core::{
     close_phase, epoch, ms, now_ms, open_phase, record, store_error, Core, WorkerConn, WorkerTx,
 };
@@ -176,6 +179,72 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
             size: stored.size,
         }))
     }
+
+    async fn lookup_cache(
+        &self,
+        request: Request<LookupCacheRequest>,
+    ) -> Result<Response<CacheEntry>, Status> {
+        let r = request.into_inner();
+        let row = check_lease(&self.core, &lease_of(r.lease)?).await?;
+        let project = &record(&row).project_name;
+        let entry =
+            caches::lookup(&self.core.store, project, &r.paths, &r.key, &r.prefixes).await?;
+        Ok(Response::new(entry))
+    }
+
+    async fn has_blobs(
+        &self,
+        request: Request<HasBlobsRequest>,
+    ) -> Result<Response<HasBlobsResponse>, Status> {
+        let present = self
+            .core
+            .blobs
+            .contains_all(&request.into_inner().digests)
+            .await?;
+        Ok(Response::new(HasBlobsResponse { present }))
+    }
+
+    async fn upload_blob(
+        &self,
+        request: Request<Streaming<DataChunk>>,
+    ) -> Result<Response<UploadArtifactsResponse>, Status> {
+        let chunks = request.into_inner().map(|m| m.map(|c| c.data));
+        let stored = self
+            .core
+            .blobs
+            .store_stream(caches::MAX_SEGMENT_BYTES, Box::pin(chunks))
+            .await?;
+        Ok(Response::new(UploadArtifactsResponse {
+            digest: stored.digest,
+            size: stored.size,
+        }))
+    }
+
+    async fn save_cache(
+        &self,
+        request: Request<SaveCacheRequest>,
+    ) -> Result<Response<SaveCacheResponse>, Status> {
+        let r = request.into_inner();
+        let lease = lease_of(r.lease)?;
+        let row = check_lease(&self.core, &lease).await?;
+        let entry = r
+            .entry
+            .ok_or_else(|| Status::invalid_argument("SaveCache needs the entry"))?;
+        let project = &record(&row).project_name;
+        let stored = caches::save(
+            &self.core.store,
+            &self.core.blobs,
+            project,
+            &lease.build_id,
+            entry,
+        )
+        .await?;
+        Ok(Response::new(SaveCacheResponse { stored }))
+    }
+}
+
+fn lease_of(lease: Option<LeaseRef>) -> Result<LeaseRef, Status> {
+    lease.ok_or_else(|| Status::invalid_argument("the request needs the build's lease"))
 }
 
 /// The Welcome for a (re)connecting worker: which of its builds it may go on with.
@@ -229,8 +298,11 @@ async fn renew<S: StateStore>(
     }
 }
 
-/// FAILED_PRECONDITION unless the lease is the build's current one.
-async fn check_lease<S: StateStore>(core: &Core<S>, lease: &LeaseRef) -> Result<(), Status> {
+/// The build, or FAILED_PRECONDITION unless the lease is its current one.
+async fn check_lease<S: StateStore>(
+    core: &Core<S>,
+    lease: &LeaseRef,
+) -> Result<StoredBuild, Status> {
     let row = core.build(&lease.build_id).await?;
     if epoch(&row) != lease.epoch || row.lease.is_none() || record(&row).build_complete {
         return Err(Status::failed_precondition(format!(
@@ -238,7 +310,7 @@ async fn check_lease<S: StateStore>(core: &Core<S>, lease: &LeaseRef) -> Result<
             lease.epoch, lease.build_id
         )));
     }
-    Ok(())
+    Ok(row)
 }
 
 /// One worker's stream.

@@ -21,7 +21,7 @@ use std::io;
 use std::path::Path;
 
 use bytes::Bytes;
-use kiln_proto::v1::{Project, StoredBuild};
+use kiln_proto::v1::{CacheEntry, Project, StoredBuild};
 use prost::Message;
 
 use self::group_commit::Committer;
@@ -224,5 +224,22 @@ impl StateStore for EmbeddedStore {
 
     async fn log_len(&self, build_id: &str) -> StoreResult<u64> {
         self.logs.len(build_id).await
+    }
+
+    async fn put_cache(&self, entry: CacheEntry, immutable: bool) -> StoreResult<bool> {
+        self.committer
+            .write(|state| Ok(state.put_cache(entry, immutable)))
+            .await
+    }
+
+    async fn caches(&self, project: &str) -> StoreResult<Vec<CacheEntry>> {
+        let rows = self.committer.read(|state| state.caches(project));
+        rows.iter().map(|row| decode_row(row)).collect()
+    }
+
+    async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
+        self.committer
+            .write(|state| Ok(state.delete_caches(project, slots)))
+            .await
     }
 }

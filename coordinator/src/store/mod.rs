@@ -10,12 +10,13 @@
 //!
 //! The rules both backends share live here as pure functions: the queue rank (`queue_rank`),
 //! what the store fills in on a new build (`stamp_new`), filter matching and `list_builds`
-//! paging (`page_builds`).
+//! paging (`page_builds`), where a cache entry sits in its project's index (`cache_slot`).
 
 use std::future::Future;
 use std::path::PathBuf;
 
-use kiln_proto::v1::{Project, StoredBuild};
+use kiln_proto::v1::{CacheEntry, Project, StoredBuild};
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 mod embedded;
@@ -41,6 +42,18 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Where a cache entry sits among its project's: `<paths>/<key>`, the paths as the first 16 hex
+/// digits of their sha256 (entries with other paths are other caches, semantics §6).
+pub fn cache_slot(entry: &CacheEntry) -> String {
+    let mut hasher = Sha256::new();
+    for path in &entry.paths {
+        hasher.update(path.as_bytes());
+        hasher.update([0]);
+    }
+    let scope = format!("{:x}", hasher.finalize());
+    format!("{}/{}", &scope[..16], entry.key)
+}
 
 /// Bits of a queue rank that hold the `queue_seq`: 2^40 builds before two could collide, and with
 /// 101 priority levels above them a rank stays below 2^47, exact in the `f64` of a Redis score.
@@ -303,6 +316,24 @@ pub trait StateStore: Send + Sync + 'static {
 
     /// The number of chunks stored for a build.
     fn log_len(&self, build_id: &str) -> impl Future<Output = StoreResult<u64>> + Send;
+
+    /// Stores a cache entry at its project's [`cache_slot`]; with `immutable`, stores nothing when
+    /// the slot is taken. Returns whether it stored.
+    fn put_cache(
+        &self,
+        entry: CacheEntry,
+        immutable: bool,
+    ) -> impl Future<Output = StoreResult<bool>> + Send;
+
+    /// Every cache entry of a project, in no particular order.
+    fn caches(&self, project: &str) -> impl Future<Output = StoreResult<Vec<CacheEntry>>> + Send;
+
+    /// Removes a project's entries at these slots; returns how many there were.
+    fn delete_caches(
+        &self,
+        project: &str,
+        slots: &[String],
+    ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
 /// The configured backend: `redis://` or `rediss://` URLs open a [`RedisStore`], anything else
@@ -415,6 +446,18 @@ impl StateStore for AnyStore {
 
     async fn log_len(&self, build_id: &str) -> StoreResult<u64> {
         delegate!(self, s => s.log_len(build_id))
+    }
+
+    async fn put_cache(&self, entry: CacheEntry, immutable: bool) -> StoreResult<bool> {
+        delegate!(self, s => s.put_cache(entry, immutable))
+    }
+
+    async fn caches(&self, project: &str) -> StoreResult<Vec<CacheEntry>> {
+        delegate!(self, s => s.caches(project))
+    }
+
+    async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
+        delegate!(self, s => s.delete_caches(project, slots))
     }
 }
 

@@ -21,6 +21,7 @@
 //! | `running:{project}` | set | the project's claimed, unfinished build ids (the limit) |
 //! | `index`, `index:{project}` | zset | build ids, score `queue_seq`, for `list_builds` |
 //! | `projects` | hash | project name to `Project` (prost) |
+//! | `caches:{project}` | hash | `cache_slot` to `CacheEntry` (prost) |
 //! | `log:{id}`, `logend:{id}` | list | chunk `seq` at index `seq`; its end offset in the log |
 //!
 //! In a Redis Cluster every key of one prefix must hash to one slot: use a prefix with a hash
@@ -28,12 +29,13 @@
 
 use ::redis::aio::ConnectionManager;
 use ::redis::{cmd, from_redis_value, pipe, Client, RedisError, Script, Value};
-use kiln_proto::v1::{Project, StoredBuild};
+use kiln_proto::v1::{CacheEntry, Project, StoredBuild};
 use prost::Message;
 
 use super::{
-    decode_each, decode_found, decode_row, id_and_project, page_builds, queue_rank, stamp_new,
-    BuildFilter, Created, QueueChange, StateStore, StoreError, StoreResult, StoredChunk, Updated,
+    cache_slot, decode_each, decode_found, decode_row, id_and_project, page_builds, queue_rank,
+    stamp_new, BuildFilter, Created, QueueChange, StateStore, StoreError, StoreResult, StoredChunk,
+    Updated,
 };
 
 impl From<RedisError> for StoreError {
@@ -352,6 +354,38 @@ impl StateStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         Ok(removed == 1)
+    }
+
+    async fn put_cache(&self, entry: CacheEntry, immutable: bool) -> StoreResult<bool> {
+        let command = if immutable { "HSETNX" } else { "HSET" };
+        let added: u64 = cmd(command)
+            .arg(self.keys.of("caches", &entry.project))
+            .arg(cache_slot(&entry))
+            .arg(entry.encode_to_vec())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        // HSETNX answers whether it stored; HSET always stores.
+        Ok(!immutable || added == 1)
+    }
+
+    async fn caches(&self, project: &str) -> StoreResult<Vec<CacheEntry>> {
+        let rows: Vec<Vec<u8>> = cmd("HVALS")
+            .arg(self.keys.of("caches", project))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        rows.iter().map(|row| decode_row(row)).collect()
+    }
+
+    async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
+        if slots.is_empty() {
+            return Ok(0);
+        }
+        let removed: u64 = cmd("HDEL")
+            .arg(self.keys.of("caches", project))
+            .arg(slots)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(removed)
     }
 
     async fn append_log(&self, build_id: &str, seq: u64, data: &[u8]) -> StoreResult<u64> {

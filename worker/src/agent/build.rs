@@ -13,6 +13,7 @@ use kiln_proto::v1 as pb;
 use tokio_util::sync::CancellationToken;
 
 use super::assignment::{build_job, completed, failed_early, JobDefaults};
+use super::cache::CoordinatorCache;
 use super::checkout::{extract, fetch_archive, git_clone, Checkout, CheckoutError};
 use super::outbox::{LogOutbox, ProtocolSink};
 use super::upload::{tar_dir, upload_artifacts, UploadError};
@@ -122,7 +123,16 @@ pub async fn run_assignment(
         out_dir.clone(),
         &ctx.defaults,
     ) {
-        Ok(job) => job,
+        Ok(mut job) => {
+            job.cache = Some(Arc::new(CoordinatorCache {
+                client: ctx.client.clone(),
+                lease: pb::LeaseRef {
+                    build_id: a.build_id.clone(),
+                    epoch: a.epoch,
+                },
+            }));
+            job
+        }
         Err(message) => {
             return Some(early(
                 &a,

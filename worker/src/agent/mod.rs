@@ -12,8 +12,9 @@
 //!   reports whose log is fully acknowledged (see `state.rs`). One writer keeps a build's
 //!   messages in order without per-build tasks racing for the stream; the stream's channel is
 //!   unbounded, but what goes into it is bounded by the outboxes' limits.
-//! - Source fetches and artifact uploads use their own RPCs on the same lazily connected channel
-//!   and are retried on transient errors; an upload the coordinator refuses for its epoch
+//! - Source fetches, artifact uploads and build caches use their own RPCs on the same lazily
+//!   connected channel; fetches and uploads are retried on transient errors (a cache that cannot
+//!   be reached is only logged); an upload the coordinator refuses for its epoch
 //!   (FAILED_PRECONDITION) drops the build's report.
 //! - Assignments that arrive while draining, with no free slot, or for a build whose earlier
 //!   attempt is still tracked are not run: the agent answers `Declined`, and the coordinator
@@ -23,6 +24,7 @@
 
 mod assignment;
 mod build;
+mod cache;
 mod checkout;
 mod outbox;
 mod session;

@@ -52,6 +52,13 @@ pub enum EngineError {
     },
 }
 
+impl EngineError {
+    /// Whether Docker answered 404: no such container, or no such path in it.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, EngineError::Docker { source, .. } if is_not_found(source))
+    }
+}
+
 fn docker_err(op: &'static str) -> impl Fn(bollard::errors::Error) -> EngineError {
     move |source| EngineError::Docker { op, source }
 }

@@ -163,9 +163,8 @@ impl Build {
             .exec_item(&command, None, Carry::ReadOnly, Some(&mut out))
             .await?;
         if code != 0 {
-            self.log.agent(&format!(
-                "Could not evaluate artifact name {text:?}; using it as written"
-            ));
+            self.log
+                .agent(&format!("Could not evaluate {text:?}; using it as written"));
             return Ok(text.to_string());
         }
         Ok(self.log.mask(&String::from_utf8_lossy(&out)))

@@ -24,6 +24,7 @@ use crate::record::{
 use crate::shell::{initial_file, StateOp, STATE_DIR};
 use crate::source::{archive_dir, ExtraEntry, SRC_DIR};
 
+mod cache;
 mod item;
 
 /// Runs a build to completion and returns its record. `owner` labels the Docker objects (see
@@ -126,6 +127,8 @@ struct Build {
     background: futures_util::stream::SelectAll<item::BackgroundLines>,
     marker: String,
     secret_vars: BTreeSet<String>,
+    /// Evaluated in DOWNLOAD_SOURCE for the save after POST_BUILD.
+    cache_keys: Option<cache::CacheKeys>,
     cancel: CancellationToken,
     deadline: Instant,
 }
@@ -271,6 +274,7 @@ impl Build {
             background: Default::default(),
             marker: format!("KILN-END-{}", Uuid::new_v4().simple()),
             secret_vars: BTreeSet::new(),
+            cache_keys: None,
             cancel,
             deadline,
             job,
@@ -571,11 +575,7 @@ impl Build {
             (Ok(Ok(())), Err(e)) => return Outcome::fault(&e),
             (Ok(Ok(())), Ok(())) => {}
         }
-        if self.job.buildspec.cache.is_some() {
-            // Semantics §6: a cache that cannot be used is logged and never fails the build.
-            self.log
-                .agent("Cache not restored: no cache store is configured for this build");
-        }
+        self.restore_cache().await;
         Outcome::ok()
     }
 
@@ -651,6 +651,7 @@ impl Build {
     }
 
     async fn upload_artifacts(&mut self) -> Outcome {
+        self.save_cache().await;
         for (group, _) in &self.job.buildspec.reports {
             self.log.agent(&format!(
                 "Report group {group}: test reports are not uploaded by this version of Kiln"

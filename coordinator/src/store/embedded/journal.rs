@@ -8,7 +8,9 @@
 //!   token that created the build as a u32 LE (0 = none), the token, then the `StoredBuild` row
 //!   (prost) to the end;
 //! - `2` project: the `Project` row (prost) to the end;
-//! - `3` project deleted: its name (UTF-8) to the end.
+//! - `3` project deleted: its name (UTF-8) to the end;
+//! - `4` cache entry: the `CacheEntry` row (prost) to the end;
+//! - `5` caches deleted: the project, then each removed slot, each UTF-8 and ended by a NUL byte.
 //!
 //! A record states what a build or project now is, never a delta, so applying one twice leaves
 //! the same state: a snapshot may include changes whose records follow it (see `group_commit`).
@@ -37,6 +39,8 @@ const MAX_RECORD: usize = 64 << 20;
 const KIND_BUILD: u8 = 1;
 const KIND_PROJECT: u8 = 2;
 const KIND_PROJECT_DELETED: u8 = 3;
+const KIND_CACHE: u8 = 4;
+const KIND_CACHES_DELETED: u8 = 5;
 
 /// One journal record.
 #[derive(Debug, Clone, PartialEq)]
@@ -48,6 +52,11 @@ pub(super) enum Record {
     },
     Project(Bytes),
     ProjectDeleted(String),
+    Cache(Bytes),
+    CachesDeleted {
+        project: String,
+        slots: Vec<String>,
+    },
 }
 
 impl Record {
@@ -79,6 +88,17 @@ impl Record {
             Record::ProjectDeleted(name) => {
                 out.push(KIND_PROJECT_DELETED);
                 out.extend_from_slice(name.as_bytes());
+            }
+            Record::Cache(row) => {
+                out.push(KIND_CACHE);
+                out.extend_from_slice(row);
+            }
+            Record::CachesDeleted { project, slots } => {
+                out.push(KIND_CACHES_DELETED);
+                for name in std::iter::once(project).chain(slots) {
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(0);
+                }
             }
         }
         let payload = &out[start + 8..];
@@ -118,6 +138,16 @@ impl Record {
             KIND_PROJECT_DELETED => String::from_utf8(rest.to_vec())
                 .map(Record::ProjectDeleted)
                 .map_err(|_| corrupt("project name")),
+            KIND_CACHE => Ok(Record::Cache(Bytes::copy_from_slice(rest))),
+            KIND_CACHES_DELETED => {
+                let names = String::from_utf8(rest.to_vec()).map_err(|_| corrupt("cache slot"))?;
+                let mut names = names.split_terminator('\0').map(str::to_owned);
+                let project = names.next().ok_or_else(|| corrupt("caches deleted"))?;
+                Ok(Record::CachesDeleted {
+                    project,
+                    slots: names.collect(),
+                })
+            }
             other => Err(corrupt(&format!("unknown kind {other}"))),
         }
     }

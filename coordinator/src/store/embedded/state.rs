@@ -6,13 +6,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use kiln_proto::v1::{Project, StoredBuild};
+use kiln_proto::v1::{CacheEntry, Project, StoredBuild};
 use prost::Message;
 
 use super::journal::Record;
 use crate::store::{
-    decode_row, id_and_project, queue_rank, stamp_new, Created, QueueChange, StoreError,
-    StoreResult, Updated,
+    cache_slot, decode_row, id_and_project, queue_rank, stamp_new, Created, QueueChange,
+    StoreError, StoreResult, Updated,
 };
 
 /// Where a build stands: it decides which indexes hold it.
@@ -70,6 +70,8 @@ pub(super) struct State {
     per_project: HashMap<Arc<str>, ProjectBuilds>,
     tokens: HashMap<Box<str>, u64>,
     projects: BTreeMap<String, Bytes>,
+    /// Cache entries by (project, [`cache_slot`]).
+    caches: BTreeMap<(String, String), Bytes>,
     last_seq: u64,
 }
 
@@ -338,6 +340,57 @@ impl State {
         }
     }
 
+    /// [`crate::store::StateStore::put_cache`].
+    pub(super) fn put_cache(
+        &mut self,
+        entry: CacheEntry,
+        immutable: bool,
+    ) -> (bool, Option<Record>) {
+        let at = (entry.project.clone(), cache_slot(&entry));
+        if immutable && self.caches.contains_key(&at) {
+            return (false, None);
+        }
+        let row = Bytes::from(entry.encode_to_vec());
+        self.caches.insert(at, row.clone());
+        (true, Some(Record::Cache(row)))
+    }
+
+    pub(super) fn caches(&self, project: &str) -> Vec<Bytes> {
+        let from = (project.to_owned(), String::new());
+        self.caches
+            .range(from..)
+            .take_while(|((p, _), _)| p == project)
+            .map(|(_, row)| row.clone())
+            .collect()
+    }
+
+    pub(super) fn delete_caches(
+        &mut self,
+        project: &str,
+        slots: &[String],
+    ) -> (u64, Option<Record>) {
+        let removed = self.remove_caches(project, slots);
+        let record = (removed > 0).then(|| Record::CachesDeleted {
+            project: project.to_owned(),
+            slots: slots.to_vec(),
+        });
+        (removed, record)
+    }
+
+    fn remove_caches(&mut self, project: &str, slots: &[String]) -> u64 {
+        let mut removed = 0;
+        for slot in slots {
+            if self
+                .caches
+                .remove(&(project.to_owned(), slot.clone()))
+                .is_some()
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     /// Applies a journal record (replay).
     pub(super) fn apply(&mut self, record: Record) -> StoreResult<()> {
         match record {
@@ -358,10 +411,20 @@ impl State {
                 self.projects.remove(&name);
                 Ok(())
             }
+            Record::Cache(row) => {
+                let entry: CacheEntry = decode_row(&row)?;
+                self.caches
+                    .insert((entry.project.clone(), cache_slot(&entry)), row);
+                Ok(())
+            }
+            Record::CachesDeleted { project, slots } => {
+                self.remove_caches(&project, &slots);
+                Ok(())
+            }
         }
     }
 
-    /// The whole state as records (projects, then builds oldest first, each with its token), for
+    /// The whole state as records (projects, caches, then builds oldest first, each with its token), for
     /// a compacted journal. Rows are shared, not copied, so this is cheap to take under the lock.
     pub(super) fn snapshot(&self) -> Vec<Record> {
         let mut tokens: HashMap<u64, &str> = HashMap::with_capacity(self.tokens.len());
@@ -369,11 +432,12 @@ impl State {
             tokens.insert(*seq, token);
         }
         let projects = self.projects.values().cloned().map(Record::Project);
+        let caches = self.caches.values().cloned().map(Record::Cache);
         let builds = self.builds.iter().map(|(seq, e)| Record::Build {
             placement: e.placement,
             token: tokens.get(seq).map(|t| (*t).to_owned()),
             row: e.row.clone(),
         });
-        projects.chain(builds).collect()
+        projects.chain(caches).chain(builds).collect()
     }
 }

@@ -1,0 +1,101 @@
+//! The build cache of an assigned build, kept by the coordinator: entries in its state store,
+//! segments in its blob store. Every entry call carries the build's lease, so the coordinator
+//! picks the project and a worker that lost the build cannot save for it.
+
+use bytes::Bytes;
+use kiln_proto::v1::{
+    CacheEntry, DataChunk, FetchSourceRequest, HasBlobsRequest, LeaseRef, LookupCacheRequest,
+    SaveCacheRequest,
+};
+
+use super::Client;
+use crate::cache::{CacheError, CacheStore, MAX_SEGMENT};
+
+#[derive(Debug)]
+pub struct CoordinatorCache {
+    pub client: Client,
+    pub lease: LeaseRef,
+}
+
+fn store_error(status: tonic::Status) -> CacheError {
+    CacheError::Store(format!(
+        "the coordinator answered {:?}: {}",
+        status.code(),
+        status.message()
+    ))
+}
+
+#[tonic::async_trait]
+impl CacheStore for CoordinatorCache {
+    async fn lookup(
+        &self,
+        paths: &[String],
+        key: &str,
+        prefixes: &[String],
+    ) -> Result<Option<CacheEntry>, CacheError> {
+        let request = LookupCacheRequest {
+            lease: Some(self.lease.clone()),
+            paths: paths.to_vec(),
+            key: key.to_string(),
+            prefixes: prefixes.to_vec(),
+        };
+        match self.client.clone().lookup_cache(request).await {
+            Ok(entry) => Ok(Some(entry.into_inner())),
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
+            Err(status) => Err(store_error(status)),
+        }
+    }
+
+    async fn present(&self, digests: &[String]) -> Result<Vec<bool>, CacheError> {
+        let request = HasBlobsRequest {
+            digests: digests.to_vec(),
+        };
+        let response = self.client.clone().has_blobs(request).await;
+        Ok(response.map_err(store_error)?.into_inner().present)
+    }
+
+    async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
+        let chunks: Vec<DataChunk> = segment
+            .chunks(256 * 1024)
+            .map(|c| DataChunk { data: c.to_vec() })
+            .collect();
+        let response = self
+            .client
+            .clone()
+            .upload_blob(futures_util::stream::iter(chunks))
+            .await;
+        Ok(response.map_err(store_error)?.into_inner().digest)
+    }
+
+    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError> {
+        let request = FetchSourceRequest {
+            digest: digest.to_string(),
+        };
+        let mut stream = self
+            .client
+            .clone()
+            .fetch_source(request)
+            .await
+            .map_err(store_error)?
+            .into_inner();
+        let mut data = Vec::new();
+        while let Some(chunk) = stream.message().await.map_err(store_error)? {
+            data.extend_from_slice(&chunk.data);
+            if data.len() > MAX_SEGMENT {
+                return Err(CacheError::Store(format!(
+                    "cache segment {digest} is larger than a segment can be"
+                )));
+            }
+        }
+        Ok(Bytes::from(data))
+    }
+
+    async fn save(&self, entry: CacheEntry) -> Result<bool, CacheError> {
+        let request = SaveCacheRequest {
+            lease: Some(self.lease.clone()),
+            entry: Some(entry),
+        };
+        let response = self.client.clone().save_cache(request).await;
+        Ok(response.map_err(store_error)?.into_inner().stored)
+    }
+}

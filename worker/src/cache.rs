@@ -1,0 +1,488 @@
+//! Build caches (semantics §6): what a build's `cache.paths` select comes out of the container as
+//! one tar with absolute paths (modes, owners, times and symlinks kept), split into segments at
+//! content-defined file boundaries. Each segment is a blob named by its sha256: a save uploads
+//! only the segments the store lacks, so saving unchanged files uploads nothing. Restoring
+//! streams the segments, each checked against its digest, back into the container at `/`.
+//!
+//! Where entries and blobs live is a [`CacheStore`]'s business (the coordinator, for a worker).
+
+use std::fs::File;
+use std::io::{self, Seek, Write};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use kiln_buildspec::glob::Pattern;
+use kiln_proto::v1::CacheEntry;
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+use tokio::io::AsyncWriteExt;
+use tokio::sync::mpsc;
+
+use crate::docker::{Engine, EngineError};
+use crate::source::SRC_DIR;
+
+/// A segment ends at the first file boundary past this size that the boundary hash picks...
+const MIN_SEGMENT: usize = 4 << 20;
+/// ...and is cut here regardless (inside a big file).
+pub const MAX_SEGMENT: usize = 16 << 20;
+/// One file boundary in this many ends a segment once it has `MIN_SEGMENT` bytes.
+const CUT_ONE_IN: u64 = 4;
+/// Segments whose presence is asked in one call, and their bytes at most.
+const BATCH: usize = 32;
+const BATCH_BYTES: usize = 64 << 20;
+/// Segments uploaded, or fetched ahead while restoring, at once.
+const PARALLEL: usize = 4;
+
+#[derive(Debug, Error)]
+pub enum CacheError {
+    #[error("the cache store: {0}")]
+    Store(String),
+    #[error("{0}")]
+    Engine(#[from] EngineError),
+    #[error("cache path {path:?}: {reason}")]
+    Path { path: String, reason: String },
+    #[error("reading the cached files: {0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "cache segment {digest} does not match its digest (got {got}): the stored cache is damaged"
+    )]
+    Corrupt { digest: String, got: String },
+}
+
+/// Where cache entries and their segments live.
+#[tonic::async_trait]
+pub trait CacheStore: Send + Sync + std::fmt::Debug {
+    /// The entry with `key` exactly (empty: the rolling cache), else the newest whose key starts
+    /// with one of `prefixes` (tried in order), among entries with these `paths`.
+    async fn lookup(
+        &self,
+        paths: &[String],
+        key: &str,
+        prefixes: &[String],
+    ) -> Result<Option<CacheEntry>, CacheError>;
+    /// Which of these blobs the store holds, in order.
+    async fn present(&self, digests: &[String]) -> Result<Vec<bool>, CacheError>;
+    /// Stores a segment; returns the digest the store computed.
+    async fn upload(&self, segment: Bytes) -> Result<String, CacheError>;
+    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError>;
+    /// Records an entry whose segments are stored; false when a keyed entry exists already.
+    async fn save(&self, entry: CacheEntry) -> Result<bool, CacheError>;
+}
+
+/// `sha256:<hex>` of `data`.
+pub fn digest_of(data: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(data))
+}
+
+/// What a save did.
+#[derive(Debug)]
+pub struct Saved {
+    pub entry: CacheEntry,
+    /// Segments (and their bytes) that were not in the store yet.
+    pub uploaded_segments: usize,
+    pub uploaded_bytes: u64,
+    /// Cache paths with nothing in the container, and entries of kinds a cache does not keep.
+    pub notes: Vec<String>,
+}
+
+/// Saves what `paths` select in the container under `key` (empty: the rolling cache).
+pub async fn save(
+    engine: &Engine,
+    container: &str,
+    store: &dyn CacheStore,
+    paths: &[String],
+    key: &str,
+) -> Result<Saved, CacheError> {
+    let selector = Selector::new(paths)?;
+    let mut spools = Vec::new();
+    let mut notes = Vec::new();
+    for base in &selector.bases {
+        let mut spool = tokio::fs::File::from_std(tempfile::tempfile()?);
+        let mut download = engine.download(container, base);
+        let mut missing = false;
+        while let Some(chunk) = download.next().await {
+            match chunk {
+                Ok(chunk) => spool.write_all(&chunk).await?,
+                Err(e) if e.is_not_found() => {
+                    missing = true;
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if missing {
+            notes.push(format!("nothing at {base}"));
+            continue;
+        }
+        spool.flush().await?;
+        spools.push((base.clone(), spool.into_std().await));
+    }
+    let (tx, rx) = mpsc::channel(PARALLEL);
+    let writer = tokio::task::spawn_blocking(move || write_tar(&selector, spools, tx));
+    let uploaded = upload_segments(store, rx).await;
+    let written = writer.await.map_err(|e| io::Error::other(e.to_string()))?;
+    // An upload failure closes the channel, which fails the writer: the upload's error tells why.
+    let (segments, uploaded_segments, uploaded_bytes) = uploaded?;
+    let (size, files, skipped) = written?;
+    notes.extend(skipped);
+    let entry = CacheEntry {
+        paths: paths.to_vec(),
+        key: key.to_string(),
+        segments,
+        size,
+        files,
+        ..Default::default()
+    };
+    Ok(Saved {
+        entry,
+        uploaded_segments,
+        uploaded_bytes,
+        notes,
+    })
+}
+
+/// Restores `entry` into the container; returns the bytes restored.
+pub async fn restore(
+    engine: &Engine,
+    container: &str,
+    store: Arc<dyn CacheStore>,
+    entry: &CacheEntry,
+) -> Result<u64, CacheError> {
+    let failure: Arc<Mutex<Option<CacheError>>> = Arc::default();
+    let seen = failure.clone();
+    let segments = futures_util::stream::iter(entry.segments.clone())
+        .map(move |digest| {
+            let store = store.clone();
+            async move {
+                let data = store.fetch(&digest).await?;
+                let got = digest_of(&data);
+                if got != digest {
+                    return Err(CacheError::Corrupt { digest, got });
+                }
+                Ok(data)
+            }
+        })
+        .buffered(PARALLEL)
+        // The first failure ends the tar early; Docker then refuses it, and the failure says why.
+        .scan((), move |_, r| {
+            std::future::ready(match r {
+                Ok(data) => Some(data),
+                Err(e) => {
+                    let mut slot = seen.lock().unwrap_or_else(|p| p.into_inner());
+                    slot.get_or_insert(e);
+                    None
+                }
+            })
+        });
+    let uploaded = engine.upload(container, "/", segments).await;
+    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(e);
+    }
+    uploaded?;
+    Ok(entry.size)
+}
+
+/// Which container paths the cache keeps.
+struct Selector {
+    patterns: Vec<(Pattern, bool)>,
+    /// Paths named without wildcards: everything below them is kept too.
+    literal: Vec<String>,
+    /// Directories (or files) to copy out of the container: no one inside another.
+    bases: Vec<String>,
+}
+
+impl Selector {
+    fn new(paths: &[String]) -> Result<Selector, CacheError> {
+        let mut patterns = Vec::new();
+        let mut literal = Vec::new();
+        let mut bases: Vec<String> = Vec::new();
+        for path in paths {
+            let bad = |reason: String| CacheError::Path {
+                path: path.clone(),
+                reason,
+            };
+            let pattern = Pattern::new(path).map_err(|e| bad(e.to_string()))?;
+            let relative = !pattern.is_absolute();
+            let absolute = |p: &str| match relative {
+                true if p.is_empty() => SRC_DIR.to_string(),
+                true => format!("{SRC_DIR}/{p}"),
+                false => p.to_string(),
+            };
+            for prefix in pattern.literal_prefixes() {
+                let base = absolute(&prefix);
+                if base == "/" || base.split('/').any(|c| c == "..") {
+                    return Err(bad(
+                        "a cache path must name a directory below / without `..` (for example /root/.m2/**/*)".into(),
+                    ));
+                }
+                bases.push(base);
+            }
+            if let Some(lit) = pattern.literal_path() {
+                literal.push(absolute(lit));
+            }
+            patterns.push((pattern, relative));
+        }
+        bases.sort();
+        bases.dedup();
+        let nested = |b: &String, all: &[String]| {
+            all.iter()
+                .any(|o| o != b && b.starts_with(o.as_str()) && b[o.len()..].starts_with('/'))
+        };
+        let outer: Vec<String> = bases
+            .iter()
+            .filter(|b| !nested(b, &bases))
+            .cloned()
+            .collect();
+        Ok(Selector {
+            patterns,
+            literal,
+            bases: outer,
+        })
+    }
+
+    fn wants(&self, absolute: &str) -> bool {
+        let under = |dir: &str| {
+            absolute == dir
+                || absolute
+                    .strip_prefix(dir)
+                    .is_some_and(|rest| rest.starts_with('/'))
+        };
+        if self.literal.iter().any(|l| under(l)) {
+            return true;
+        }
+        let relative = absolute
+            .strip_prefix(SRC_DIR)
+            .and_then(|rest| rest.strip_prefix('/'));
+        self.patterns
+            .iter()
+            .any(|(p, is_relative)| match is_relative {
+                true => relative.is_some_and(|r| p.matches(r)),
+                false => p.matches(absolute),
+            })
+    }
+}
+
+/// A segment of the cache tar and its digest.
+struct Segment {
+    digest: String,
+    data: Bytes,
+}
+
+/// Cuts the tar into segments as it is written and hands them to the uploader.
+struct Segmenter {
+    buf: Vec<u8>,
+    tx: mpsc::Sender<Segment>,
+}
+
+impl Segmenter {
+    fn emit(&mut self, data: Vec<u8>) -> io::Result<()> {
+        let segment = Segment {
+            digest: digest_of(&data),
+            data: Bytes::from(data),
+        };
+        self.tx
+            .blocking_send(segment)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cache upload stopped"))
+    }
+
+    /// After each file: ends the segment here when the path's hash picks this boundary, so the
+    /// same files cut the same segments wherever they start.
+    fn boundary(&mut self, path: &str) -> io::Result<()> {
+        if self.buf.len() >= MIN_SEGMENT && fnv1a(path.as_bytes()).is_multiple_of(CUT_ONE_IN) {
+            let data = std::mem::take(&mut self.buf);
+            self.emit(data)?;
+        }
+        Ok(())
+    }
+
+    fn finish(&mut self) -> io::Result<()> {
+        if !self.buf.is_empty() {
+            let data = std::mem::take(&mut self.buf);
+            self.emit(data)?;
+        }
+        Ok(())
+    }
+}
+
+impl Write for Segmenter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        while self.buf.len() >= MAX_SEGMENT {
+            let rest = self.buf.split_off(MAX_SEGMENT);
+            let full = std::mem::replace(&mut self.buf, rest);
+            self.emit(full)?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Writes the selected entries of each base's tar (paths relative to the base's parent) as one
+/// tar with absolute paths (without the leading `/`). Returns its size, the files in it, and
+/// notes on what was left out.
+fn write_tar(
+    selector: &Selector,
+    spools: Vec<(String, File)>,
+    tx: mpsc::Sender<Segment>,
+) -> Result<(u64, u64, Vec<String>), CacheError> {
+    let segmenter = Segmenter {
+        buf: Vec::with_capacity(MAX_SEGMENT),
+        tx,
+    };
+    let mut out = tar::Builder::new(Counting {
+        inner: segmenter,
+        written: 0,
+    });
+    let mut files = 0;
+    let mut skipped = Vec::new();
+    for (base, mut spool) in spools {
+        spool.rewind()?;
+        let parent = match base.rsplit_once('/') {
+            Some((parent, _)) => parent.to_string(),
+            None => String::new(),
+        };
+        let mut archive = tar::Archive::new(spool);
+        for entry in archive.entries()? {
+            let mut entry = entry?;
+            let name = entry
+                .path()?
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string();
+            let absolute = format!("{parent}/{name}");
+            if !selector.wants(&absolute) {
+                continue;
+            }
+            let source = entry.header();
+            let kind = source.entry_type();
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(kind);
+            header.set_mode(source.mode()?);
+            header.set_uid(source.uid()?);
+            header.set_gid(source.gid()?);
+            header.set_mtime(source.mtime()?);
+            let path = absolute.trim_start_matches('/');
+            match kind {
+                tar::EntryType::Regular | tar::EntryType::Continuous => {
+                    header.set_size(entry.size());
+                    out.append_data(&mut header, path, &mut entry)?;
+                    files += 1;
+                }
+                tar::EntryType::Directory => {
+                    header.set_size(0);
+                    out.append_data(&mut header, path, io::empty())?;
+                }
+                tar::EntryType::Symlink => {
+                    let target = entry.link_name()?.unwrap_or_default().into_owned();
+                    header.set_size(0);
+                    out.append_link(&mut header, path, target)?;
+                    files += 1;
+                }
+                tar::EntryType::Link => {
+                    // A hard link names its target inside the archive: make that absolute too.
+                    let target = entry.link_name()?.unwrap_or_default();
+                    let target = format!("{parent}/{}", target.to_string_lossy());
+                    if !selector.wants(&target) {
+                        skipped.push(format!(
+                            "{absolute} (a hard link to {target}, which is not cached)"
+                        ));
+                        continue;
+                    }
+                    header.set_size(0);
+                    out.append_link(&mut header, path, target.trim_start_matches('/'))?;
+                    files += 1;
+                }
+                _ => {
+                    skipped.push(format!("{absolute} (not a file, directory or link)"));
+                    continue;
+                }
+            }
+            out.get_mut().inner.boundary(&absolute)?;
+            // Drain what the entry did not read (a skipped file's content).
+            io::copy(&mut entry, &mut io::sink())?;
+        }
+    }
+    out.finish()?;
+    let mut counting = out.into_inner()?;
+    counting.inner.finish()?;
+    Ok((counting.written, files, skipped))
+}
+
+/// Counts the bytes of the tar.
+struct Counting {
+    inner: Segmenter,
+    written: u64,
+}
+
+impl Write for Counting {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(data)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Uploads the segments the store lacks, in batches; returns every segment's digest in order,
+/// and how many segments and bytes went up.
+async fn upload_segments(
+    store: &dyn CacheStore,
+    mut rx: mpsc::Receiver<Segment>,
+) -> Result<(Vec<String>, usize, u64), CacheError> {
+    let mut digests = Vec::new();
+    let (mut count, mut bytes) = (0, 0);
+    let mut batch: Vec<Segment> = Vec::new();
+    loop {
+        let next = rx.recv().await;
+        let done = next.is_none();
+        batch.extend(next);
+        let batch_bytes: usize = batch.iter().map(|s| s.data.len()).sum();
+        if !(done || batch.len() >= BATCH || batch_bytes >= BATCH_BYTES) {
+            continue;
+        }
+        let asked: Vec<String> = batch.iter().map(|s| s.digest.clone()).collect();
+        let present = match asked.is_empty() {
+            true => Vec::new(),
+            false => store.present(&asked).await?,
+        };
+        let missing: Vec<Segment> = batch
+            .drain(..)
+            .zip(present.into_iter().chain(std::iter::repeat(false)))
+            .filter(|(_, p)| !p)
+            .map(|(s, _)| s)
+            .collect();
+        count += missing.len();
+        bytes += missing.iter().map(|s| s.data.len() as u64).sum::<u64>();
+        futures_util::stream::iter(missing)
+            .map(|s| async move {
+                let stored = store.upload(s.data).await?;
+                match stored == s.digest {
+                    true => Ok(()),
+                    false => Err(CacheError::Store(format!(
+                        "the store named segment {} {stored}",
+                        s.digest
+                    ))),
+                }
+            })
+            .buffer_unordered(PARALLEL)
+            .try_collect::<Vec<()>>()
+            .await?;
+        digests.extend(asked);
+        if done {
+            return Ok((digests, count, bytes));
+        }
+    }
+}
