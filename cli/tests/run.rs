@@ -454,3 +454,35 @@ fn the_log_names_where_the_buildspec_is() {
         text(&default.stdout)
     );
 }
+
+#[test]
+fn kiln_run_restores_the_cache_of_the_previous_run() {
+    let state = tempfile::tempdir().expect("state");
+    let project = format!("cached-{}", std::process::id());
+    let src = checkout(
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - if [ -f out/stamp ]; then echo \"found $(cat out/stamp)\"; else mkdir -p out && echo first-run > out/stamp; fi\ncache:\n  paths:\n    - out/**/*\n",
+    );
+    let run = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .env("XDG_STATE_HOME", state.path())
+            .args(["run", "--project", &project])
+            .arg(src.path())
+            .output()
+            .expect("kiln runs");
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    let first = run();
+    assert!(first.contains("Cache miss"), "{first}");
+    assert!(first.contains("Cache saved: 1 files"), "{first}");
+    let second = run();
+    assert!(second.contains("found first-run"), "{second}");
+    assert!(
+        second.contains("0 of 1 segments (0 bytes) uploaded"),
+        "{second}"
+    );
+    assert!(
+        !src.path().join("out").exists(),
+        "the cache goes into the container, never into the checkout"
+    );
+}

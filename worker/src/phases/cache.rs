@@ -139,7 +139,7 @@ impl Build {
             self.log.agent(&format!("Cache: skipped {note}"));
         }
         let summary = format!(
-            "{} files, {} bytes; {} of {} segments ({} bytes) uploaded, the rest already stored",
+            "{} files, {} bytes; {} of {} segments ({} bytes) uploaded",
             saved.entry.files,
             saved.entry.size,
             saved.uploaded_segments,
