@@ -69,6 +69,14 @@ impl Blobs {
         })
     }
 
+    /// Bytes in and out of the store, and existence checks that found the blob or not, since it
+    /// was opened.
+    pub fn traffic(&self) -> [u64; 4] {
+        use std::sync::atomic::Ordering::Relaxed;
+        let m = self.store.metrics();
+        [&m.bytes_in, &m.bytes_out, &m.hits, &m.misses].map(|c| c.load(Relaxed))
+    }
+
     /// Whether the store has the blob (false for a malformed digest).
     pub async fn contains(&self, digest: &str) -> Result<bool, Status> {
         let found = self.contains_all(&[digest.to_string()]).await?;

@@ -3,6 +3,8 @@
 //! look entries up and save them over `WorkerService`; clients list and clear them over
 //! `BuildService`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use kiln_proto::v1::CacheEntry;
 use tonic::Status;
 
@@ -32,18 +34,33 @@ pub fn find<'a>(
     })
 }
 
-/// Looks a cache up for `project`; NOT_FOUND when nothing matches.
+/// Cache restores since the coordinator started: found an entry, or not.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    pub hits: AtomicU64,
+    pub misses: AtomicU64,
+}
+
+/// Looks a cache up for `project`; NOT_FOUND when nothing matches. Restores are counted in
+/// `lookups`.
 pub async fn lookup<S: StateStore>(
     store: &S,
+    lookups: Option<&Lookups>,
     project: &str,
     paths: &[String],
     key: &str,
     prefixes: &[String],
 ) -> Result<CacheEntry, Status> {
     let entries = store.caches(project).await.map_err(store_error)?;
-    find(&entries, paths, key, prefixes)
-        .cloned()
-        .ok_or_else(|| Status::not_found(format!("no cache of project {project} matches")))
+    let found = find(&entries, paths, key, prefixes).cloned();
+    if let Some(lookups) = lookups {
+        let counter = match found {
+            Some(_) => &lookups.hits,
+            None => &lookups.misses,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    found.ok_or_else(|| Status::not_found(format!("no cache of project {project} matches")))
 }
 
 /// Records an entry a build of `project` saved, once every segment is in the blob store. A keyed

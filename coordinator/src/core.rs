@@ -102,6 +102,8 @@ pub struct Core<S> {
     pub store: S,
     pub blobs: Blobs,
     pub config: CoordinatorConfig,
+    /// Cache restores served (the hit ratio of `GetStoreMetrics`).
+    pub cache_lookups: crate::caches::Lookups,
     workers: Mutex<HashMap<String, WorkerConn>>,
     changes: watch::Sender<u64>,
     pub dispatch: Notify,
@@ -118,6 +120,7 @@ impl<S: StateStore> Core<S> {
             store,
             blobs,
             config,
+            cache_lookups: crate::caches::Lookups::default(),
             workers: Mutex::new(HashMap::new()),
             changes: watch::channel(0).0,
             dispatch: Notify::new(),

@@ -228,6 +228,34 @@ async fn caches_follow_the_project_across_workers_and_coordinators() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--key KEY, --rolling or --all"));
 
+    // Coordinator 2 served worker B's restores: the rolling hit, a miss, then three hits (the checks
+    // before keyed saves are not counted).
+    let out = kiln(
+        &[
+            "cache",
+            "stats",
+            "--json",
+            "--server",
+            &format!("http://{a2}"),
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stats json");
+    assert_eq!(
+        (stats["cacheHits"].as_u64(), stats["cacheMisses"].as_u64()),
+        (Some(4), Some(1)),
+        "{stats}"
+    );
+    assert!(
+        stats["bytesIn"].as_u64() > Some(0) && stats["bytesOut"].as_u64() > Some(40_000_000),
+        "{stats}"
+    );
+
     // A damaged segment is refused: the build restores nothing and still succeeds. While it runs
     // the store goes down: the save fails with a warning, the build still succeeds.
     for segment in listed["caches"][0]["segments"]

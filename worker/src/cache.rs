@@ -4,6 +4,10 @@
 //! only the segments the store lacks, so saving unchanged files uploads nothing. Restoring
 //! streams the segments, each checked against its digest, back into the container at `/`.
 //!
+//! After a restore the worker lists what the paths select (type, mode, owner, size, modification
+//! time and path of each entry, with one `find` in the container); a save whose listing is the
+//! same reuses the restored entry's segments without reading a file.
+//!
 //! Where entries and blobs live is a [`CacheStore`]'s business (the coordinator, for a worker).
 
 use std::fs::File;
@@ -19,7 +23,7 @@ use thiserror::Error;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 
-use crate::docker::{Engine, EngineError};
+use crate::docker::{Engine, EngineError, ExecChunk, ExecSpec, ROOT};
 use crate::source::SRC_DIR;
 
 /// A segment ends at the first file boundary past this size that the boundary hash picks...
@@ -54,12 +58,14 @@ pub enum CacheError {
 #[tonic::async_trait]
 pub trait CacheStore: Send + Sync + std::fmt::Debug {
     /// The entry with `key` exactly (empty: the rolling cache), else the newest whose key starts
-    /// with one of `prefixes` (tried in order), among entries with these `paths`.
+    /// with one of `prefixes` (tried in order), among entries with these `paths`. `restore`:
+    /// for a restore (the store counts those), not the check before a keyed save.
     async fn lookup(
         &self,
         paths: &[String],
         key: &str,
         prefixes: &[String],
+        restore: bool,
     ) -> Result<Option<CacheEntry>, CacheError>;
     /// Which of these blobs the store holds, in order.
     async fn present(&self, digests: &[String]) -> Result<Vec<bool>, CacheError>;
@@ -84,17 +90,49 @@ pub struct Saved {
     pub uploaded_bytes: u64,
     /// Cache paths with nothing in the container, and entries of kinds a cache does not keep.
     pub notes: Vec<String>,
+    /// Nothing changed since the restore: the restored entry's segments, no file read.
+    pub unchanged: bool,
 }
 
-/// Saves what `paths` select in the container under `key` (empty: the rolling cache).
+/// A restored cache, and the listing of what its paths selected just after.
+#[derive(Debug)]
+pub struct Restored {
+    pub entry: CacheEntry,
+    /// `None` when the container cannot list (no GNU `find`): the next save reads everything.
+    listing: Option<String>,
+}
+
+/// Saves what `paths` select in the container under `key` (empty: the rolling cache). With
+/// `since`, the cache restored earlier: when nothing changed since, its segments are reused.
 pub async fn save(
     engine: &Engine,
     container: &str,
     store: &dyn CacheStore,
     paths: &[String],
     key: &str,
+    since: Option<&Restored>,
 ) -> Result<Saved, CacheError> {
     let selector = Selector::new(paths)?;
+    if let Some(restored) = since.filter(|r| r.entry.paths == paths) {
+        let now = listing(engine, container, &selector).await;
+        if now.is_some() && now == restored.listing {
+            let entry = CacheEntry {
+                paths: paths.to_vec(),
+                key: key.to_string(),
+                segments: restored.entry.segments.clone(),
+                size: restored.entry.size,
+                files: restored.entry.files,
+                ..Default::default()
+            };
+            return Ok(Saved {
+                entry,
+                uploaded_segments: 0,
+                uploaded_bytes: 0,
+                notes: Vec::new(),
+                unchanged: true,
+            });
+        }
+    }
     let mut spools = Vec::new();
     let mut notes = Vec::new();
     for base in &selector.bases {
@@ -139,16 +177,59 @@ pub async fn save(
         uploaded_segments,
         uploaded_bytes,
         notes,
+        unchanged: false,
     })
 }
 
-/// Restores `entry` into the container; returns the bytes restored.
+/// The sha256 of what the selector selects in the container, one record per entry (type, mode,
+/// owner, size, modification time, path, link target), sorted; `None` when it cannot be listed.
+async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Option<String> {
+    let script = "set -e; for b; do if [ -e \"$b\" ] || [ -L \"$b\" ]; then find \"$b\" -printf '%y %m %U %G %s %T@ %p\\0%l\\0'; fi; done";
+    let mut cmd = vec!["sh".to_string(), "-c".into(), script.into(), "sh".into()];
+    cmd.extend(selector.bases.iter().cloned());
+    let spec = ExecSpec {
+        cmd,
+        working_dir: "/".into(),
+        user: ROOT.into(),
+    };
+    let (id, mut output) = engine.exec(container, spec).await.ok()?;
+    let mut out = Vec::new();
+    while let Some(chunk) = output.next().await {
+        if let ExecChunk::Stdout(data) = chunk.ok()? {
+            out.extend_from_slice(&data);
+        }
+    }
+    if engine.exec_finished(&id).await.ok()? != Some(0) {
+        return None;
+    }
+    let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
+    let mut records: Vec<(&[u8], &[u8])> = fields
+        .chunks_exact(2)
+        .map(|pair| (pair[0], pair[1]))
+        .filter(|(record, _)| {
+            let path = record.splitn(7, |&b| b == b' ').nth(6).unwrap_or_default();
+            selector.wants(&String::from_utf8_lossy(path))
+        })
+        .collect();
+    records.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (record, link) in records {
+        hasher.update(record);
+        hasher.update([0]);
+        hasher.update(link);
+        hasher.update([0]);
+    }
+    Some(format!("{:x}", hasher.finalize()))
+}
+
+/// Restores `entry` into the container, then lists what its paths select (see [`Restored`]).
 pub async fn restore(
     engine: &Engine,
     container: &str,
     store: Arc<dyn CacheStore>,
-    entry: &CacheEntry,
-) -> Result<u64, CacheError> {
+    entry: CacheEntry,
+) -> Result<Restored, CacheError> {
+    let selector = Selector::new(&entry.paths)?;
     let failure: Arc<Mutex<Option<CacheError>>> = Arc::default();
     let seen = failure.clone();
     let segments = futures_util::stream::iter(entry.segments.clone())
@@ -180,7 +261,8 @@ pub async fn restore(
         return Err(e);
     }
     uploaded?;
-    Ok(entry.size)
+    let listing = listing(engine, container, &selector).await;
+    Ok(Restored { entry, listing })
 }
 
 /// Which container paths the cache keeps.

@@ -1,9 +1,12 @@
 //! `kiln cache list|clear PROJECT`: a project's saved build caches (semantics §6), and dropping
-//! them so the next build starts cold.
+//! them so the next build starts cold; `kiln cache stats`: the server's blob store traffic and
+//! cache hit ratio.
 
 use std::process::ExitCode;
 
-use kiln_proto::v1::{CacheEntry, DeleteCachesRequest, ListCachesRequest};
+use kiln_proto::v1::{
+    CacheEntry, DeleteCachesRequest, GetStoreMetricsRequest, ListCachesRequest, StoreMetrics,
+};
 
 use super::connect::ServerArgs;
 use super::Failure;
@@ -37,6 +40,14 @@ enum CacheCommand {
         /// Every cache of the project
         #[arg(long)]
         all: bool,
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// The server's blob store traffic and cache hit ratio since it started
+    Stats {
+        /// Print the figures as JSON
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         server: ServerArgs,
     },
@@ -89,6 +100,19 @@ pub async fn cache(args: CacheArgs) -> Result<ExitCode, Failure> {
                 .deleted;
             out!("removed {deleted} cache(s) of project {project}");
         }
+        CacheCommand::Stats { json, server } => {
+            let server = server.connect().await?;
+            let metrics = server
+                .client()
+                .get_store_metrics(GetStoreMetricsRequest {})
+                .await
+                .map_err(|s| server.refused(s))?
+                .into_inner();
+            match json {
+                true => out!("{:#}", stats_json(&metrics)),
+                false => out!("{}", stats_text(&metrics)),
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -139,6 +163,44 @@ fn to_json(entries: &[CacheEntry]) -> serde_json::Value {
     serde_json::json!({ "caches": caches })
 }
 
+/// `hits / (hits + misses)`, or `None` before the first lookup.
+fn ratio(hits: u64, misses: u64) -> Option<f64> {
+    let all = hits + misses;
+    (all > 0).then(|| hits as f64 / all as f64)
+}
+
+fn percent(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".to_string(), |r| format!("{:.1}%", r * 100.0))
+}
+
+fn stats_text(m: &StoreMetrics) -> String {
+    format!(
+        "blob store: {} bytes in, {} bytes out (as stored)\n\
+         content already stored: {} of {} checks ({})\n\
+         cache restores that found a cache: {} of {} ({})",
+        m.bytes_in,
+        m.bytes_out,
+        m.blob_hits,
+        m.blob_hits + m.blob_misses,
+        percent(ratio(m.blob_hits, m.blob_misses)),
+        m.cache_hits,
+        m.cache_hits + m.cache_misses,
+        percent(ratio(m.cache_hits, m.cache_misses)),
+    )
+}
+
+fn stats_json(m: &StoreMetrics) -> serde_json::Value {
+    serde_json::json!({
+        "bytesIn": m.bytes_in,
+        "bytesOut": m.bytes_out,
+        "blobHits": m.blob_hits,
+        "blobMisses": m.blob_misses,
+        "cacheHits": m.cache_hits,
+        "cacheMisses": m.cache_misses,
+        "cacheHitRatio": ratio(m.cache_hits, m.cache_misses),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +228,20 @@ mod tests {
         assert!(text.contains("/root/.m2/**/*"), "{text}");
         assert_eq!(table(&[]), "no caches");
         assert_eq!(to_json(&entries)["caches"][1]["key"], "");
+    }
+
+    #[test]
+    fn stats_give_the_hit_ratio_once_there_were_lookups() {
+        let mut m = StoreMetrics::default();
+        assert!(stats_text(&m).contains("0 of 0 (-)"), "{}", stats_text(&m));
+        assert_eq!(stats_json(&m)["cacheHitRatio"], serde_json::Value::Null);
+        m.cache_hits = 3;
+        m.cache_misses = 1;
+        assert!(
+            stats_text(&m).contains("3 of 4 (75.0%)"),
+            "{}",
+            stats_text(&m)
+        );
+        assert_eq!(stats_json(&m)["cacheHitRatio"], 0.75);
     }
 }

@@ -11,11 +11,12 @@ use kiln_proto::v1::{
     upload_source_request, AttachedBuild, BatchGetBuildsRequest, BatchGetBuildsResponse, Build,
     DataChunk, DeleteCachesRequest, DeleteCachesResponse, DeleteProjectRequest,
     DeleteProjectResponse, DownloadArtifactRequest, GetBuildRequest, GetProjectRequest,
-    HasBlobsRequest, HasBlobsResponse, ListBuildsRequest, ListBuildsResponse, ListCachesRequest,
-    ListCachesResponse, ListNetworksRequest, ListNetworksResponse, ListProjectsRequest,
-    ListProjectsResponse, LogChunk, Project, RetryBuildRequest, StartBuildRequest,
-    StartBuildResponse, StopBuildRequest, StreamLogsRequest, UploadSourceRequest,
-    UploadSourceResponse, WatchBuildRequest, WorkerNetworks,
+    GetStoreMetricsRequest, HasBlobsRequest, HasBlobsResponse, ListBuildsRequest,
+    ListBuildsResponse, ListCachesRequest, ListCachesResponse, ListNetworksRequest,
+    ListNetworksResponse, ListProjectsRequest, ListProjectsResponse, LogChunk, Project,
+    RetryBuildRequest, StartBuildRequest, StartBuildResponse, StopBuildRequest, StoreMetrics,
+    StreamLogsRequest, UploadSourceRequest, UploadSourceResponse, WatchBuildRequest,
+    WorkerNetworks,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -466,6 +467,23 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         let r = request.into_inner();
         let deleted = caches::delete(&self.core.store, &r.project, &r.key, r.all).await?;
         Ok(Response::new(DeleteCachesResponse { deleted }))
+    }
+
+    async fn get_store_metrics(
+        &self,
+        _request: Request<GetStoreMetricsRequest>,
+    ) -> Result<Response<StoreMetrics>, Status> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let [bytes_in, bytes_out, blob_hits, blob_misses] = self.core.blobs.traffic();
+        let lookups = &self.core.cache_lookups;
+        Ok(Response::new(StoreMetrics {
+            bytes_in,
+            bytes_out,
+            blob_hits,
+            blob_misses,
+            cache_hits: lookups.hits.load(Relaxed),
+            cache_misses: lookups.misses.load(Relaxed),
+        }))
     }
 }
 

@@ -187,8 +187,16 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
         let r = request.into_inner();
         let row = check_lease(&self.core, &lease_of(r.lease)?).await?;
         let project = &record(&row).project_name;
-        let entry =
-            caches::lookup(&self.core.store, project, &r.paths, &r.key, &r.prefixes).await?;
+        let counted = r.restore.then_some(&self.core.cache_lookups);
+        let entry = caches::lookup(
+            &self.core.store,
+            counted,
+            project,
+            &r.paths,
+            &r.key,
+            &r.prefixes,
+        )
+        .await?;
         Ok(Response::new(entry))
     }
 

@@ -32,12 +32,14 @@ impl CacheStore for CoordinatorCache {
         paths: &[String],
         key: &str,
         prefixes: &[String],
+        restore: bool,
     ) -> Result<Option<CacheEntry>, CacheError> {
         let request = LookupCacheRequest {
             lease: Some(self.lease.clone()),
             paths: paths.to_vec(),
             key: key.to_string(),
             prefixes: prefixes.to_vec(),
+            restore,
         };
         match self.client.clone().lookup_cache(request).await {
             Ok(entry) => Ok(Some(entry.into_inner())),

@@ -8,10 +8,12 @@ use kiln_buildspec::CacheAction;
 use super::Build;
 use crate::cache;
 
-/// The evaluated `cache.key` (empty: the rolling cache) and `fallback-keys`.
+/// The evaluated `cache.key` (empty: the rolling cache) and `fallback-keys`, and what was
+/// restored.
 pub(super) struct CacheKeys {
     key: String,
     prefixes: Vec<String>,
+    restored: Option<cache::Restored>,
 }
 
 impl Build {
@@ -28,6 +30,7 @@ impl Build {
         let mut keys = CacheKeys {
             key: String::new(),
             prefixes: Vec::new(),
+            restored: None,
         };
         if let Some(key) = &spec.key {
             match self.evaluate_keys(key, &spec.fallback_keys).await {
@@ -46,7 +49,7 @@ impl Build {
             self.log.agent("Cache not restored: its action is save");
             return;
         }
-        let found = match store.lookup(&spec.paths, &key, &prefixes).await {
+        let found = match store.lookup(&spec.paths, &key, &prefixes, true).await {
             Ok(found) => found,
             Err(e) => {
                 self.log.agent(&format!("Cache not restored: {e}"));
@@ -60,14 +63,21 @@ impl Build {
             });
             return;
         };
-        let restored = cache::restore(&self.engine, &self.resources.container, store, &entry).await;
+        let restored = cache::restore(&self.engine, &self.resources.container, store, entry).await;
         match restored {
-            Ok(bytes) => self.log.agent(&format!(
-                "Cache restored{}: {} files, {bytes} bytes, saved by build {}",
-                keyed(&entry.key),
-                entry.files,
-                entry.build_id
-            )),
+            Ok(restored) => {
+                let entry = &restored.entry;
+                self.log.agent(&format!(
+                    "Cache restored{}: {} files, {} bytes, saved by build {}",
+                    keyed(&entry.key),
+                    entry.files,
+                    entry.size,
+                    entry.build_id
+                ));
+                if let Some(keys) = &mut self.cache_keys {
+                    keys.restored = Some(restored);
+                }
+            }
             Err(e) => self.log.agent(&format!("Cache not restored: {e}")),
         }
     }
@@ -82,7 +92,11 @@ impl Build {
         for fallback in fallbacks {
             prefixes.push(self.shell_evaluate(fallback).await?);
         }
-        Ok(CacheKeys { key, prefixes })
+        Ok(CacheKeys {
+            key,
+            prefixes,
+            restored: None,
+        })
     }
 
     /// Saves the cache when the build is still succeeding (unless `action: restore`).
@@ -104,7 +118,7 @@ impl Build {
         }
         if !keys.key.is_empty() {
             // A keyed entry is immutable: do not even read the files when the key exists.
-            match store.lookup(&spec.paths, &keys.key, &[]).await {
+            match store.lookup(&spec.paths, &keys.key, &[], false).await {
                 Ok(Some(_)) => {
                     self.log.agent(&format!(
                         "Cache not saved: key {} exists, and a keyed cache never changes",
@@ -126,6 +140,7 @@ impl Build {
             store.as_ref(),
             &spec.paths,
             &keys.key,
+            keys.restored.as_ref(),
         )
         .await;
         let saved = match saved {
@@ -139,7 +154,11 @@ impl Build {
             self.log.agent(&format!("Cache: skipped {note}"));
         }
         let summary = format!(
-            "{} files, {} bytes; {} of {} segments ({} bytes) uploaded",
+            "{}{} files, {} bytes; {} of {} segments ({} bytes) uploaded",
+            match saved.unchanged {
+                true => "unchanged since it was restored (no file read), ",
+                false => "",
+            },
             saved.entry.files,
             saved.entry.size,
             saved.uploaded_segments,

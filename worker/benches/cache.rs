@@ -1,0 +1,266 @@
+//! Build caches against `tar | zstd`, on the same data in the same container in the same run:
+//! (a) a `node_modules`-like tree of 20 KiB files and (b) one large file, 1 GiB each by default
+//! (`KILN_BENCH_MB` changes it), half random bytes and half log-like text. Each is saved with the
+//! worker's cache path (`kiln_worker::cache`: out of the container, cut into segments, only what
+//! the store lacks uploaded), restored into the emptied container, and saved a second time
+//! unchanged, through the local-directory blob store and through a real S3-compatible server
+//! (`s3s-fs`). The baseline is `docker exec tar -c | zstd -3 -T0` to a local file and
+//! `zstd -dc | docker exec -i tar -x` back. Needs Docker and the build image
+//! (`deploy/build-image.sh`).
+//!
+//!   cargo bench -p kiln-worker --bench cache
+//!
+//! The store is used directly, as the coordinator uses it; the worker-to-coordinator gRPC hop of a
+//! farm is not in these figures.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use kiln_cache::{Backend, BlobStore, Digest, S3Config, StoreConfig};
+use kiln_proto::v1::CacheEntry;
+use kiln_tests::s3::{self, S3Server};
+use kiln_tests::{docker, unique_name, IMAGE};
+use kiln_worker::cache::{self, CacheError, CacheStore};
+use kiln_worker::docker::Engine;
+
+/// The blob store as a cache store, with the index in memory (one entry is enough here).
+#[derive(Debug)]
+struct Direct {
+    store: BlobStore,
+    tmp: tempfile::TempDir,
+}
+
+fn failed(e: impl std::fmt::Display) -> CacheError {
+    CacheError::Store(e.to_string())
+}
+
+#[tonic::async_trait]
+impl CacheStore for Direct {
+    async fn lookup(
+        &self,
+        _: &[String],
+        _: &str,
+        _: &[String],
+        _: bool,
+    ) -> Result<Option<CacheEntry>, CacheError> {
+        Ok(None)
+    }
+
+    async fn present(&self, digests: &[String]) -> Result<Vec<bool>, CacheError> {
+        let parsed: Vec<Digest> = digests
+            .iter()
+            .map(|d| Digest::parse(d).map_err(failed))
+            .collect::<Result<_, _>>()?;
+        self.store.contains(&parsed).await.map_err(failed)
+    }
+
+    async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
+        let file = tempfile::NamedTempFile::new_in(self.tmp.path())?;
+        tokio::fs::write(file.path(), &segment).await?;
+        let put = self
+            .store
+            .put_file(file.path(), None)
+            .await
+            .map_err(failed)?;
+        Ok(put.digest.to_string())
+    }
+
+    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError> {
+        let digest = Digest::parse(digest).map_err(failed)?;
+        let file = tempfile::NamedTempFile::new_in(self.tmp.path())?.into_temp_path();
+        self.store.get_file(&digest, &file).await.map_err(failed)?;
+        Ok(Bytes::from(tokio::fs::read(&file).await?))
+    }
+
+    async fn save(&self, _: CacheEntry) -> Result<bool, CacheError> {
+        Ok(true)
+    }
+}
+
+/// A container of the build image that stays up for the whole run; removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
+}
+
+fn sh(container: &str, script: &str) {
+    docker(&["exec", container, "sh", "-c", script]);
+}
+
+fn main() {
+    let mb: u64 = std::env::var("KILN_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let half = (mb << 20) / 2;
+    let name = unique_name("cache-bench");
+    docker(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--label",
+        "kiln-test=1",
+        IMAGE,
+        "sleep",
+        "infinity",
+    ]);
+    let container = Container(name);
+    let c = container.0.as_str();
+    let text = "yes 'line 1234: compiling module_977 ok, 0 warnings, cache hit ratio 0.93'";
+    sh(
+        c,
+        &format!(
+            "mkdir -p /data/tree/random /data/tree/text /data/file && cd /data/tree/random && head -c {half} /dev/urandom | split -b 20480 -a 5 - f && cd ../text && {text} | head -c {half} | split -b 20480 -a 5 - f && (head -c {half} /dev/urandom; {text} | head -c {half}) > /data/file/big"
+        ),
+    );
+    let files = docker(&["exec", c, "sh", "-c", "find /data/tree -type f | wc -l"]);
+    let work =
+        tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
+            .expect("work dir");
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let engine = runtime.block_on(Engine::connect()).expect("docker");
+    let s3 = S3Server::start();
+    for (label, dir) in [
+        (format!("(a) {files} files, {mb} MiB"), "tree"),
+        (format!("(b) one file of {mb} MiB"), "file"),
+    ] {
+        let (base_save, base_restore) = baseline(c, dir, work.path());
+        println!(
+            "{label}: baseline tar | zstd -3 -T0: save {} restore {}",
+            secs(base_save),
+            secs(base_restore)
+        );
+        let backends = [
+            (
+                "local directory",
+                Backend::Local {
+                    root: work.path().join(format!("store-{dir}")),
+                },
+            ),
+            ("S3 (s3s-fs on loopback)", s3_backend(&s3)),
+        ];
+        for (backend_name, backend) in backends {
+            let store = BlobStore::open(&StoreConfig {
+                backend,
+                prefix: format!("bench-{dir}"),
+                key: None,
+                level: 3,
+            })
+            .expect("store");
+            let direct = Arc::new(Direct {
+                store,
+                tmp: tempfile::tempdir_in(work.path()).expect("tmp"),
+            });
+            let paths = [format!("/data/{dir}/**/*")];
+            let t = Instant::now();
+            let saved = runtime
+                .block_on(cache::save(&engine, c, direct.as_ref(), &paths, "", None))
+                .expect("save");
+            let cold = t.elapsed();
+            sh(c, &format!("rm -rf /data/{dir}"));
+            let t = Instant::now();
+            let dyn_store: Arc<dyn CacheStore> = direct.clone();
+            let restored_entry = runtime
+                .block_on(cache::restore(&engine, c, dyn_store, saved.entry.clone()))
+                .expect("restore");
+            let restored = t.elapsed();
+            // As a build does: the files unchanged since the restore.
+            let t = Instant::now();
+            let again = runtime
+                .block_on(cache::save(
+                    &engine,
+                    c,
+                    direct.as_ref(),
+                    &paths,
+                    "",
+                    Some(&restored_entry),
+                ))
+                .expect("save again");
+            let unchanged = t.elapsed();
+            assert!(again.unchanged && again.entry.segments == saved.entry.segments);
+            // Without the restore's listing every file is read again; nothing is uploaded.
+            let t = Instant::now();
+            let reread = runtime
+                .block_on(cache::save(&engine, c, direct.as_ref(), &paths, "", None))
+                .expect("save reading everything");
+            let read_all = t.elapsed();
+            assert_eq!(
+                reread.entry.segments, saved.entry.segments,
+                "the restored files cut the same segments"
+            );
+            assert_eq!(reread.uploaded_segments, 0);
+            println!(
+                "  {backend_name}: save {} ({:.2}x baseline), restore {} ({:.2}x baseline), unchanged re-save {} ({:.3}x the first), re-save reading every file {} ({:.2}x the first, 0 of {} segments uploaded)",
+                secs(cold),
+                ratio(cold, base_save),
+                secs(restored),
+                ratio(restored, base_restore),
+                secs(unchanged),
+                ratio(unchanged, cold),
+                secs(read_all),
+                ratio(read_all, cold),
+                saved.entry.segments.len()
+            );
+        }
+    }
+}
+
+fn s3_backend(server: &S3Server) -> Backend {
+    Backend::S3(S3Config {
+        endpoint: server.endpoint(),
+        region: s3::REGION.into(),
+        bucket: s3::BUCKET.into(),
+        access_key_id: s3::ACCESS_KEY.into(),
+        secret_access_key: s3::SECRET_KEY.into(),
+        path_style: true,
+    })
+}
+
+/// `docker exec tar -c | zstd -3 -T0` to a local file, then (the directory removed)
+/// `zstd -dc | docker exec -i tar -x` back.
+fn baseline(container: &str, dir: &str, work: &Path) -> (Duration, Duration) {
+    let archive = work.join(format!("baseline-{dir}.tar.zst"));
+    let archive = archive.to_str().expect("utf-8");
+    let t = Instant::now();
+    run(&format!(
+        "docker exec {container} tar -C / -cf - data/{dir} | zstd -3 -T0 -q -f -o {archive}"
+    ));
+    let save = t.elapsed();
+    // The copy to restore from: the one the save made is put back below.
+    run(&format!(
+        "docker exec {container} mv /data/{dir} /data/{dir}.orig"
+    ));
+    let t = Instant::now();
+    run(&format!(
+        "zstd -dc {archive} | docker exec -i {container} tar -C / -xf -"
+    ));
+    let restore = t.elapsed();
+    run(&format!(
+        "docker exec {container} sh -c 'rm -rf /data/{dir} && mv /data/{dir}.orig /data/{dir}'"
+    ));
+    (save, restore)
+}
+
+fn run(script: &str) {
+    let status = Command::new("bash")
+        .args(["-c", &format!("set -eo pipefail; {script}")])
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("sh");
+    assert!(status.success(), "{script}");
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
