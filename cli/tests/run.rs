@@ -485,4 +485,16 @@ fn kiln_run_restores_the_cache_of_the_previous_run() {
         !src.path().join("out").exists(),
         "the cache goes into the container, never into the checkout"
     );
+    // Paths that select nothing save nothing.
+    std::fs::write(
+        src.path().join("buildspec.yml"),
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - echo none\ncache:\n  paths:\n    - nothing-here/**/*\n",
+    )
+    .expect("write");
+    let empty = run();
+    assert!(empty.contains("Cache: skipped nothing at"), "{empty}");
+    assert!(
+        empty.contains("Cache not saved: its paths select no files"),
+        "{empty}"
+    );
 }

@@ -77,6 +77,14 @@ impl Blobs {
         [&m.bytes_in, &m.bytes_out, &m.hits, &m.misses].map(|c| c.load(Relaxed))
     }
 
+    /// Removes a blob (one that is not there, or a malformed digest, is fine).
+    pub async fn delete(&self, digest: &str) -> Result<(), Status> {
+        let Ok(parsed) = Digest::parse(digest) else {
+            return Ok(());
+        };
+        self.store.delete(&parsed).await.map_err(store_status)
+    }
+
     /// Whether the store has the blob (false for a malformed digest).
     pub async fn contains(&self, digest: &str) -> Result<bool, Status> {
         let found = self.contains_all(&[digest.to_string()]).await?;

@@ -42,6 +42,30 @@ pub struct CoordinatorConfig {
     pub max_artifacts_bytes: u64,
     /// Where sources and artifacts are kept (`[store]`).
     pub store: StoreSettings,
+    /// How long and how much build caches are kept (`[caches]`).
+    pub caches: CacheRetention,
+}
+
+/// `[caches]`: build cache retention. Per project, caches unused for `max_age_days` go, then the
+/// least recently used ones until the project's caches fit in `max_bytes_per_project`; their
+/// segments leave the blob store unless another cache uses them. Checked every
+/// `retention_interval_s`.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheRetention {
+    pub max_age_days: u32,
+    pub max_bytes_per_project: u64,
+    pub retention_interval_s: u64,
+}
+
+impl Default for CacheRetention {
+    fn default() -> Self {
+        CacheRetention {
+            max_age_days: 30,
+            max_bytes_per_project: 20 << 30,
+            retention_interval_s: 600,
+        }
+    }
 }
 
 /// `[store]`: the blob store for sources, artifacts and caches.
@@ -84,6 +108,7 @@ impl Default for CoordinatorConfig {
             max_log_bytes: 512 << 20,
             max_artifacts_bytes: 16 << 30,
             store: StoreSettings::default(),
+            caches: CacheRetention::default(),
         }
     }
 }
@@ -117,6 +142,9 @@ impl CoordinatorConfig {
         }
         if self.max_attempts == 0 {
             bail!("max_attempts must be at least 1");
+        }
+        if self.caches.retention_interval_s == 0 {
+            bail!("[caches] retention_interval_s must be at least 1");
         }
         Ok(self)
     }
@@ -223,6 +251,8 @@ mod tests {
         assert_eq!(config.store.backend, "s3");
         assert_eq!(config.store.bucket, "kiln");
         assert_eq!(config.store.path_style, Some(true));
+        assert_eq!(config.caches.max_age_days, 14);
+        assert_eq!(config.caches.max_bytes_per_project, 5 << 30);
         let config = config.finish(Path::new("/tmp")).expect("valid");
         assert!(config.state.starts_with("redis://") || !config.state.is_empty());
     }

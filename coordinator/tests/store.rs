@@ -487,6 +487,7 @@ fn cache(project: &str, paths: &[&str], key: &str, segment: &str) -> CacheEntry 
         size: 10,
         files: 1,
         created_ms: NOW_MS,
+        last_used_ms: NOW_MS,
         build_id: format!("{project}:b"),
     }
 }
@@ -529,6 +530,10 @@ async fn cache_index_keeps_keyed_entries_immutable_and_survives_reopening(backen
         std::slice::from_ref(&api)
     );
     assert_eq!(sorted_caches(&store, "nothing").await, []);
+    assert_eq!(
+        store.cache_projects().await.expect("projects"),
+        ["web", "web2"]
+    );
 
     let gone = [cache_slot(&other_paths), "0000/none".to_string()];
     assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 1);

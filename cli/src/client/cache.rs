@@ -156,6 +156,7 @@ fn to_json(entries: &[CacheEntry]) -> serde_json::Value {
                 "files": e.files,
                 "segments": e.segments,
                 "createdMs": e.created_ms,
+                "lastUsedMs": e.last_used_ms,
                 "buildId": e.build_id,
             })
         })

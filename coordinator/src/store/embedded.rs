@@ -237,6 +237,10 @@ impl StateStore for EmbeddedStore {
         rows.iter().map(|row| decode_row(row)).collect()
     }
 
+    async fn cache_projects(&self) -> StoreResult<Vec<String>> {
+        Ok(self.committer.read(State::cache_projects))
+    }
+
     async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
         self.committer
             .write(|state| Ok(state.delete_caches(project, slots)))

@@ -328,6 +328,9 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every cache entry of a project, in no particular order.
     fn caches(&self, project: &str) -> impl Future<Output = StoreResult<Vec<CacheEntry>>> + Send;
 
+    /// The projects that have (or had) cache entries.
+    fn cache_projects(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
+
     /// Removes a project's entries at these slots; returns how many there were.
     fn delete_caches(
         &self,
@@ -454,6 +457,10 @@ impl StateStore for AnyStore {
 
     async fn caches(&self, project: &str) -> StoreResult<Vec<CacheEntry>> {
         delegate!(self, s => s.caches(project))
+    }
+
+    async fn cache_projects(&self) -> StoreResult<Vec<String>> {
+        delegate!(self, s => s.cache_projects())
     }
 
     async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {

@@ -22,6 +22,7 @@
 //! | `index`, `index:{project}` | zset | build ids, score `queue_seq`, for `list_builds` |
 //! | `projects` | hash | project name to `Project` (prost) |
 //! | `caches:{project}` | hash | `cache_slot` to `CacheEntry` (prost) |
+//! | `cache-projects` | set | projects that have (or had) caches |
 //! | `log:{id}`, `logend:{id}` | list | chunk `seq` at index `seq`; its end offset in the log |
 //!
 //! In a Redis Cluster every key of one prefix must hash to one slot: use a prefix with a hash
@@ -358,10 +359,15 @@ impl StateStore for RedisStore {
 
     async fn put_cache(&self, entry: CacheEntry, immutable: bool) -> StoreResult<bool> {
         let command = if immutable { "HSETNX" } else { "HSET" };
-        let added: u64 = cmd(command)
+        let (added, _): (u64, u64) = pipe()
+            .atomic()
+            .cmd(command)
             .arg(self.keys.of("caches", &entry.project))
             .arg(cache_slot(&entry))
             .arg(entry.encode_to_vec())
+            .cmd("SADD")
+            .arg(self.keys.key("cache-projects"))
+            .arg(&entry.project)
             .query_async(&mut self.conn.clone())
             .await?;
         // HSETNX answers whether it stored; HSET always stores.
@@ -374,6 +380,15 @@ impl StateStore for RedisStore {
             .query_async(&mut self.conn.clone())
             .await?;
         rows.iter().map(|row| decode_row(row)).collect()
+    }
+
+    async fn cache_projects(&self) -> StoreResult<Vec<String>> {
+        let mut projects: Vec<String> = cmd("SMEMBERS")
+            .arg(self.keys.key("cache-projects"))
+            .query_async(&mut self.conn.clone())
+            .await?;
+        projects.sort_unstable();
+        Ok(projects)
     }
 
     async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {

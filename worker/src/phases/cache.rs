@@ -153,6 +153,11 @@ impl Build {
         for note in &saved.notes {
             self.log.agent(&format!("Cache: skipped {note}"));
         }
+        if saved.entry.files == 0 {
+            // An empty cache would only replace a useful one.
+            self.log.agent("Cache not saved: its paths select no files");
+            return;
+        }
         let summary = format!(
             "{}{} files, {} bytes; {} of {} segments ({} bytes) uploaded",
             match saved.unchanged {

@@ -364,6 +364,12 @@ impl State {
             .collect()
     }
 
+    pub(super) fn cache_projects(&self) -> Vec<String> {
+        let mut projects: Vec<String> = self.caches.keys().map(|(p, _)| p.clone()).collect();
+        projects.dedup();
+        projects
+    }
+
     pub(super) fn delete_caches(
         &mut self,
         project: &str,
