@@ -1,19 +1,17 @@
 //! Build caches (semantics §6) on the coordinator: the index lives in the state store (one entry
 //! per project, paths and key; see `store::cache_slot`), the content in the blob store. Workers
 //! look entries up and save them over `WorkerService`; clients list and clear them over
-//! `BuildService`; [`retain`] applies the retention of `[caches]`.
+//! `BuildService`; [`retain`] applies the retention of `[caches]` (see `retention`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
 
 use kiln_proto::v1::CacheEntry;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use crate::blobs::Blobs;
-use crate::config::CacheRetention;
-use crate::core::{now_ms, store_error, Core};
+use crate::config::Retention;
+use crate::core::{now_ms, store_error};
 use crate::store::{cache_slot, StateStore};
 
 /// Bytes of one cache segment at most (the worker cuts them far smaller).
@@ -135,37 +133,12 @@ pub struct Removed {
     pub segments: usize,
 }
 
-/// Which of a project's entries retention removes: those unused for longer than the age limit,
-/// then the least recently used beyond the size budget.
-fn expired<'a>(
-    entries: &'a [CacheEntry],
-    policy: &CacheRetention,
-    now_ms: i64,
-) -> Vec<&'a CacheEntry> {
-    let max_age_ms = i64::from(policy.max_age_days) * 24 * 3600 * 1000;
-    let mut by_use: Vec<&CacheEntry> = entries.iter().collect();
-    by_use.sort_by_key(|e| std::cmp::Reverse(e.last_used_ms.max(e.created_ms)));
-    let mut kept_bytes = 0u64;
-    by_use
-        .into_iter()
-        .filter(|e| {
-            let used = e.last_used_ms.max(e.created_ms);
-            let fits = kept_bytes + e.size <= policy.max_bytes_per_project;
-            let keep = now_ms - used <= max_age_ms && fits;
-            if keep {
-                kept_bytes += e.size;
-            }
-            !keep
-        })
-        .collect()
-}
-
 /// One retention pass over every project's caches: drops the expired entries from the index,
 /// then their segments that no remaining entry (of any project) uses from the blob store.
 pub async fn retain<S: StateStore>(
     store: &S,
     blobs: &Blobs,
-    policy: &CacheRetention,
+    policy: &Retention,
     now_ms: i64,
 ) -> Result<Removed, Status> {
     let mut removed = Removed::default();
@@ -173,7 +146,17 @@ pub async fn retain<S: StateStore>(
     let mut in_use: HashSet<String> = HashSet::new();
     for project in store.cache_projects().await.map_err(store_error)? {
         let entries = store.caches(&project).await.map_err(store_error)?;
-        let gone = expired(&entries, policy, now_ms);
+        let used: Vec<(i64, u64)> = entries
+            .iter()
+            .map(|e| (e.last_used_ms.max(e.created_ms), e.size))
+            .collect();
+        let expired = policy.expired(&used, now_ms);
+        let gone: Vec<&CacheEntry> = entries
+            .iter()
+            .zip(&expired)
+            .filter(|(_, gone)| **gone)
+            .map(|(e, _)| e)
+            .collect();
         let slots: Vec<String> = gone.iter().map(|e| cache_slot(e)).collect();
         store
             .delete_caches(&project, &slots)
@@ -195,28 +178,6 @@ pub async fn retain<S: StateStore>(
         removed.segments += 1;
     }
     Ok(removed)
-}
-
-/// Runs [`retain`] every `retention_interval_s` until `stop`.
-pub async fn retention<S: StateStore>(core: Arc<Core<S>>, stop: CancellationToken) {
-    let policy = core.config.caches.clone();
-    let every = std::time::Duration::from_secs(policy.retention_interval_s);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        match retain(&core.store, &core.blobs, &policy, now_ms()).await {
-            Ok(r) if r.entries > 0 => tracing::info!(
-                entries = r.entries,
-                segments = r.segments,
-                bytes = r.bytes,
-                "cache retention removed caches"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cache retention failed"),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -262,37 +223,5 @@ mod tests {
         // The rolling cache is the empty key, never a prefix match.
         assert_eq!(key_of("", &[]).as_deref(), Some(""));
         assert_eq!(key_of("zzz", &[""]).as_deref(), Some("npm-feature-ccc"));
-    }
-
-    #[test]
-    fn retention_drops_the_old_then_the_least_recently_used_beyond_the_budget() {
-        const DAY: i64 = 24 * 3600 * 1000;
-        let now = 100 * DAY;
-        let sized = |key: &str, used: i64, size: u64| CacheEntry {
-            key: key.into(),
-            size,
-            created_ms: 1,
-            last_used_ms: used,
-            ..Default::default()
-        };
-        let entries = [
-            sized("fresh", now - DAY, 40),
-            sized("old", now - 31 * DAY, 1),
-            sized("second", now - 2 * DAY, 50),
-            sized("third", now - 3 * DAY, 20),
-            sized("fourth", now - 4 * DAY, 10),
-        ];
-        let policy = CacheRetention {
-            max_age_days: 30,
-            max_bytes_per_project: 100,
-            retention_interval_s: 1,
-        };
-        let mut gone: Vec<&str> = expired(&entries, &policy, now)
-            .iter()
-            .map(|e| e.key.as_str())
-            .collect();
-        gone.sort_unstable();
-        // 40 + 50 fit; "third" (20) does not; "fourth" (10) still does.
-        assert_eq!(gone, ["old", "third"]);
     }
 }

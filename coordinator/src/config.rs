@@ -42,29 +42,43 @@ pub struct CoordinatorConfig {
     pub max_artifacts_bytes: u64,
     /// Where sources and artifacts are kept (`[store]`).
     pub store: StoreSettings,
+    /// How often retention runs (see `retention`).
+    pub retention_interval_s: u64,
     /// How long and how much build caches are kept (`[caches]`).
-    pub caches: CacheRetention,
+    pub caches: Retention,
+    /// How long and how much build artifacts are kept (`[artifacts]`; by default, all).
+    pub artifacts: Retention,
 }
 
-/// `[caches]`: build cache retention. Per project, caches unused for `max_age_days` go, then the
-/// least recently used ones until the project's caches fit in `max_bytes_per_project`; their
-/// segments leave the blob store unless another cache uses them. Checked every
-/// `retention_interval_s`.
-#[derive(Clone, Debug, Deserialize)]
+/// `[caches]` and `[artifacts]`: per project, what was last used more than `max_age_days` ago
+/// goes, then the least recently used until the rest fits in `max_bytes_per_project`. 0: no
+/// limit.
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CacheRetention {
+pub struct Retention {
     pub max_age_days: u32,
     pub max_bytes_per_project: u64,
-    pub retention_interval_s: u64,
 }
 
-impl Default for CacheRetention {
-    fn default() -> Self {
-        CacheRetention {
-            max_age_days: 30,
-            max_bytes_per_project: 20 << 30,
-            retention_interval_s: 600,
+impl Retention {
+    /// Which items (last used, in ms since the epoch, and size) go at `now_ms`, in their order.
+    pub fn expired(&self, items: &[(i64, u64)], now_ms: i64) -> Vec<bool> {
+        let max_age_ms = i64::from(self.max_age_days) * 24 * 3600 * 1000;
+        let mut newest_first: Vec<usize> = (0..items.len()).collect();
+        newest_first.sort_by_key(|&i| std::cmp::Reverse(items[i].0));
+        let mut gone = vec![false; items.len()];
+        let mut kept_bytes = 0u64;
+        for i in newest_first {
+            let (used, size) = items[i];
+            let too_old = self.max_age_days > 0 && now_ms - used > max_age_ms;
+            let too_big =
+                self.max_bytes_per_project > 0 && kept_bytes + size > self.max_bytes_per_project;
+            match too_old || too_big {
+                true => gone[i] = true,
+                false => kept_bytes += size,
+            }
         }
+        gone
     }
 }
 
@@ -108,7 +122,12 @@ impl Default for CoordinatorConfig {
             max_log_bytes: 512 << 20,
             max_artifacts_bytes: 16 << 30,
             store: StoreSettings::default(),
-            caches: CacheRetention::default(),
+            retention_interval_s: 600,
+            caches: Retention {
+                max_age_days: 30,
+                max_bytes_per_project: 20 << 30,
+            },
+            artifacts: Retention::default(),
         }
     }
 }
@@ -143,8 +162,8 @@ impl CoordinatorConfig {
         if self.max_attempts == 0 {
             bail!("max_attempts must be at least 1");
         }
-        if self.caches.retention_interval_s == 0 {
-            bail!("[caches] retention_interval_s must be at least 1");
+        if self.retention_interval_s == 0 {
+            bail!("retention_interval_s must be at least 1");
         }
         Ok(self)
     }
@@ -253,8 +272,33 @@ mod tests {
         assert_eq!(config.store.path_style, Some(true));
         assert_eq!(config.caches.max_age_days, 14);
         assert_eq!(config.caches.max_bytes_per_project, 5 << 30);
+        assert_eq!(config.artifacts.max_age_days, 90);
+        assert_eq!(config.retention_interval_s, 600);
         let config = config.finish(Path::new("/tmp")).expect("valid");
         assert!(config.state.starts_with("redis://") || !config.state.is_empty());
+    }
+
+    #[test]
+    fn retention_drops_the_old_then_the_least_recently_used_beyond_the_budget() {
+        const DAY: i64 = 24 * 3600 * 1000;
+        let now = 100 * DAY;
+        let items = [
+            (now - DAY, 40),
+            (now - 31 * DAY, 1),
+            (now - 2 * DAY, 50),
+            (now - 3 * DAY, 20),
+            (now - 4 * DAY, 10),
+        ];
+        let policy = Retention {
+            max_age_days: 30,
+            max_bytes_per_project: 100,
+        };
+        // 40 + 50 fit, the 20 does not, the 10 still does; the 31-day-old one is too old.
+        assert_eq!(
+            policy.expired(&items, now),
+            [false, true, false, true, false]
+        );
+        assert_eq!(Retention::default().expired(&items, now), [false; 5]);
     }
 
     #[test]

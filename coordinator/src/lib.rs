@@ -5,7 +5,7 @@
 //! dispatcher and sweeper loops, `service` the gRPC services, `store` the durable state (embedded
 //! file or Redis), `blobs` uploaded sources, artifacts and cache segments, `caches` the build cache
 //! index, `archive` the checks on uploads,
-//! `auth` the tokens, `config` the configuration file.
+//! `retention` what caches and artifacts are kept, `auth` the tokens, `config` the configuration file.
 
 pub mod archive;
 pub mod auth;
@@ -13,6 +13,7 @@ pub mod blobs;
 pub mod caches;
 pub mod config;
 pub mod core;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod service;

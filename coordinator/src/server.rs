@@ -93,7 +93,7 @@ async fn serve<S: StateStore>(
         .build_v1()?;
     tokio::spawn(dispatcher(core.clone(), stop.clone()));
     tokio::spawn(sweeper(core.clone(), stop.clone()));
-    tokio::spawn(crate::caches::retention(core.clone(), stop.clone()));
+    tokio::spawn(crate::retention::run(core.clone(), stop.clone()));
     tracing::info!(addr = %listener.local_addr()?, "coordinator listening");
     // Small request/response messages must not wait for Nagle's algorithm (40 ms stalls).
     // Keepalives find half-open connections (a worker that vanished without closing).

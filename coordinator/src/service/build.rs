@@ -309,11 +309,13 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         let row = self.core.build(&id).await?;
         let digest = &record(&row).artifacts_digest;
         if digest.is_empty() {
+            let b = record(&row);
             return Err(Status::not_found(format!(
                 "build {id} has no artifacts ({})",
-                match record(&row).build_complete {
-                    true => "its buildspec uploads none, or it failed before UPLOAD_ARTIFACTS",
-                    false => "it has not finished",
+                match (b.build_complete, b.artifacts_removed_ms) {
+                    (true, 0) => "its buildspec uploads none, or it failed before UPLOAD_ARTIFACTS",
+                    (true, _) => "retention removed them ([artifacts] in the coordinator's config)",
+                    (false, _) => "it has not finished",
                 }
             )));
         }

@@ -6,4 +6,5 @@
 
 pub mod fixtures;
 
+#[allow(unused_imports)]
 pub use kiln_tests::RedisServer;

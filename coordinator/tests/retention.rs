@@ -1,0 +1,180 @@
+//! Retention on real stores: the embedded state store and the local blob store. Expired cache
+//! entries leave the index and expired artifacts leave their builds, and their blobs leave the
+//! blob store unless something kept still uses them.
+
+mod common;
+
+use common::fixtures::{build, create, get, id, update, CLAIM};
+use kiln_coordinator::blobs::Blobs;
+use kiln_coordinator::caches::{retain, Removed};
+use kiln_coordinator::config::Retention;
+use kiln_coordinator::core::Core;
+use kiln_coordinator::retention::{retain_artifacts, ArtifactsRemoved};
+use kiln_coordinator::store::{EmbeddedStore, QueueChange, StateStore};
+use kiln_coordinator::CoordinatorConfig;
+use kiln_proto::v1::CacheEntry;
+
+const DAY: i64 = 24 * 3600 * 1000;
+
+async fn blob(blobs: &Blobs, content: &str) -> String {
+    let chunks = futures_util::stream::iter([Ok(content.as_bytes().to_vec())]);
+    blobs
+        .store_stream(1 << 20, chunks)
+        .await
+        .expect("store a blob")
+        .digest
+}
+
+fn entry(project: &str, key: &str, segments: &[&str], last_used_ms: i64) -> CacheEntry {
+    CacheEntry {
+        project: project.into(),
+        paths: vec!["deps/**/*".into()],
+        key: key.into(),
+        segments: segments.iter().map(|s| s.to_string()).collect(),
+        size: 100,
+        files: 1,
+        created_ms: 1,
+        last_used_ms,
+        build_id: format!("{project}:1"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_caches_go_with_the_segments_no_other_cache_uses() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = CoordinatorConfig::default()
+        .finish(dir.path())
+        .expect("config");
+    let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
+    let store = EmbeddedStore::open(&dir.path().join("state")).expect("state");
+    let only_old = blob(&blobs, "only in the old cache").await;
+    let shared = blob(&blobs, "in the old cache and in another project's").await;
+    let recent = blob(&blobs, "in the recent cache").await;
+    let now = 100 * DAY;
+    for (e, immutable) in [
+        (
+            entry("web", "old", &[&only_old, &shared], now - 40 * DAY),
+            true,
+        ),
+        (entry("web", "recent", &[&recent], now - DAY), true),
+        (entry("api", "", &[&shared], now - 2 * DAY), false),
+    ] {
+        assert!(store.put_cache(e, immutable).await.expect("put"));
+    }
+    let policy = Retention {
+        max_age_days: 30,
+        max_bytes_per_project: 1 << 30,
+    };
+    let removed = retain(&store, &blobs, &policy, now).await.expect("retain");
+    assert_eq!(
+        removed,
+        Removed {
+            entries: 1,
+            bytes: 100,
+            segments: 1
+        }
+    );
+    let present = blobs
+        .contains_all(&[only_old, shared, recent])
+        .await
+        .expect("contains");
+    assert_eq!(present, [false, true, true]);
+    let keys =
+        |entries: Vec<CacheEntry>| -> Vec<String> { entries.into_iter().map(|e| e.key).collect() };
+    assert_eq!(keys(store.caches("web").await.expect("web")), ["recent"]);
+    assert_eq!(keys(store.caches("api").await.expect("api")), [""]);
+
+    // A budget of one entry per project keeps the most recently used.
+    let tight = Retention {
+        max_bytes_per_project: 100,
+        ..policy
+    };
+    assert!(store
+        .put_cache(entry("web", "newest", &[], now), true)
+        .await
+        .expect("put"));
+    let removed = retain(&store, &blobs, &tight, now).await.expect("retain");
+    assert_eq!((removed.entries, removed.segments), (1, 1));
+    assert_eq!(keys(store.caches("web").await.expect("web")), ["newest"]);
+    // Nothing else expired: a second pass removes nothing.
+    let again = retain(&store, &blobs, &tight, now).await.expect("retain");
+    assert_eq!(again, Removed::default());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_artifacts_leave_their_builds_and_the_store() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = CoordinatorConfig::default()
+        .finish(dir.path())
+        .expect("config");
+    let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
+    let store = EmbeddedStore::open(&dir.path().join("state")).expect("state");
+    let core = Core::new(store, blobs, config);
+    let now = 100 * DAY;
+    let old_only = blob(&core.blobs, "artifacts only the old build has").await;
+    let same = blob(&core.blobs, "artifacts two builds have").await;
+    // (ended, artifacts) of four finished builds of one project.
+    let mut ids = Vec::new();
+    for (ended, digest) in [
+        (now - 100 * DAY, &old_only),
+        (now - 95 * DAY, &same),
+        (now - DAY, &same),
+        (now - DAY, &String::new()),
+    ] {
+        let row = update(
+            &core.store,
+            create(&core.store, build("web", 0)).await,
+            CLAIM,
+        )
+        .await;
+        let mut row = row;
+        let b = row.build.as_mut().expect("record");
+        b.build_complete = true;
+        b.build_status = "SUCCEEDED".into();
+        b.end_time_ms = ended;
+        b.artifacts_digest = digest.clone();
+        b.artifacts_size = 1000;
+        ids.push(id(&update(&core.store, row, QueueChange::Finish).await));
+    }
+    let keep_all = Retention::default();
+    let none = retain_artifacts(&core, &keep_all, now)
+        .await
+        .expect("retain");
+    assert_eq!(none, ArtifactsRemoved::default());
+    let policy = Retention {
+        max_age_days: 90,
+        max_bytes_per_project: 0,
+    };
+    let removed = retain_artifacts(&core, &policy, now).await.expect("retain");
+    assert_eq!(
+        removed,
+        ArtifactsRemoved {
+            builds: 2,
+            bytes: 2000,
+            blobs: 1
+        }
+    );
+    let digest_of = |row: kiln_proto::v1::StoredBuild| {
+        let b = row.build.expect("record");
+        (b.artifacts_digest, b.artifacts_removed_ms)
+    };
+    assert_eq!(
+        digest_of(get(&core.store, &ids[0]).await),
+        (String::new(), now)
+    );
+    assert_eq!(
+        digest_of(get(&core.store, &ids[1]).await),
+        (String::new(), now)
+    );
+    assert_eq!(
+        digest_of(get(&core.store, &ids[2]).await),
+        (same.clone(), 0)
+    );
+    // The old build's own blob went; the one a kept build shares stayed.
+    let present = core
+        .blobs
+        .contains_all(&[old_only, same])
+        .await
+        .expect("contains");
+    assert_eq!(present, [false, true]);
+}
