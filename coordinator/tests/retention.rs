@@ -39,14 +39,18 @@ fn entry(project: &str, key: &str, segments: &[&str], last_used_ms: i64) -> Cach
     }
 }
 
+/// A coordinator's stores in `dir` with the default config: embedded state, local blobs.
+fn stores(dir: &std::path::Path) -> (EmbeddedStore, Blobs, CoordinatorConfig) {
+    let config = CoordinatorConfig::default().finish(dir).expect("config");
+    let blobs = Blobs::open(dir, &config.store_config().expect("store")).expect("blobs");
+    let store = EmbeddedStore::open(&dir.join("state")).expect("state");
+    (store, blobs, config)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_caches_go_with_the_segments_no_other_cache_uses() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = CoordinatorConfig::default()
-        .finish(dir.path())
-        .expect("config");
-    let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
-    let store = EmbeddedStore::open(&dir.path().join("state")).expect("state");
+    let (store, blobs, _) = stores(dir.path());
     let only_old = blob(&blobs, "only in the old cache").await;
     let shared = blob(&blobs, "in the old cache and in another project's").await;
     let recent = blob(&blobs, "in the recent cache").await;
@@ -104,11 +108,7 @@ async fn expired_caches_go_with_the_segments_no_other_cache_uses() {
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_artifacts_leave_their_builds_and_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let config = CoordinatorConfig::default()
-        .finish(dir.path())
-        .expect("config");
-    let blobs = Blobs::open(dir.path(), &config.store_config().expect("store")).expect("blobs");
-    let store = EmbeddedStore::open(&dir.path().join("state")).expect("state");
+    let (store, blobs, config) = stores(dir.path());
     let core = Core::new(store, blobs, config);
     let now = 100 * DAY;
     let old_only = blob(&core.blobs, "artifacts only the old build has").await;
