@@ -10,8 +10,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kiln_cache::{Backend, BlobStore, S3Config, StoreConfig};
-use kiln_tests::s3::{self, S3Server};
+use kiln_cache::{Backend, BlobStore, StoreConfig};
+use kiln_tests::s3::S3Server;
 
 fn main() {
     let mb: usize = std::env::var("KILN_BENCH_MB")
@@ -44,7 +44,7 @@ fn main() {
     ));
 
     let s3 = S3Server::start();
-    let remote = BlobStore::open(&config(s3_backend(&s3))).expect("s3 store");
+    let remote = BlobStore::open(&config(s3.backend())).expect("s3 store");
     runtime.block_on(measure(
         "S3 (s3s-fs on loopback)",
         &remote,
@@ -157,15 +157,4 @@ fn baseline(input: &Path, work: &Path) -> (Duration, Duration) {
     ));
     std::fs::remove_dir_all(&restore).expect("rm");
     (save, restored)
-}
-
-fn s3_backend(server: &S3Server) -> Backend {
-    Backend::S3(S3Config {
-        endpoint: server.endpoint(),
-        region: s3::REGION.into(),
-        bucket: s3::BUCKET.into(),
-        access_key_id: s3::ACCESS_KEY.into(),
-        secret_access_key: s3::SECRET_KEY.into(),
-        path_style: true,
-    })
 }

@@ -7,18 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use kiln_cache::{Backend, BlobStore, Digest, EncryptionKey, S3Config, StoreConfig, StoreError};
-use kiln_tests::s3::{self, S3Server};
-
-fn s3_backend(server: &S3Server) -> Backend {
-    Backend::S3(S3Config {
-        endpoint: server.endpoint(),
-        region: s3::REGION.into(),
-        bucket: s3::BUCKET.into(),
-        access_key_id: s3::ACCESS_KEY.into(),
-        secret_access_key: s3::SECRET_KEY.into(),
-        path_style: true,
-    })
-}
+use kiln_tests::s3::S3Server;
 
 /// Plain and sealed blobs apart, so each round starts with an empty store.
 fn open(backend: Backend, key: Option<EncryptionKey>) -> BlobStore {
@@ -184,7 +173,7 @@ async fn the_local_directory_backend_passes_the_suite() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_s3_backend_passes_the_suite() {
     let server = S3Server::start();
-    suite(s3_backend(&server)).await;
+    suite(server.backend()).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -75,4 +75,16 @@ impl S3Server {
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
+
+    /// The blob store backend for this server's bucket.
+    pub fn backend(&self) -> kiln_cache::Backend {
+        kiln_cache::Backend::S3(kiln_cache::S3Config {
+            endpoint: self.endpoint(),
+            region: REGION.into(),
+            bucket: BUCKET.into(),
+            access_key_id: ACCESS_KEY.into(),
+            secret_access_key: SECRET_KEY.into(),
+            path_style: true,
+        })
+    }
 }

@@ -19,9 +19,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use kiln_cache::{Backend, BlobStore, Digest, S3Config, StoreConfig};
+use kiln_cache::{Backend, BlobStore, Digest, StoreConfig};
 use kiln_proto::v1::CacheEntry;
-use kiln_tests::s3::{self, S3Server};
+use kiln_tests::s3::S3Server;
 use kiln_tests::{docker, unique_name, IMAGE};
 use kiln_worker::cache::{self, CacheError, CacheStore};
 use kiln_worker::docker::Engine;
@@ -144,7 +144,7 @@ fn main() {
                     root: work.path().join(format!("store-{dir}")),
                 },
             ),
-            ("S3 (s3s-fs on loopback)", s3_backend(&s3)),
+            ("S3 (s3s-fs on loopback)", s3.backend()),
         ];
         for (backend_name, backend) in backends {
             let store = BlobStore::open(&StoreConfig {
@@ -210,17 +210,6 @@ fn main() {
             );
         }
     }
-}
-
-fn s3_backend(server: &S3Server) -> Backend {
-    Backend::S3(S3Config {
-        endpoint: server.endpoint(),
-        region: s3::REGION.into(),
-        bucket: s3::BUCKET.into(),
-        access_key_id: s3::ACCESS_KEY.into(),
-        secret_access_key: s3::SECRET_KEY.into(),
-        path_style: true,
-    })
 }
 
 /// `docker exec tar -c | zstd -3 -T0` to a local file, then `zstd -dc | docker exec -i tar -x`
