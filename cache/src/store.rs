@@ -157,6 +157,8 @@ pub struct Metrics {
 #[derive(Clone)]
 pub struct BlobStore {
     inner: Arc<dyn ObjectStore>,
+    /// The S3 backend again, to sign URLs with (`None` for a local directory).
+    signer: Option<Arc<object_store::aws::AmazonS3>>,
     prefix: String,
     key: Option<EncryptionKey>,
     level: i32,
@@ -175,12 +177,17 @@ impl std::fmt::Debug for BlobStore {
 
 impl BlobStore {
     pub fn open(config: &StoreConfig) -> Result<BlobStore, StoreError> {
-        let (inner, describe): (Arc<dyn ObjectStore>, String) = match &config.backend {
+        type Opened = (
+            Arc<dyn ObjectStore>,
+            Option<Arc<object_store::aws::AmazonS3>>,
+            String,
+        );
+        let (inner, signer, describe): Opened = match &config.backend {
             Backend::Local { root } => {
                 std::fs::create_dir_all(root)?;
                 let fs = object_store::local::LocalFileSystem::new_with_prefix(root)
                     .map_err(|e| StoreError::Config(e.to_string()))?;
-                (Arc::new(fs), format!("directory {}", root.display()))
+                (Arc::new(fs), None, format!("directory {}", root.display()))
             }
             Backend::S3(s3) => {
                 if s3.bucket.is_empty() {
@@ -207,16 +214,17 @@ impl BlobStore {
                         .with_endpoint(&s3.endpoint)
                         .with_allow_http(s3.endpoint.starts_with("http://"));
                 }
-                let s3_store = b.build().map_err(|e| StoreError::Config(e.to_string()))?;
+                let s3_store = Arc::new(b.build().map_err(|e| StoreError::Config(e.to_string()))?);
                 let at = match s3.endpoint.as_str() {
                     "" => format!("s3://{}", s3.bucket),
                     endpoint => format!("s3://{} at {endpoint}", s3.bucket),
                 };
-                (Arc::new(s3_store), at)
+                (s3_store.clone(), Some(s3_store), at)
             }
         };
         Ok(BlobStore {
             inner,
+            signer,
             prefix: config.prefix.trim_matches('/').to_string(),
             key: config.key.clone(),
             level: config.level,
@@ -478,6 +486,51 @@ impl BlobStore {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(self.backend()(e)),
         }
+    }
+
+    /// Where the plain copy `name` is: `<prefix>/plain/<name>`.
+    fn plain_location(&self, name: &str) -> ObjectPath {
+        match self.prefix.as_str() {
+            "" => ObjectPath::from(format!("plain/{name}")),
+            p => ObjectPath::from(format!("{p}/plain/{name}")),
+        }
+    }
+
+    /// Stores a file as it is, neither compressed nor encrypted, under `name` (for a presigned
+    /// URL: whoever holds one reads the object without Kiln), in parts for a large file.
+    pub async fn put_plain(&self, name: &str, path: &Path) -> Result<(), StoreError> {
+        let location = self.plain_location(name);
+        let mut writer = object_store::buffered::BufWriter::new(self.inner.clone(), location);
+        let mut file = tokio::fs::File::open(path).await?;
+        tokio::io::copy(&mut file, &mut writer).await?;
+        tokio::io::AsyncWriteExt::shutdown(&mut writer).await?;
+        Ok(())
+    }
+
+    /// Removes the plain copy `name`; one that is not there is fine.
+    pub async fn delete_plain(&self, name: &str) -> Result<(), StoreError> {
+        match self.inner.delete(&self.plain_location(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.backend()(e)),
+        }
+    }
+
+    /// A URL that reads the plain copy `name` for `expires`, signed with the store's
+    /// credentials; `None` when the backend cannot sign (a local directory).
+    pub async fn signed_url(
+        &self,
+        name: &str,
+        expires: std::time::Duration,
+    ) -> Result<Option<String>, StoreError> {
+        use object_store::signer::Signer;
+        let Some(signer) = &self.signer else {
+            return Ok(None);
+        };
+        let url = signer
+            .signed_url(http::Method::GET, &self.plain_location(name), expires)
+            .await
+            .map_err(self.backend())?;
+        Ok(Some(url.to_string()))
     }
 
     /// The backend underneath (for tests that tamper with stored objects), and where a blob is.

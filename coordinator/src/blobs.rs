@@ -20,6 +20,13 @@ const CHUNK: usize = 256 * 1024;
 pub struct Blobs {
     store: BlobStore,
     tmp: PathBuf,
+    /// `[store] presigned_artifacts`: artifacts are also kept plain (see [`artifacts_name`]).
+    plain_artifacts: bool,
+}
+
+/// The name of a build's plain artifacts tar: `artifacts/<project>/<build uuid>.tar`.
+pub fn artifacts_name(build_id: &str) -> String {
+    format!("artifacts/{}.tar", build_id.replacen(':', "/", 1))
 }
 
 /// A blob that was written.
@@ -53,7 +60,46 @@ impl Blobs {
         Ok(Blobs {
             store: BlobStore::open(store)?,
             tmp,
+            plain_artifacts: false,
         })
+    }
+
+    /// Keeps artifacts plain too (`[store] presigned_artifacts`).
+    pub fn with_plain_artifacts(mut self, on: bool) -> Blobs {
+        self.plain_artifacts = on;
+        self
+    }
+
+    /// A presigned URL to a build's plain artifacts tar, valid for `expires`.
+    pub async fn artifacts_url(
+        &self,
+        build_id: &str,
+        expires: std::time::Duration,
+    ) -> Result<String, Status> {
+        let refused = || {
+            Status::failed_precondition(
+                "this server hands out no artifact URLs: it needs [store] backend = \"s3\" and \
+                 presigned_artifacts = true (download with `kiln artifacts ID -o DIR` instead)",
+            )
+        };
+        if !self.plain_artifacts {
+            return Err(refused());
+        }
+        let name = artifacts_name(build_id);
+        let url = self.store.signed_url(&name, expires).await;
+        url.map_err(store_status)?.ok_or_else(refused)
+    }
+
+    /// Removes a build's plain artifacts tar, if artifacts are kept plain.
+    pub async fn delete_plain_artifacts(&self, build_id: &str) -> Result<(), Status> {
+        match self.plain_artifacts {
+            true => self
+                .store
+                .delete_plain(&artifacts_name(build_id))
+                .await
+                .map_err(store_status),
+            false => Ok(()),
+        }
     }
 
     /// Starts an upload of at most `limit` bytes.
@@ -160,7 +206,37 @@ impl Blobs {
     }
 
     /// Drains a gRPC byte stream into a blob.
-    pub async fn store_stream<S>(&self, limit: u64, mut chunks: S) -> Result<Stored, Status>
+    pub async fn store_stream<S>(&self, limit: u64, chunks: S) -> Result<Stored, Status>
+    where
+        S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
+    {
+        let upload = self.drain(limit, chunks).await?;
+        upload.finish(self, |_| Ok(())).await
+    }
+
+    /// [`Blobs::store_stream`] for a build's artifacts tar, also kept plain when artifacts are
+    /// (see [`artifacts_name`]).
+    pub async fn store_artifacts<S>(
+        &self,
+        build_id: &str,
+        limit: u64,
+        chunks: S,
+    ) -> Result<Stored, Status>
+    where
+        S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
+    {
+        let mut upload = self.drain(limit, chunks).await?;
+        if self.plain_artifacts {
+            upload.file_flush().await?;
+            self.store
+                .put_plain(&artifacts_name(build_id), &upload.temp)
+                .await
+                .map_err(store_status)?;
+        }
+        upload.finish(self, |_| Ok(())).await
+    }
+
+    async fn drain<S>(&self, limit: u64, mut chunks: S) -> Result<Upload, Status>
     where
         S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
     {
@@ -168,11 +244,15 @@ impl Blobs {
         while let Some(chunk) = chunks.next().await {
             upload.write(&chunk?).await?;
         }
-        upload.finish(self, |_| Ok(())).await
+        Ok(upload)
     }
 }
 
 impl Upload {
+    async fn file_flush(&mut self) -> Result<(), Status> {
+        self.file.flush().await.map_err(internal)
+    }
+
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Status> {
         self.size += data.len() as u64;
         if self.size > self.limit {

@@ -104,6 +104,10 @@ pub struct StoreSettings {
     pub encryption_key_file: Option<PathBuf>,
     /// zstd level, 1 (fast) to 19 (small); default 3.
     pub compression_level: Option<i32>,
+    /// Also keep each build's artifacts tar as it is (neither compressed nor encrypted), so
+    /// `kiln artifacts ID --url` can hand out a presigned URL to it. S3 only, and not while the
+    /// store encrypts at rest; doubles what artifacts take.
+    pub presigned_artifacts: bool,
 }
 
 impl Default for CoordinatorConfig {
@@ -232,6 +236,17 @@ impl CoordinatorConfig {
         if !(1..=19).contains(&level) {
             bail!("[store] compression_level = {level}: use 1 (fast) to 19 (small)");
         }
+        if s.presigned_artifacts && !matches!(backend, kiln_cache::Backend::S3(_)) {
+            bail!(
+                "[store] presigned_artifacts needs backend = \"s3\": a directory cannot sign URLs"
+            );
+        }
+        if s.presigned_artifacts && key.is_some() {
+            bail!(
+                "[store] presigned_artifacts keeps artifacts unencrypted, but the store encrypts at \
+                 rest (encryption_key_file or KILN_STORE_KEY): turn one of them off"
+            );
+        }
         Ok(kiln_cache::StoreConfig {
             backend,
             prefix: s.prefix.clone(),
@@ -299,6 +314,30 @@ mod tests {
             [false, true, false, true, false]
         );
         assert_eq!(Retention::default().expired(&items, now), [false; 5]);
+    }
+
+    #[test]
+    fn presigned_artifacts_need_s3_and_no_encryption() {
+        let dir = tempfile::tempdir().expect("dir");
+        let mut config = CoordinatorConfig::default()
+            .finish(dir.path())
+            .expect("config");
+        config.store.presigned_artifacts = true;
+        let e = config.store_config().expect_err("local").to_string();
+        assert!(
+            e.contains("presigned_artifacts needs backend = \"s3\""),
+            "{e}"
+        );
+        config.store.backend = "s3".into();
+        config.store.bucket = "b".into();
+        config.store.access_key_id = Some("a".into());
+        config.store.secret_access_key = Some("s".into());
+        config.store_config().expect("s3 without a key");
+        let key = dir.path().join("key");
+        std::fs::write(&key, "11".repeat(32)).expect("key");
+        config.store.encryption_key_file = Some(key);
+        let e = config.store_config().expect_err("encrypted").to_string();
+        assert!(e.contains("keeps artifacts unencrypted"), "{e}");
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub async fn retain_artifacts<S: StateStore>(
                 })
                 .await?;
             if cleared.is_some() {
+                core.blobs.delete_plain_artifacts(id).await?;
                 removed.builds += 1;
                 removed.bytes += size;
                 candidates.insert(digest.clone());

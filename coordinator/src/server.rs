@@ -37,12 +37,14 @@ impl Coordinator {
                 // The store's error stays in the chain: callers can tell a store that is in use.
                 anyhow::Error::new(e).context(format!("opening the state store {}", config.state))
             })?;
-        let blobs = Blobs::open(&config.data_dir, &config.store_config()?).map_err(|e| {
-            anyhow::anyhow!(
-                "opening the blob store (data directory {}): {e:#}",
-                config.data_dir.display()
-            )
-        })?;
+        let blobs = Blobs::open(&config.data_dir, &config.store_config()?)
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "opening the blob store (data directory {}): {e:#}",
+                    config.data_dir.display()
+                )
+            })?
+            .with_plain_artifacts(config.store.presigned_artifacts);
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("listening on {}: {e}", config.listen))?;

@@ -1,8 +1,10 @@
 //! Sources and artifacts through real processes: `.kilnignore` keeps files out of the build, a
-//! checkout the server already has is not sent again, and an artifact download resumes.
+//! checkout the server already has is not sent again, an artifact download resumes, and an S3
+//! store hands out presigned URLs to artifacts.
 
 use std::time::Duration;
 
+use kiln_tests::s3::{self, S3Server};
 use kiln_tests::{
     checkout, client, kiln, require_docker, start_coordinator, start_worker, wait_complete,
 };
@@ -125,6 +127,12 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
         )
     };
 
+    // This server keeps artifacts in a local directory: no URLs.
+    let url = kiln(&["artifacts", &id, "--url", "--server", &server], &[]);
+    assert_eq!(url.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&url.stderr);
+    assert!(stderr.contains("hands out no artifact URLs"), "{stderr}");
+
     // A reference download, then one that finds half of the tar already there.
     let reference = tempfile::tempdir().expect("dir");
     assert!(download(reference.path()).status.success());
@@ -172,4 +180,86 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
         std::fs::read(corrupt.path().join("primary/out.bin")).expect("out.bin"),
         expected
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_s3_store_hands_out_presigned_artifact_urls() {
+    require_docker();
+    let s3 = S3Server::start();
+    let data = tempfile::tempdir().expect("tempdir");
+    let config = data.path().join("coordinator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\npresigned_artifacts = true\n",
+            s3.endpoint(),
+            s3::BUCKET,
+            s3::ACCESS_KEY,
+            s3::SECRET_KEY
+        ),
+    )
+    .expect("config");
+    let (_c, addr) = start_coordinator(data.path(), &["--config", config.to_str().expect("utf-8")]);
+    let _w = start_worker("w-url", addr, &[]);
+    let server = format!("http://{addr}");
+    let src = checkout(&[(
+        "buildspec.yml",
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - head -c 2000000 /dev/urandom > out.bin\nartifacts:\n  files:\n    - out.bin\n",
+    )]);
+    let id = kiln_tests::start(addr, src.path(), &[]);
+    let build = wait_complete(&mut client(addr, None).await, &id, Duration::from_secs(120)).await;
+    assert_eq!(build.build_status, "SUCCEEDED");
+    let out = kiln(
+        &[
+            "artifacts",
+            &id,
+            "--url",
+            "--expires",
+            "10m",
+            "--server",
+            &server,
+        ],
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(url.contains("X-Amz-Signature="), "{url}");
+    // Fetched with plain curl: the whole tar, as the build's digest says.
+    let fetched = data.path().join("fetched.tar");
+    let curl = |url: &str| {
+        std::process::Command::new("curl")
+            .args(["-sf", "-o", fetched.to_str().expect("utf-8"), url])
+            .status()
+            .expect("curl")
+    };
+    assert!(curl(&url).success(), "GET {url}");
+    let tar = std::fs::read(&fetched).expect("fetched");
+    assert_eq!(tar.len() as u64, build.artifacts_size);
+    let digest = format!("sha256:{:x}", <sha2::Sha256 as sha2::Digest>::digest(&tar));
+    assert_eq!(digest, build.artifacts_digest);
+    // A tampered signature is refused by the store.
+    let (head, signature) = url.rsplit_once("X-Amz-Signature=").expect("a signature");
+    let reversed: String = signature.chars().rev().collect();
+    let tampered = format!("{head}X-Amz-Signature={reversed}");
+    assert!(!curl(&tampered).success(), "a tampered URL was served");
+    // Seven days is S3's limit.
+    let out = kiln(
+        &[
+            "artifacts",
+            &id,
+            "--url",
+            "--expires",
+            "200h",
+            "--server",
+            &server,
+        ],
+        &[],
+    );
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("at most 7 days"), "{stderr}");
 }

@@ -1,4 +1,6 @@
-//! `kiln artifacts ID -o DIR`: downloads a build's artifacts tar and extracts it into DIR.
+//! `kiln artifacts ID -o DIR`: downloads a build's artifacts tar and extracts it into DIR;
+//! `kiln artifacts ID --url`: prints a presigned URL to the tar instead (an S3 store with
+//! `presigned_artifacts`), for tools without Kiln.
 //!
 //! The tar is kept in `DIR/.kiln-artifacts-<digest>.part` while it comes: a download cut off (a
 //! dropped connection, Ctrl-C) resumes from there when the command is run again. The whole tar is
@@ -17,7 +19,7 @@ use std::process::ExitCode;
 
 use anyhow::{anyhow, bail, Context};
 use kiln_buildspec::archive::{check_entry, ArchiveEntry};
-use kiln_proto::v1::{DownloadArtifactRequest, GetBuildRequest};
+use kiln_proto::v1::{DownloadArtifactRequest, GetArtifactUrlRequest, GetBuildRequest};
 use tar::EntryType;
 use tokio::io::AsyncWriteExt;
 
@@ -29,25 +31,63 @@ pub struct ArtifactsArgs {
     /// The build's id (`<project>:<uuid>`)
     id: String,
     /// Extract into this directory (created when missing)
-    #[arg(short, long = "output", value_name = "DIR")]
-    output: PathBuf,
+    #[arg(
+        short,
+        long = "output",
+        value_name = "DIR",
+        required_unless_present = "url"
+    )]
+    output: Option<PathBuf>,
+    /// Print a presigned URL to the artifacts tar instead of downloading it
+    #[arg(long, conflicts_with = "output")]
+    url: bool,
+    /// How long the URL works, like 15m or 2h (default 1h, at most 7 days)
+    #[arg(long, requires = "url", value_parser = crate::args::parse_duration)]
+    expires: Option<std::time::Duration>,
     #[command(flatten)]
     server: ServerArgs,
 }
 
 pub async fn artifacts(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
-    if args.output.exists() && !args.output.is_dir() {
+    match args.output.clone() {
+        Some(output) => extract_into(args, &output).await,
+        None => artifacts_url(args).await,
+    }
+}
+
+async fn artifacts_url(args: ArtifactsArgs) -> Result<ExitCode, Failure> {
+    let expires_in_s = match args.expires {
+        None => 0,
+        Some(d) => u32::try_from(d.as_secs().max(1))
+            .map_err(|_| Failure::invalid("--expires: at most 7 days"))?,
+    };
+    let server = args.server.connect().await?;
+    let answer = server
+        .client()
+        .get_artifact_url(GetArtifactUrlRequest {
+            id: args.id.clone(),
+            expires_in_s,
+        })
+        .await
+        .map_err(|s| server.refused(s))?
+        .into_inner();
+    out!("{}", answer.url);
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn extract_into(args: ArtifactsArgs, output: &Path) -> Result<ExitCode, Failure> {
+    if output.exists() && !output.is_dir() {
         return Err(Failure::invalid(format!(
             "{}: exists and is not a directory; name a directory to extract into",
-            args.output.display()
+            output.display()
         )));
     }
     let server = args.server.connect().await?;
-    let extracted = download(&server, &args.id, &args.output).await?;
+    let extracted = download(&server, &args.id, output).await?;
     eprintln!(
         "{extracted} entries of build {} in {}",
         args.id,
-        args.output.display()
+        output.display()
     );
     Ok(ExitCode::SUCCESS)
 }

@@ -8,14 +8,14 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kiln_proto::v1::build_service_server::BuildService;
 use kiln_proto::v1::{
-    upload_source_request, AttachedBuild, BatchGetBuildsRequest, BatchGetBuildsResponse, Build,
-    DataChunk, DeleteCachesRequest, DeleteCachesResponse, DeleteProjectRequest,
-    DeleteProjectResponse, DownloadArtifactRequest, GetBuildRequest, GetProjectRequest,
-    GetStoreMetricsRequest, HasBlobsRequest, HasBlobsResponse, ListBuildsRequest,
-    ListBuildsResponse, ListCachesRequest, ListCachesResponse, ListNetworksRequest,
-    ListNetworksResponse, ListProjectsRequest, ListProjectsResponse, LogChunk, Project,
-    RetryBuildRequest, StartBuildRequest, StartBuildResponse, StopBuildRequest, StoreMetrics,
-    StreamLogsRequest, UploadSourceRequest, UploadSourceResponse, WatchBuildRequest,
+    upload_source_request, ArtifactUrl, AttachedBuild, BatchGetBuildsRequest,
+    BatchGetBuildsResponse, Build, DataChunk, DeleteCachesRequest, DeleteCachesResponse,
+    DeleteProjectRequest, DeleteProjectResponse, DownloadArtifactRequest, GetArtifactUrlRequest,
+    GetBuildRequest, GetProjectRequest, GetStoreMetricsRequest, HasBlobsRequest, HasBlobsResponse,
+    ListBuildsRequest, ListBuildsResponse, ListCachesRequest, ListCachesResponse,
+    ListNetworksRequest, ListNetworksResponse, ListProjectsRequest, ListProjectsResponse, LogChunk,
+    Project, RetryBuildRequest, StartBuildRequest, StartBuildResponse, StopBuildRequest,
+    StoreMetrics, StreamLogsRequest, UploadSourceRequest, UploadSourceResponse, WatchBuildRequest,
     WorkerNetworks,
 };
 use tokio::sync::mpsc;
@@ -323,6 +323,32 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         Ok(Response::new(Box::pin(
             stream.map(|r| r.map(|data| DataChunk { data })),
         )))
+    }
+
+    async fn get_artifact_url(
+        &self,
+        request: Request<GetArtifactUrlRequest>,
+    ) -> Result<Response<ArtifactUrl>, Status> {
+        let GetArtifactUrlRequest { id, expires_in_s } = request.into_inner();
+        let seconds = match expires_in_s {
+            0 => 3600,
+            s if s <= 7 * 24 * 3600 => s,
+            s => {
+                return Err(Status::invalid_argument(format!(
+                    "expires_in_s {s}: at most 7 days (604800 s), S3's limit"
+                )))
+            }
+        };
+        let row = self.core.build(&id).await?;
+        if record(&row).artifacts_digest.is_empty() {
+            return Err(Status::not_found(format!("build {id} has no artifacts")));
+        }
+        let expires = Duration::from_secs(u64::from(seconds));
+        let url = self.core.blobs.artifacts_url(&id, expires).await?;
+        Ok(Response::new(ArtifactUrl {
+            url,
+            expires_ms: now_ms() + i64::from(seconds) * 1000,
+        }))
     }
 
     async fn create_project(&self, request: Request<Project>) -> Result<Response<Project>, Status> {

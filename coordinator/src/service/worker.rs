@@ -172,7 +172,11 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
         let stored = self
             .core
             .blobs
-            .store_stream(self.core.config.max_artifacts_bytes, Box::pin(chunks))
+            .store_artifacts(
+                &lease.build_id,
+                self.core.config.max_artifacts_bytes,
+                Box::pin(chunks),
+            )
             .await?;
         Ok(Response::new(UploadArtifactsResponse {
             digest: stored.digest,
