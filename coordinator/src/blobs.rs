@@ -123,6 +123,17 @@ impl Blobs {
         [&m.bytes_in, &m.bytes_out, &m.hits, &m.misses].map(|c| c.load(Relaxed))
     }
 
+    /// [`Blobs::contains_all`] for a HasBlobs call, which may ask about at most 1000 blobs.
+    pub async fn has_blobs(&self, digests: &[String]) -> Result<Vec<bool>, Status> {
+        if digests.len() > crate::caches::MAX_DIGESTS {
+            return Err(Status::invalid_argument(format!(
+                "at most {} digests per HasBlobs",
+                crate::caches::MAX_DIGESTS
+            )));
+        }
+        self.contains_all(digests).await
+    }
+
     /// Removes a blob (one that is not there, or a malformed digest, is fine).
     pub async fn delete(&self, digest: &str) -> Result<(), Status> {
         let Ok(parsed) = Digest::parse(digest) else {
@@ -137,14 +148,8 @@ impl Blobs {
         Ok(found.first().copied().unwrap_or(false))
     }
 
-    /// Which of the blobs (at most 1000) the store has, in order (false for a malformed digest),
-    /// in one batch.
+    /// Which of the blobs the store has, in order (false for a malformed digest), in one batch.
     pub async fn contains_all(&self, digests: &[String]) -> Result<Vec<bool>, Status> {
-        if digests.len() > 1000 {
-            return Err(Status::invalid_argument(
-                "at most 1000 digests per HasBlobs",
-            ));
-        }
         let parsed: Vec<Option<Digest>> = digests.iter().map(|d| Digest::parse(d).ok()).collect();
         let valid: Vec<Digest> = parsed.iter().flatten().cloned().collect();
         let mut found = self

@@ -17,6 +17,9 @@ use crate::store::{cache_slot, StateStore};
 /// Bytes of one cache segment at most (the worker cuts them far smaller).
 pub const MAX_SEGMENT_BYTES: u64 = 64 << 20;
 
+/// Digests one HasBlobs call may ask about.
+pub const MAX_DIGESTS: usize = 1000;
+
 /// The entry to restore among a project's: the one with `key` exactly, else for each prefix in
 /// turn the newest whose key starts with it. Only entries with the same `paths` count.
 pub fn find<'a>(
@@ -62,10 +65,13 @@ pub async fn lookup<S: StateStore>(
         };
         counter.fetch_add(1, Ordering::Relaxed);
         if let Some(entry) = &found {
-            // Retention keeps what builds use.
-            let mut used = entry.clone();
-            used.last_used_ms = now_ms();
-            store.put_cache(used, false).await.map_err(store_error)?;
+            // Retention keeps what builds use; a failure here costs no restore.
+            let touched = store
+                .touch_cache(project, &cache_slot(entry), now_ms())
+                .await;
+            if let Err(e) = touched {
+                tracing::warn!(error = %e, project, "cannot mark a cache used");
+            }
         }
     }
     found.ok_or_else(|| Status::not_found(format!("no cache of project {project} matches")))
@@ -83,12 +89,14 @@ pub async fn save<S: StateStore>(
     if entry.paths.is_empty() {
         return Err(Status::invalid_argument("a cache entry needs its paths"));
     }
-    let present = blobs.contains_all(&entry.segments).await?;
-    if let Some(missing) = entry.segments.iter().zip(present).find(|(_, p)| !p) {
-        return Err(Status::failed_precondition(format!(
-            "cache segment {} is not in the store: upload it first",
-            missing.0
-        )));
+    for batch in entry.segments.chunks(MAX_DIGESTS) {
+        let present = blobs.contains_all(batch).await?;
+        if let Some(missing) = batch.iter().zip(present).find(|(_, p)| !p) {
+            return Err(Status::failed_precondition(format!(
+                "cache segment {} is not in the store: upload it first",
+                missing.0
+            )));
+        }
     }
     entry.project = project.to_string();
     entry.build_id = build_id.to_string();
@@ -106,7 +114,7 @@ pub async fn list<S: StateStore>(store: &S, project: &str) -> Result<Vec<CacheEn
 }
 
 /// Removes a project's caches with `key` (empty: the rolling ones), or all with `all`; returns
-/// how many went. Their blobs stay until retention removes them.
+/// how many went. Their segments stay in the blob store (only retention deletes segments).
 pub async fn delete<S: StateStore>(
     store: &S,
     project: &str,

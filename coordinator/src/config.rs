@@ -45,6 +45,7 @@ pub struct CoordinatorConfig {
     /// How often retention runs (see `retention`).
     pub retention_interval_s: u64,
     /// How long and how much build caches are kept (`[caches]`).
+    #[serde(deserialize_with = "cache_section")]
     pub caches: Retention,
     /// How long and how much build artifacts are kept (`[artifacts]`; by default, all).
     pub artifacts: Retention,
@@ -52,15 +53,44 @@ pub struct CoordinatorConfig {
 
 /// `[caches]` and `[artifacts]`: per project, what was last used more than `max_age_days` ago
 /// goes, then the least recently used until the rest fits in `max_bytes_per_project`. 0: no
-/// limit.
+/// limit. A key left out keeps its section's default (caches: 30 days, 20 GiB; artifacts: none).
 #[derive(Clone, Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields, default)]
+#[serde(deny_unknown_fields)]
 pub struct Retention {
+    #[serde(default)]
     pub max_age_days: u32,
+    #[serde(default)]
     pub max_bytes_per_project: u64,
 }
 
+/// `[caches]` as it is read: each key missing takes the cache default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheSection {
+    max_age_days: Option<u32>,
+    max_bytes_per_project: Option<u64>,
+}
+
+fn cache_section<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Retention, D::Error> {
+    let section = CacheSection::deserialize(d)?;
+    let default = Retention::caches();
+    Ok(Retention {
+        max_age_days: section.max_age_days.unwrap_or(default.max_age_days),
+        max_bytes_per_project: section
+            .max_bytes_per_project
+            .unwrap_or(default.max_bytes_per_project),
+    })
+}
+
 impl Retention {
+    /// The cache defaults.
+    fn caches() -> Retention {
+        Retention {
+            max_age_days: 30,
+            max_bytes_per_project: 20 << 30,
+        }
+    }
+
     /// Which items (last used, in ms since the epoch, and size) go at `now_ms`, in their order.
     pub fn expired(&self, items: &[(i64, u64)], now_ms: i64) -> Vec<bool> {
         let max_age_ms = i64::from(self.max_age_days) * 24 * 3600 * 1000;
@@ -127,10 +157,7 @@ impl Default for CoordinatorConfig {
             max_artifacts_bytes: 16 << 30,
             store: StoreSettings::default(),
             retention_interval_s: 600,
-            caches: Retention {
-                max_age_days: 30,
-                max_bytes_per_project: 20 << 30,
-            },
+            caches: Retention::caches(),
             artifacts: Retention::default(),
         }
     }
@@ -314,6 +341,20 @@ mod tests {
             [false, true, false, true, false]
         );
         assert_eq!(Retention::default().expired(&items, now), [false; 5]);
+    }
+
+    #[test]
+    fn a_cache_section_keeps_the_defaults_it_does_not_name() {
+        let config: CoordinatorConfig =
+            toml::from_str("[caches]\nmax_age_days = 7\n").expect("parse");
+        assert_eq!(config.caches.max_age_days, 7);
+        assert_eq!(config.caches.max_bytes_per_project, 20 << 30);
+        let config: CoordinatorConfig = toml::from_str("").expect("parse");
+        assert_eq!(config.caches.max_age_days, 30);
+        let e = toml::from_str::<CoordinatorConfig>("[caches]\nmax_age = 7\n")
+            .err()
+            .expect("unknown key");
+        assert!(e.to_string().contains("max_age"), "{e}");
     }
 
     #[test]

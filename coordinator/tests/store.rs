@@ -535,6 +535,24 @@ async fn cache_index_keeps_keyed_entries_immutable_and_survives_reopening(backen
         ["web", "web2"]
     );
 
+    // Marking used changes only the time, and never brings back a removed entry.
+    store
+        .touch_cache("web", &cache_slot(&keyed), NOW_MS + 5)
+        .await
+        .expect("touch");
+    store
+        .touch_cache("web", "0000/none", NOW_MS + 5)
+        .await
+        .expect("touch nothing");
+    let used = sorted_caches(&store, "web").await;
+    let used = used
+        .iter()
+        .find(|e| e.key == "npm-1" && e.paths == keyed.paths);
+    assert_eq!(used.map(|e| e.last_used_ms), Some(NOW_MS + 5));
+    let keyed = CacheEntry {
+        last_used_ms: NOW_MS + 5,
+        ..keyed
+    };
     let gone = [cache_slot(&other_paths), "0000/none".to_string()];
     assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 1);
     assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 0);

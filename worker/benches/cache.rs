@@ -168,7 +168,13 @@ fn main() {
             let t = Instant::now();
             let dyn_store: Arc<dyn CacheStore> = direct.clone();
             let restored_entry = runtime
-                .block_on(cache::restore(&engine, c, dyn_store, saved.entry.clone()))
+                .block_on(cache::restore(
+                    &engine,
+                    c,
+                    dyn_store,
+                    saved.entry.clone(),
+                    true,
+                ))
                 .expect("restore");
             let restored = t.elapsed();
             // As a build does: the files unchanged since the restore.

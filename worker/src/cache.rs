@@ -20,7 +20,7 @@ use kiln_buildspec::glob::Pattern;
 use kiln_proto::v1::CacheEntry;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 
 use crate::docker::{Engine, EngineError, ExecChunk, ExecSpec, ROOT};
@@ -160,8 +160,13 @@ pub async fn save(
     let writer = tokio::task::spawn_blocking(move || write_tar(&selector, spools, tx));
     let uploaded = upload_segments(store, rx).await;
     let written = writer.await.map_err(|e| io::Error::other(e.to_string()))?;
-    // An upload failure closes the channel, which fails the writer: the upload's error tells why.
-    let (segments, uploaded_segments, uploaded_bytes) = uploaded?;
+    // An upload failure closes the channel, which fails the writer: the upload's error tells
+    // why. A writer that failed first ended the upload before its last batch.
+    let Some((segments, uploaded_segments, uploaded_bytes)) = uploaded? else {
+        return Err(written.err().unwrap_or_else(|| {
+            CacheError::Store("the cache tar ended before it was whole".into())
+        }));
+    };
     let (size, files, skipped) = written?;
     notes.extend(skipped);
     let entry = CacheEntry {
@@ -199,7 +204,16 @@ async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Optio
             out.extend_from_slice(&data);
         }
     }
-    if engine.exec_finished(&id).await.ok()? != Some(0) {
+    // The output can end a moment before Docker reports the exec over.
+    let mut code = None;
+    for _ in 0..40 {
+        code = engine.exec_finished(&id).await.ok()?;
+        if code.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    if code != Some(0) {
         return None;
     }
     let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
@@ -208,7 +222,7 @@ async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Optio
         .map(|pair| (pair[0], pair[1]))
         .filter(|(record, _)| {
             let path = record.splitn(7, |&b| b == b' ').nth(6).unwrap_or_default();
-            selector.wants(&String::from_utf8_lossy(path))
+            selector.keeps(&String::from_utf8_lossy(path))
         })
         .collect();
     records.sort_unstable();
@@ -222,46 +236,65 @@ async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Optio
     Some(format!("{:x}", hasher.finalize()))
 }
 
-/// Restores `entry` into the container, then lists what its paths select (see [`Restored`]).
+/// Restores `entry` into the container. Every segment is fetched and checked first, into a
+/// temporary file: a cache that cannot be had whole leaves the container untouched. With `list`
+/// (a save may follow), then lists what its paths select (see [`Restored`]).
 pub async fn restore(
     engine: &Engine,
     container: &str,
     store: Arc<dyn CacheStore>,
     entry: CacheEntry,
+    list: bool,
 ) -> Result<Restored, CacheError> {
     let selector = Selector::new(&entry.paths)?;
-    let failure: Arc<Mutex<Option<CacheError>>> = Arc::default();
-    let seen = failure.clone();
-    let segments = futures_util::stream::iter(entry.segments.clone())
-        .map(move |digest| {
+    let mut staged = tokio::fs::File::from_std(tempfile::tempfile()?);
+    let mut segments = futures_util::stream::iter(entry.segments.clone())
+        .map(|digest| {
             let store = store.clone();
             async move {
                 let data = store.fetch(&digest).await?;
                 let got = digest_of(&data);
-                if got != digest {
-                    return Err(CacheError::Corrupt { digest, got });
+                match got == digest {
+                    true => Ok(data),
+                    false => Err(CacheError::Corrupt { digest, got }),
                 }
-                Ok(data)
             }
         })
-        .buffered(PARALLEL)
-        // The first failure ends the tar early; Docker then refuses it, and the failure says why.
-        .scan((), move |_, r| {
-            std::future::ready(match r {
-                Ok(data) => Some(data),
+        .buffered(PARALLEL);
+    while let Some(data) = segments.next().await {
+        staged.write_all(&data?).await?;
+    }
+    staged.flush().await?;
+    staged.rewind().await?;
+    let failure: Arc<Mutex<Option<io::Error>>> = Arc::default();
+    let seen = failure.clone();
+    let tar = futures_util::stream::unfold(Some(staged), move |file| {
+        let seen = seen.clone();
+        async move {
+            let mut file = file?;
+            let mut buf = vec![0; 1 << 20];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Bytes::from(buf), Some(file)))
+                }
                 Err(e) => {
-                    let mut slot = seen.lock().unwrap_or_else(|p| p.into_inner());
-                    slot.get_or_insert(e);
+                    *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
                     None
                 }
-            })
-        });
-    let uploaded = engine.upload(container, "/", segments).await;
+            }
+        }
+    });
+    let uploaded = engine.upload(container, "/", tar).await;
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e);
+        return Err(e.into());
     }
     uploaded?;
-    let listing = listing(engine, container, &selector).await;
+    let listing = match list {
+        true => listing(engine, container, &selector).await,
+        false => None,
+    };
     Ok(Restored { entry, listing })
 }
 
@@ -323,6 +356,12 @@ impl Selector {
         })
     }
 
+    /// What goes into the tar: what the paths select, and the directories copied out (so
+    /// `node_modules` of `node_modules/**/*` comes back with its owner and mode).
+    fn keeps(&self, absolute: &str) -> bool {
+        self.bases.iter().any(|b| b == absolute) || self.wants(absolute)
+    }
+
     fn wants(&self, absolute: &str) -> bool {
         let under = |dir: &str| {
             absolute == dir
@@ -351,10 +390,11 @@ struct Segment {
     data: Bytes,
 }
 
-/// Cuts the tar into segments as it is written and hands them to the uploader.
+/// Cuts the tar into segments as it is written and hands them to the uploader; `None` after the
+/// last one says the tar is whole.
 struct Segmenter {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Segment>,
+    tx: mpsc::Sender<Option<Segment>>,
 }
 
 impl Segmenter {
@@ -364,7 +404,7 @@ impl Segmenter {
             data: Bytes::from(data),
         };
         self.tx
-            .blocking_send(segment)
+            .blocking_send(Some(segment))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cache upload stopped"))
     }
 
@@ -383,7 +423,9 @@ impl Segmenter {
             let data = std::mem::take(&mut self.buf);
             self.emit(data)?;
         }
-        Ok(())
+        self.tx
+            .blocking_send(None)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cache upload stopped"))
     }
 }
 
@@ -415,7 +457,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 fn write_tar(
     selector: &Selector,
     spools: Vec<(String, File)>,
-    tx: mpsc::Sender<Segment>,
+    tx: mpsc::Sender<Option<Segment>>,
 ) -> Result<(u64, u64, Vec<String>), CacheError> {
     let segmenter = Segmenter {
         buf: Vec::with_capacity(MAX_SEGMENT),
@@ -442,7 +484,7 @@ fn write_tar(
                 .trim_end_matches('/')
                 .to_string();
             let absolute = format!("{parent}/{name}");
-            if !selector.wants(&absolute) {
+            if !selector.keeps(&absolute) {
                 continue;
             }
             let source = entry.header();
@@ -474,7 +516,7 @@ fn write_tar(
                     // A hard link names its target inside the archive: make that absolute too.
                     let target = entry.link_name()?.unwrap_or_default();
                     let target = format!("{parent}/{}", target.to_string_lossy());
-                    if !selector.wants(&target) {
+                    if !selector.keeps(&target) {
                         skipped.push(format!(
                             "{absolute} (a hard link to {target}, which is not cached)"
                         ));
@@ -490,8 +532,6 @@ fn write_tar(
                 }
             }
             out.get_mut().inner.boundary(&absolute)?;
-            // Drain what the entry did not read (a skipped file's content).
-            io::copy(&mut entry, &mut io::sink())?;
         }
     }
     out.finish()?;
@@ -519,16 +559,20 @@ impl Write for Counting {
 }
 
 /// Uploads the segments the store lacks, in batches; returns every segment's digest in order,
-/// and how many segments and bytes went up.
+/// and how many segments and bytes went up; `None` when the writer stopped before the end of
+/// the tar (its error says why; the last batch is not sent).
 async fn upload_segments(
     store: &dyn CacheStore,
-    mut rx: mpsc::Receiver<Segment>,
-) -> Result<(Vec<String>, usize, u64), CacheError> {
+    mut rx: mpsc::Receiver<Option<Segment>>,
+) -> Result<Option<(Vec<String>, usize, u64)>, CacheError> {
     let mut digests = Vec::new();
     let (mut count, mut bytes) = (0, 0);
     let mut batch: Vec<Segment> = Vec::new();
     loop {
-        let next = rx.recv().await;
+        let next = match rx.recv().await {
+            Some(next) => next,
+            None => return Ok(None),
+        };
         let done = next.is_none();
         batch.extend(next);
         let batch_bytes: usize = batch.iter().map(|s| s.data.len()).sum();
@@ -540,10 +584,12 @@ async fn upload_segments(
             true => Vec::new(),
             false => store.present(&asked).await?,
         };
+        // Equal segments (equal files) in one batch go up once.
+        let mut seen = std::collections::HashSet::new();
         let missing: Vec<Segment> = batch
             .drain(..)
             .zip(present.into_iter().chain(std::iter::repeat(false)))
-            .filter(|(_, p)| !p)
+            .filter(|(s, p)| !p && seen.insert(s.digest.clone()))
             .map(|(s, _)| s)
             .collect();
         count += missing.len();
@@ -564,7 +610,7 @@ async fn upload_segments(
             .await?;
         digests.extend(asked);
         if done {
-            return Ok((digests, count, bytes));
+            return Ok(Some((digests, count, bytes)));
         }
     }
 }

@@ -415,7 +415,7 @@ impl<S: StateStore> BuildService for BuildApi<S> {
         request: Request<HasBlobsRequest>,
     ) -> Result<Response<HasBlobsResponse>, Status> {
         let digests = request.into_inner().digests;
-        let present = self.core.blobs.contains_all(&digests).await?;
+        let present = self.core.blobs.has_blobs(&digests).await?;
         Ok(Response::new(HasBlobsResponse { present }))
     }
 

@@ -211,7 +211,7 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
         let present = self
             .core
             .blobs
-            .contains_all(&request.into_inner().digests)
+            .has_blobs(&request.into_inner().digests)
             .await?;
         Ok(Response::new(HasBlobsResponse { present }))
     }

@@ -237,6 +237,12 @@ impl StateStore for EmbeddedStore {
         rows.iter().map(|row| decode_row(row)).collect()
     }
 
+    async fn touch_cache(&self, project: &str, slot: &str, used_ms: i64) -> StoreResult<()> {
+        self.committer
+            .write(|state| state.touch_cache(project, slot, used_ms))
+            .await
+    }
+
     async fn cache_projects(&self) -> StoreResult<Vec<String>> {
         Ok(self.committer.read(State::cache_projects))
     }

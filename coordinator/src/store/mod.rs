@@ -328,6 +328,15 @@ pub trait StateStore: Send + Sync + 'static {
     /// Every cache entry of a project, in no particular order.
     fn caches(&self, project: &str) -> impl Future<Output = StoreResult<Vec<CacheEntry>>> + Send;
 
+    /// Marks the entry at a project's `slot` as restored at `used_ms` (its `last_used_ms`), if
+    /// there is one: an entry removed meanwhile stays removed, one saved meanwhile stays as saved.
+    fn touch_cache(
+        &self,
+        project: &str,
+        slot: &str,
+        used_ms: i64,
+    ) -> impl Future<Output = StoreResult<()>> + Send;
+
     /// The projects that have (or had) cache entries.
     fn cache_projects(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 
@@ -461,6 +470,10 @@ impl StateStore for AnyStore {
 
     async fn cache_projects(&self) -> StoreResult<Vec<String>> {
         delegate!(self, s => s.cache_projects())
+    }
+
+    async fn touch_cache(&self, project: &str, slot: &str, used_ms: i64) -> StoreResult<()> {
+        delegate!(self, s => s.touch_cache(project, slot, used_ms))
     }
 
     async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {

@@ -22,6 +22,7 @@
 //! | `index`, `index:{project}` | zset | build ids, score `queue_seq`, for `list_builds` |
 //! | `projects` | hash | project name to `Project` (prost) |
 //! | `caches:{project}` | hash | `cache_slot` to `CacheEntry` (prost) |
+//! | `cache-used:{project}` | hash | `cache_slot` to when a build last restored it (ms) |
 //! | `cache-projects` | set | projects that have (or had) caches |
 //! | `log:{id}`, `logend:{id}` | list | chunk `seq` at index `seq`; its end offset in the log |
 //!
@@ -59,6 +60,7 @@ struct Scripts {
     create_build: Script,
     update_build: Script,
     append_log: Script,
+    touch_cache: Script,
 }
 
 #[derive(Clone)]
@@ -105,6 +107,7 @@ impl RedisStore {
                 create_build: Script::new(include_str!("redis/create_build.lua")),
                 update_build: Script::new(include_str!("redis/update_build.lua")),
                 append_log: Script::new(include_str!("redis/append_log.lua")),
+                touch_cache: Script::new(include_str!("redis/touch_cache.lua")),
             },
         })
     }
@@ -375,11 +378,36 @@ impl StateStore for RedisStore {
     }
 
     async fn caches(&self, project: &str) -> StoreResult<Vec<CacheEntry>> {
-        let rows: Vec<Vec<u8>> = cmd("HVALS")
+        let (rows, used): (Vec<Vec<u8>>, std::collections::HashMap<String, i64>) = pipe()
+            .cmd("HVALS")
             .arg(self.keys.of("caches", project))
+            .cmd("HGETALL")
+            .arg(self.keys.of("cache-used", project))
             .query_async(&mut self.conn.clone())
             .await?;
-        rows.iter().map(|row| decode_row(row)).collect()
+        let mut entries: Vec<CacheEntry> = rows
+            .iter()
+            .map(|row| decode_row(row))
+            .collect::<StoreResult<_>>()?;
+        for entry in &mut entries {
+            if let Some(ms) = used.get(&cache_slot(entry)) {
+                entry.last_used_ms = entry.last_used_ms.max(*ms);
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn touch_cache(&self, project: &str, slot: &str, used_ms: i64) -> StoreResult<()> {
+        let _: i64 = self
+            .scripts
+            .touch_cache
+            .key(self.keys.of("caches", project))
+            .key(self.keys.of("cache-used", project))
+            .arg(slot)
+            .arg(used_ms)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(())
     }
 
     async fn cache_projects(&self) -> StoreResult<Vec<String>> {
@@ -395,8 +423,13 @@ impl StateStore for RedisStore {
         if slots.is_empty() {
             return Ok(0);
         }
-        let removed: u64 = cmd("HDEL")
+        let (removed, _): (u64, u64) = pipe()
+            .atomic()
+            .cmd("HDEL")
             .arg(self.keys.of("caches", project))
+            .arg(slots)
+            .cmd("HDEL")
+            .arg(self.keys.of("cache-used", project))
             .arg(slots)
             .query_async(&mut self.conn.clone())
             .await?;

@@ -2,6 +2,8 @@
 //! segments in its blob store. Every entry call carries the build's lease, so the coordinator
 //! picks the project and a worker that lost the build cannot save for it.
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use kiln_proto::v1::{
     CacheEntry, DataChunk, FetchSourceRequest, HasBlobsRequest, LeaseRef, LookupCacheRequest,
@@ -15,6 +17,17 @@ use crate::cache::{CacheError, CacheStore, MAX_SEGMENT};
 pub struct CoordinatorCache {
     pub client: Client,
     pub lease: LeaseRef,
+}
+
+/// How long one cache call may take: a store that hangs must not eat the build's time. A
+/// segment is at most 16 MiB.
+const CALL: Duration = Duration::from_secs(60);
+const SEGMENT: Duration = Duration::from_secs(600);
+
+fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.set_timeout(timeout);
+    request
 }
 
 fn store_error(status: tonic::Status) -> CacheError {
@@ -41,7 +54,7 @@ impl CacheStore for CoordinatorCache {
             prefixes: prefixes.to_vec(),
             restore,
         };
-        match self.client.clone().lookup_cache(request).await {
+        match self.client.clone().lookup_cache(timed(request, CALL)).await {
             Ok(entry) => Ok(Some(entry.into_inner())),
             Err(status) if status.code() == tonic::Code::NotFound => Ok(None),
             Err(status) => Err(store_error(status)),
@@ -52,7 +65,7 @@ impl CacheStore for CoordinatorCache {
         let request = HasBlobsRequest {
             digests: digests.to_vec(),
         };
-        let response = self.client.clone().has_blobs(request).await;
+        let response = self.client.clone().has_blobs(timed(request, CALL)).await;
         Ok(response.map_err(store_error)?.into_inner().present)
     }
 
@@ -64,7 +77,7 @@ impl CacheStore for CoordinatorCache {
         let response = self
             .client
             .clone()
-            .upload_blob(futures_util::stream::iter(chunks))
+            .upload_blob(timed(futures_util::stream::iter(chunks), SEGMENT))
             .await;
         Ok(response.map_err(store_error)?.into_inner().digest)
     }
@@ -76,7 +89,7 @@ impl CacheStore for CoordinatorCache {
         let mut stream = self
             .client
             .clone()
-            .fetch_source(request)
+            .fetch_source(timed(request, SEGMENT))
             .await
             .map_err(store_error)?
             .into_inner();
@@ -97,7 +110,7 @@ impl CacheStore for CoordinatorCache {
             lease: Some(self.lease.clone()),
             entry: Some(entry),
         };
-        let response = self.client.clone().save_cache(request).await;
+        let response = self.client.clone().save_cache(timed(request, CALL)).await;
         Ok(response.map_err(store_error)?.into_inner().stored)
     }
 }

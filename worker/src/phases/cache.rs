@@ -63,7 +63,11 @@ impl Build {
             });
             return;
         };
-        let restored = cache::restore(&self.engine, &self.resources.container, store, entry).await;
+        // A save may follow (and use the listing) unless the action is restore or the key was
+        // found exactly (a keyed cache never changes).
+        let list = action != Some(CacheAction::Restore) && (key.is_empty() || entry.key != key);
+        let restored =
+            cache::restore(&self.engine, &self.resources.container, store, entry, list).await;
         match restored {
             Ok(restored) => {
                 let entry = &restored.entry;

@@ -364,6 +364,22 @@ impl State {
             .collect()
     }
 
+    /// [`crate::store::StateStore::touch_cache`]: the stored row, rewritten.
+    pub(super) fn touch_cache(
+        &mut self,
+        project: &str,
+        slot: &str,
+        used_ms: i64,
+    ) -> StoreResult<((), Option<Record>)> {
+        let Some(row) = self.caches.get_mut(&(project.to_owned(), slot.to_owned())) else {
+            return Ok(((), None));
+        };
+        let mut entry: CacheEntry = decode_row(row)?;
+        entry.last_used_ms = entry.last_used_ms.max(used_ms);
+        *row = Bytes::from(entry.encode_to_vec());
+        Ok(((), Some(Record::Cache(row.clone()))))
+    }
+
     pub(super) fn cache_projects(&self) -> Vec<String> {
         let mut projects: Vec<String> = self.caches.keys().map(|(p, _)| p.clone()).collect();
         projects.dedup();
