@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use futures_util::{Stream, StreamExt};
 use kiln_cache::{BlobStore, Digest, StoreConfig, StoreError};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
 use tonic::Status;
 
 /// Bytes per chunk when a blob is streamed out.
@@ -193,21 +194,13 @@ impl Blobs {
             .map_err(|e| Status::internal(format!("reading blob {digest}: {e}")))?;
         // The open file outlives its name: the temporary file goes now.
         drop(fetched);
-        Ok(futures_util::stream::unfold(
-            Some(file),
-            |file| async move {
-                let mut file = file?;
-                let mut buf = vec![0; CHUNK];
-                match file.read(&mut buf).await {
-                    Ok(0) => None,
-                    Ok(n) => {
-                        buf.truncate(n);
-                        Some((Ok(buf), Some(file)))
-                    }
-                    Err(e) => Some((Err(Status::internal(format!("reading blob: {e}"))), None)),
-                }
-            },
-        ))
+        // ReaderStream ends after the first error.
+        Ok(
+            ReaderStream::with_capacity(file, CHUNK).map(|chunk| match chunk {
+                Ok(data) => Ok(data.into()),
+                Err(e) => Err(Status::internal(format!("reading blob: {e}"))),
+            }),
+        )
     }
 
     /// Drains a gRPC byte stream into a blob.

@@ -20,8 +20,9 @@ use kiln_buildspec::glob::Pattern;
 use kiln_proto::v1::CacheEntry;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
+use tokio_util::io::ReaderStream;
 
 use crate::docker::{Engine, EngineError, ExecChunk, ExecSpec, ROOT};
 use crate::source::SRC_DIR;
@@ -268,23 +269,14 @@ pub async fn restore(
     staged.rewind().await?;
     let failure: Arc<Mutex<Option<io::Error>>> = Arc::default();
     let seen = failure.clone();
-    let tar = futures_util::stream::unfold(Some(staged), move |file| {
-        let seen = seen.clone();
-        async move {
-            let mut file = file?;
-            let mut buf = vec![0; 1 << 20];
-            match file.read(&mut buf).await {
-                Ok(0) => None,
-                Ok(n) => {
-                    buf.truncate(n);
-                    Some((Bytes::from(buf), Some(file)))
-                }
-                Err(e) => {
-                    *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                    None
-                }
+    let tar = ReaderStream::with_capacity(staged, 1 << 20).scan((), move |_, chunk| {
+        std::future::ready(match chunk {
+            Ok(data) => Some(data),
+            Err(e) => {
+                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                None
             }
-        }
+        })
     });
     let uploaded = engine.upload(container, "/", tar).await;
     if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
@@ -340,13 +332,9 @@ impl Selector {
         }
         bases.sort();
         bases.dedup();
-        let nested = |b: &String, all: &[String]| {
-            all.iter()
-                .any(|o| o != b && b.starts_with(o.as_str()) && b[o.len()..].starts_with('/'))
-        };
         let outer: Vec<String> = bases
             .iter()
-            .filter(|b| !nested(b, &bases))
+            .filter(|b| !bases.iter().any(|o| o != *b && within(b, o)))
             .cloned()
             .collect();
         Ok(Selector {
@@ -363,13 +351,7 @@ impl Selector {
     }
 
     fn wants(&self, absolute: &str) -> bool {
-        let under = |dir: &str| {
-            absolute == dir
-                || absolute
-                    .strip_prefix(dir)
-                    .is_some_and(|rest| rest.starts_with('/'))
-        };
-        if self.literal.iter().any(|l| under(l)) {
+        if self.literal.iter().any(|l| within(absolute, l)) {
             return true;
         }
         let relative = absolute
@@ -382,6 +364,12 @@ impl Selector {
                 false => p.matches(absolute),
             })
     }
+}
+
+/// Whether `path` is `dir` or below it.
+fn within(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// A segment of the cache tar and its digest.

@@ -8,11 +8,12 @@
 use std::io;
 use std::path::Path;
 
+use futures_util::StreamExt;
 use kiln_proto::v1::{
     upload_artifacts_request::Part, LeaseRef, UploadArtifactsRequest, UploadArtifactsResponse,
 };
 use thiserror::Error;
-use tokio::io::AsyncReadExt;
+use tokio_util::io::ReaderStream;
 
 use super::Client;
 
@@ -56,23 +57,18 @@ pub async fn upload_artifacts(
     let begin = UploadArtifactsRequest {
         part: Some(Part::Begin(lease)),
     };
-    let data = futures_util::stream::unfold(Some(file), |file| async move {
-        let mut file = file?;
-        let mut buf = vec![0; CHUNK];
-        match file.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(n) => {
-                buf.truncate(n);
-                let part = Some(Part::Data(buf));
-                Some((UploadArtifactsRequest { part }, Some(file)))
-            }
+    let data = ReaderStream::with_capacity(file, CHUNK).scan((), |_, chunk| {
+        std::future::ready(match chunk {
+            Ok(data) => Some(UploadArtifactsRequest {
+                part: Some(Part::Data(data.into())),
+            }),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the artifact tar failed");
                 None
             }
-        }
+        })
     });
-    let stream = futures_util::StreamExt::chain(futures_util::stream::iter([begin]), data);
+    let stream = futures_util::stream::iter([begin]).chain(data);
     let response = match client.upload_artifacts(stream).await {
         Ok(r) => r.into_inner(),
         Err(status) if status.code() == tonic::Code::FailedPrecondition => {
