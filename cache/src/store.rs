@@ -237,11 +237,16 @@ impl BlobStore {
         &self.metrics
     }
 
-    fn location(&self, digest: &Digest) -> ObjectPath {
+    /// Where blobs are: `<prefix>/blobs/sha256`.
+    fn blobs_dir(&self) -> String {
         match self.prefix.as_str() {
-            "" => ObjectPath::from(format!("blobs/sha256/{}", digest.hex())),
-            p => ObjectPath::from(format!("{p}/blobs/sha256/{}", digest.hex())),
+            "" => "blobs/sha256".to_string(),
+            p => format!("{p}/blobs/sha256"),
         }
+    }
+
+    fn location(&self, digest: &Digest) -> ObjectPath {
+        ObjectPath::from(format!("{}/{}", self.blobs_dir(), digest.hex()))
     }
 
     fn backend(&self) -> impl Fn(object_store::Error) -> StoreError + '_ {
@@ -293,6 +298,17 @@ impl BlobStore {
                 });
             }
         }
+        self.put_hashed(path, digest, size).await
+    }
+
+    /// [`BlobStore::put_file`] of a file whose digest and size the caller computed as it wrote
+    /// the file (so it is not read twice); the caller answers for them.
+    pub async fn put_hashed(
+        &self,
+        path: &Path,
+        digest: Digest,
+        size: u64,
+    ) -> Result<Put, StoreError> {
         if self.contains(std::slice::from_ref(&digest)).await?[0] {
             return Ok(Put {
                 digest,
@@ -478,6 +494,25 @@ impl BlobStore {
             }
         }
         Ok(())
+    }
+
+    /// Every blob in the store, with when it was written (milliseconds since the epoch).
+    pub async fn list(&self) -> Result<Vec<(Digest, i64)>, StoreError> {
+        let dir = ObjectPath::from(self.blobs_dir());
+        let objects: Vec<object_store::ObjectMeta> = self
+            .inner
+            .list(Some(&dir))
+            .try_collect()
+            .await
+            .map_err(self.backend())?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = meta.location.filename()?;
+                let digest = Digest::parse(&format!("sha256:{name}")).ok()?;
+                Some((digest, meta.last_modified.timestamp_millis()))
+            })
+            .collect())
     }
 
     /// Removes a blob; one that is not there is fine.

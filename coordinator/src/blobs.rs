@@ -135,6 +135,15 @@ impl Blobs {
         self.contains_all(digests).await
     }
 
+    /// Every blob in the store (`sha256:<hex>`) and when it was written (ms since the epoch).
+    pub async fn list(&self) -> Result<Vec<(String, i64)>, Status> {
+        let listed = self.store.list().await.map_err(store_status)?;
+        Ok(listed
+            .into_iter()
+            .map(|(digest, written)| (digest.to_string(), written))
+            .collect())
+    }
+
     /// Removes a blob (one that is not there, or a malformed digest, is fine).
     pub async fn delete(&self, digest: &str) -> Result<(), Status> {
         let Ok(parsed) = Digest::parse(digest) else {
@@ -264,7 +273,7 @@ impl Upload {
     }
 
     /// Flushes, runs `check` on the complete file (refusing it with its error), then stores it
-    /// under its digest (the store checks the content against it once more).
+    /// under the digest summed as it was written.
     pub async fn finish(
         mut self,
         blobs: &Blobs,
@@ -280,7 +289,7 @@ impl Upload {
             .map_err(internal)??;
         blobs
             .store
-            .put_file(&temp, Some(&digest))
+            .put_hashed(&temp, digest.clone(), self.size)
             .await
             .map_err(store_status)?;
         Ok(Stored {

@@ -3,7 +3,6 @@
 //! look entries up and save them over `WorkerService`; clients list and clear them over
 //! `BuildService`; [`retain`] applies the retention of `[caches]` (see `retention`).
 
-use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use kiln_proto::v1::CacheEntry;
@@ -114,44 +113,42 @@ pub async fn list<S: StateStore>(store: &S, project: &str) -> Result<Vec<CacheEn
 }
 
 /// Removes a project's caches with `key` (empty: the rolling ones), or all with `all`; returns
-/// how many went. Their segments stay in the blob store (only retention deletes segments).
+/// how many went. Their segments go with the next blob sweeps (`retention::sweep`).
 pub async fn delete<S: StateStore>(
     store: &S,
     project: &str,
     key: &str,
     all: bool,
 ) -> Result<u64, Status> {
-    let entries = store.caches(project).await.map_err(store_error)?;
-    let slots: Vec<String> = entries
-        .iter()
+    let entries: Vec<CacheEntry> = store
+        .caches(project)
+        .await
+        .map_err(store_error)?
+        .into_iter()
         .filter(|e| all || e.key == key)
-        .map(cache_slot)
         .collect();
     store
-        .delete_caches(project, &slots)
+        .delete_caches(project, &entries)
         .await
         .map_err(store_error)
 }
 
-/// What one retention pass removed: entries, the bytes of their tars, segments deleted.
+/// What one retention pass removed: entries, and the bytes of their tars.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Removed {
     pub entries: usize,
     pub bytes: u64,
-    pub segments: usize,
 }
 
-/// One retention pass over every project's caches: drops the expired entries from the index,
-/// then their segments that no remaining entry (of any project) uses from the blob store.
+/// One retention pass over every project's caches: drops the expired entries from the index
+/// (each only if it is still the entry judged: a save meanwhile keeps its new one). Their
+/// segments go with the next blob sweeps (`retention::sweep`) unless something else uses them.
 pub async fn retain<S: StateStore>(
     store: &S,
-    blobs: &Blobs,
     policy: &Retention,
     now_ms: i64,
 ) -> Result<Removed, Status> {
     let mut removed = Removed::default();
-    let mut candidates: HashSet<String> = HashSet::new();
-    let mut in_use: HashSet<String> = HashSet::new();
     for project in store.cache_projects().await.map_err(store_error)? {
         let entries = store.caches(&project).await.map_err(store_error)?;
         let used: Vec<(i64, u64)> = entries
@@ -159,31 +156,17 @@ pub async fn retain<S: StateStore>(
             .map(|e| (e.last_used_ms.max(e.created_ms), e.size))
             .collect();
         let expired = policy.expired(&used, now_ms);
-        let gone: Vec<&CacheEntry> = entries
-            .iter()
+        let gone: Vec<CacheEntry> = entries
+            .into_iter()
             .zip(&expired)
             .filter(|(_, gone)| **gone)
             .map(|(e, _)| e)
             .collect();
-        let slots: Vec<String> = gone.iter().map(|e| cache_slot(e)).collect();
-        store
-            .delete_caches(&project, &slots)
+        removed.entries += store
+            .delete_caches(&project, &gone)
             .await
-            .map_err(store_error)?;
-        removed.entries += gone.len();
+            .map_err(store_error)? as usize;
         removed.bytes += gone.iter().map(|e| e.size).sum::<u64>();
-        candidates.extend(gone.iter().flat_map(|e| e.segments.iter().cloned()));
-        let gone: HashSet<String> = slots.into_iter().collect();
-        in_use.extend(
-            entries
-                .iter()
-                .filter(|e| !gone.contains(&cache_slot(e)))
-                .flat_map(|e| e.segments.iter().cloned()),
-        );
-    }
-    for digest in candidates.difference(&in_use) {
-        blobs.delete(digest).await?;
-        removed.segments += 1;
     }
     Ok(removed)
 }

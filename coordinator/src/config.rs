@@ -44,6 +44,9 @@ pub struct CoordinatorConfig {
     pub store: StoreSettings,
     /// How often retention runs (see `retention`).
     pub retention_interval_s: u64,
+    /// How long a blob nothing refers to is kept after it was written: an upload a build or a
+    /// cache save is about to refer to is never collected (see `retention::sweep`).
+    pub blob_grace_s: u64,
     /// How long and how much build caches are kept (`[caches]`).
     #[serde(deserialize_with = "cache_section")]
     pub caches: Retention,
@@ -157,6 +160,7 @@ impl Default for CoordinatorConfig {
             max_artifacts_bytes: 16 << 30,
             store: StoreSettings::default(),
             retention_interval_s: 600,
+            blob_grace_s: 86_400,
             caches: Retention::caches(),
             artifacts: Retention::default(),
         }
@@ -316,6 +320,7 @@ mod tests {
         assert_eq!(config.caches.max_bytes_per_project, 5 << 30);
         assert_eq!(config.artifacts.max_age_days, 90);
         assert_eq!(config.retention_interval_s, 600);
+        assert_eq!(config.blob_grace_s, 86_400);
         let config = config.finish(Path::new("/tmp")).expect("valid");
         assert!(config.state.starts_with("redis://") || !config.state.is_empty());
     }

@@ -20,12 +20,11 @@ use crate::store::{BuildFilter, QueueChange, StateStore};
 /// Builds read per page while looking for artifacts.
 const PAGE: usize = 500;
 
-/// What one artifact pass removed: builds whose artifacts went, their bytes, blobs deleted.
+/// What one artifact pass removed: builds whose artifacts went, and their bytes.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct ArtifactsRemoved {
     pub builds: usize,
     pub bytes: u64,
-    pub blobs: usize,
 }
 
 /// One pass over every finished build's artifacts.
@@ -63,14 +62,11 @@ pub async fn retain_artifacts<S: StateStore>(
             _ => break,
         }
     }
-    let mut in_use: HashSet<String> = HashSet::new();
-    let mut candidates: HashSet<String> = HashSet::new();
     for builds in by_project.values() {
         let used: Vec<(i64, u64)> = builds.iter().map(|b| (b.1, b.2)).collect();
         for (build, gone) in builds.iter().zip(policy.expired(&used, now_ms)) {
             let (id, _, size, digest) = build;
             if !gone {
-                in_use.insert(digest.clone());
                 continue;
             }
             let cleared = core
@@ -88,31 +84,87 @@ pub async fn retain_artifacts<S: StateStore>(
                 core.blobs.delete_plain_artifacts(id).await?;
                 removed.builds += 1;
                 removed.bytes += size;
-                candidates.insert(digest.clone());
             }
         }
-    }
-    for digest in candidates.difference(&in_use) {
-        core.blobs.delete(digest).await?;
-        removed.blobs += 1;
     }
     Ok(removed)
 }
 
-/// Runs both passes every `retention_interval_s` until `stop`.
+/// Blob garbage collection, the second half of retention. A blob that nothing refers to (no
+/// cache entry of any project, no build's artifacts or source: a source stays while a build that
+/// used it is on record, for RetryBuild) and that was written more than `grace_ms` ago becomes a
+/// candidate; a candidate of the previous pass that is still one now is deleted. The grace keeps
+/// an upload that a build or a cache save is about to refer to; the second look keeps a blob that
+/// a save took up again meanwhile. Collects what retention unlinked, what a rolling cache no
+/// longer uses once replaced, what `kiln cache clear` unlinked, and uploads whose save or build
+/// never came.
+pub async fn sweep<S: StateStore>(
+    core: &Core<S>,
+    previous: &HashSet<String>,
+    grace_ms: i64,
+    now_ms: i64,
+) -> Result<Swept, Status> {
+    // Listed first: a reference recorded after the listing is seen below.
+    let listed = core.blobs.list().await?;
+    let mut referenced: HashSet<String> = HashSet::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = core
+            .store
+            .list_builds(&BuildFilter::default(), after.as_deref(), PAGE)
+            .await
+            .map_err(store_error)?;
+        for row in &page {
+            let b = record(row);
+            referenced.insert(b.artifacts_digest.clone());
+            referenced.insert(b.source_digest.clone());
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(record(last).id.clone()),
+            _ => break,
+        }
+    }
+    for project in core.store.cache_projects().await.map_err(store_error)? {
+        for entry in core.store.caches(&project).await.map_err(store_error)? {
+            referenced.extend(entry.segments);
+        }
+    }
+    let mut swept = Swept::default();
+    for (digest, written_ms) in listed {
+        if referenced.contains(&digest) || written_ms > now_ms - grace_ms {
+            continue;
+        }
+        if previous.contains(&digest) {
+            core.blobs.delete(&digest).await?;
+            swept.deleted += 1;
+        } else {
+            swept.candidates.insert(digest);
+        }
+    }
+    Ok(swept)
+}
+
+/// What one [`sweep`] did: blobs deleted, and the candidates for the next pass.
+#[derive(Debug, Default)]
+pub struct Swept {
+    pub deleted: usize,
+    pub candidates: HashSet<String>,
+}
+
+/// Runs the cache and artifact passes, then [`sweep`], every `retention_interval_s` until `stop`.
 pub async fn run<S: StateStore>(core: Arc<Core<S>>, stop: CancellationToken) {
     let every = std::time::Duration::from_secs(core.config.retention_interval_s);
+    let mut candidates = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let now = now_ms();
-        match caches::retain(&core.store, &core.blobs, &core.config.caches, now).await {
+        match caches::retain(&core.store, &core.config.caches, now).await {
             Ok(r) if r.entries > 0 => tracing::info!(
                 entries = r.entries,
                 bytes = r.bytes,
-                segments = r.segments,
                 "cache retention removed caches"
             ),
             Ok(_) => {}
@@ -122,11 +174,24 @@ pub async fn run<S: StateStore>(core: Arc<Core<S>>, stop: CancellationToken) {
             Ok(r) if r.builds > 0 => tracing::info!(
                 builds = r.builds,
                 bytes = r.bytes,
-                blobs = r.blobs,
                 "artifact retention removed artifacts"
             ),
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "artifact retention failed"),
+        }
+        let grace_ms =
+            i64::try_from(core.config.blob_grace_s.saturating_mul(1000)).unwrap_or(i64::MAX);
+        match sweep(&core, &candidates, grace_ms, now).await {
+            Ok(swept) => {
+                if swept.deleted > 0 {
+                    tracing::info!(
+                        blobs = swept.deleted,
+                        "blobs nothing refers to were deleted"
+                    );
+                }
+                candidates = swept.candidates;
+            }
+            Err(e) => tracing::warn!(error = %e, "blob collection failed"),
         }
     }
 }

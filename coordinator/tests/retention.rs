@@ -1,15 +1,18 @@
 //! Retention on real stores: the embedded state store and the local blob store. Expired cache
-//! entries leave the index and expired artifacts leave their builds, and their blobs leave the
-//! blob store unless something kept still uses them.
+//! entries leave the index and expired artifacts leave their builds; blobs leave the blob store
+//! when two sweeps in a row find nothing referring to them, whatever unlinked them.
 
 mod common;
 
 use common::fixtures::{build, create, get, id, update, CLAIM};
 use kiln_coordinator::blobs::Blobs;
+use std::collections::HashSet;
+use std::sync::Arc;
+
 use kiln_coordinator::caches::{retain, Removed};
 use kiln_coordinator::config::Retention;
-use kiln_coordinator::core::Core;
-use kiln_coordinator::retention::{retain_artifacts, ArtifactsRemoved};
+use kiln_coordinator::core::{now_ms, Core};
+use kiln_coordinator::retention::{retain_artifacts, sweep, ArtifactsRemoved};
 use kiln_coordinator::store::{EmbeddedStore, QueueChange, StateStore};
 use kiln_coordinator::CoordinatorConfig;
 use kiln_proto::v1::CacheEntry;
@@ -40,20 +43,33 @@ fn entry(project: &str, key: &str, segments: &[&str], last_used_ms: i64) -> Cach
 }
 
 /// A coordinator's stores in `dir` with the default config: embedded state, local blobs.
-fn stores(dir: &std::path::Path) -> (EmbeddedStore, Blobs, CoordinatorConfig) {
+fn core(dir: &std::path::Path) -> Arc<Core<EmbeddedStore>> {
     let config = CoordinatorConfig::default().finish(dir).expect("config");
     let blobs = Blobs::open(dir, &config.store_config().expect("store")).expect("blobs");
     let store = EmbeddedStore::open(&dir.join("state")).expect("state");
-    (store, blobs, config)
+    Core::new(store, blobs, config)
+}
+
+/// Two sweeps without grace, as two retention passes make: returns what the second deleted.
+async fn sweep_twice(core: &Core<EmbeddedStore>) -> usize {
+    let first = sweep(core, &HashSet::new(), 0, now_ms())
+        .await
+        .expect("sweep");
+    assert_eq!(first.deleted, 0, "a first look deletes nothing");
+    let second = sweep(core, &first.candidates, 0, now_ms())
+        .await
+        .expect("sweep");
+    second.deleted
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_caches_go_with_the_segments_no_other_cache_uses() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, blobs, _) = stores(dir.path());
-    let only_old = blob(&blobs, "only in the old cache").await;
-    let shared = blob(&blobs, "in the old cache and in another project's").await;
-    let recent = blob(&blobs, "in the recent cache").await;
+    let core = core(dir.path());
+    let (store, blobs) = (&core.store, &core.blobs);
+    let only_old = blob(blobs, "only in the old cache").await;
+    let shared = blob(blobs, "in the old cache and in another project's").await;
+    let recent = blob(blobs, "in the recent cache").await;
     let now = 100 * DAY;
     for (e, immutable) in [
         (
@@ -69,17 +85,22 @@ async fn expired_caches_go_with_the_segments_no_other_cache_uses() {
         max_age_days: 30,
         max_bytes_per_project: 1 << 30,
     };
-    let removed = retain(&store, &blobs, &policy, now).await.expect("retain");
+    let removed = retain(store, &policy, now).await.expect("retain");
     assert_eq!(
         removed,
         Removed {
             entries: 1,
             bytes: 100,
-            segments: 1
         }
     );
+    // Within the grace period nothing goes, even unreferenced.
+    let fresh = sweep(&core, &HashSet::new(), 3_600_000, now_ms())
+        .await
+        .expect("sweep");
+    assert!(fresh.candidates.is_empty(), "{:?}", fresh.candidates);
+    assert_eq!(sweep_twice(&core).await, 1);
     let present = blobs
-        .contains_all(&[only_old, shared, recent])
+        .contains_all(&[only_old, shared, recent.clone()])
         .await
         .expect("contains");
     assert_eq!(present, [false, true, true]);
@@ -97,19 +118,41 @@ async fn expired_caches_go_with_the_segments_no_other_cache_uses() {
         .put_cache(entry("web", "newest", &[], now), true)
         .await
         .expect("put"));
-    let removed = retain(&store, &blobs, &tight, now).await.expect("retain");
-    assert_eq!((removed.entries, removed.segments), (1, 1));
+    let removed = retain(store, &tight, now).await.expect("retain");
+    assert_eq!(removed.entries, 1);
     assert_eq!(keys(store.caches("web").await.expect("web")), ["newest"]);
     // Nothing else expired: a second pass removes nothing.
-    let again = retain(&store, &blobs, &tight, now).await.expect("retain");
+    let again = retain(store, &tight, now).await.expect("retain");
     assert_eq!(again, Removed::default());
+
+    // What nothing refers to goes, whatever left it: here a segment whose save never came. A
+    // candidate that a save took up again before the second look stays.
+    let orphan = blob(blobs, "uploaded by a save that failed").await;
+    let taken_up = blob(blobs, "unreferenced, then saved again").await;
+    let first = sweep(&core, &HashSet::new(), 0, now_ms())
+        .await
+        .expect("sweep");
+    let want: HashSet<String> = [recent.clone(), orphan.clone(), taken_up.clone()].into();
+    assert_eq!(first.candidates, want);
+    assert!(store
+        .put_cache(entry("api", "again", &[&taken_up], now), true)
+        .await
+        .expect("put"));
+    let second = sweep(&core, &first.candidates, 0, now_ms())
+        .await
+        .expect("sweep");
+    assert_eq!(second.deleted, 2);
+    let present = blobs
+        .contains_all(&[recent, orphan, taken_up])
+        .await
+        .expect("contains");
+    assert_eq!(present, [false, false, true]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn expired_artifacts_leave_their_builds_and_the_store() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (store, blobs, config) = stores(dir.path());
-    let core = Core::new(store, blobs, config);
+    let core = core(dir.path());
     let now = 100 * DAY;
     let old_only = blob(&core.blobs, "artifacts only the old build has").await;
     let same = blob(&core.blobs, "artifacts two builds have").await;
@@ -151,7 +194,6 @@ async fn expired_artifacts_leave_their_builds_and_the_store() {
         ArtifactsRemoved {
             builds: 2,
             bytes: 2000,
-            blobs: 1
         }
     );
     let digest_of = |row: kiln_proto::v1::StoredBuild| {
@@ -170,7 +212,8 @@ async fn expired_artifacts_leave_their_builds_and_the_store() {
         digest_of(get(&core.store, &ids[2]).await),
         (same.clone(), 0)
     );
-    // The old build's own blob went; the one a kept build shares stayed.
+    // The old build's own blob goes; the one a kept build shares stays.
+    assert_eq!(sweep_twice(&core).await, 1);
     let present = core
         .blobs
         .contains_all(&[old_only, same])

@@ -553,7 +553,19 @@ async fn cache_index_keeps_keyed_entries_immutable_and_survives_reopening(backen
         last_used_ms: NOW_MS + 5,
         ..keyed
     };
-    let gone = [cache_slot(&other_paths), "0000/none".to_string()];
+    // A delete takes the saves it was given, whenever they were last used, and nothing else:
+    // not an entry that is not there, nor a rolling cache saved again since it was judged.
+    let gone = [
+        CacheEntry {
+            last_used_ms: NOW_MS + 9,
+            ..other_paths.clone()
+        },
+        cache("web", &["none/**/*"], "", "sha256:0"),
+        CacheEntry {
+            created_ms: NOW_MS - 1,
+            ..rolling.clone()
+        },
+    ];
     assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 1);
     assert_eq!(store.delete_caches("web", &gone).await.expect("delete"), 0);
     drop(store);

@@ -236,25 +236,12 @@ pub fn listener_script(port: u16, greeting: &str) -> String {
 /// Starts a container of the build image running [`listener_script`] on Docker network `network`,
 /// known there as `alias`; returns its name once it listens.
 pub fn start_listener(network: &str, alias: &str, port: u16, greeting: &str) -> String {
-    let name = unique_name("listener");
     let script = listener_script(port, greeting);
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        "kiln-test=1",
-        "--network",
-        network,
-        "--network-alias",
-        alias,
-        IMAGE,
-        "perl",
-        "-MIO::Socket::INET",
-        "-e",
-        &script,
-    ]);
+    let name = run_container(
+        "listener",
+        &["--network", network, "--network-alias", alias],
+        &["perl", "-MIO::Socket::INET", "-e", &script],
+    );
     for _ in 0..100 {
         if docker(&["logs", &name]).contains("listening") {
             return name;
@@ -262,6 +249,50 @@ pub fn start_listener(network: &str, alias: &str, port: u16, greeting: &str) -> 
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("the listener container {name} on {network} did not start");
+}
+
+/// A shell script that fills `dir` with benchmark data of `mb` MiB: `dir/tree`, a
+/// `node_modules`-like tree of 20 KiB files, when `tree`, else the single file `dir/big`; half
+/// random bytes, half log-like text (so compression has something to do).
+pub fn bench_data_script(dir: &str, mb: u64, tree: bool) -> String {
+    let half = (mb << 20) / 2;
+    let text = "yes 'line 1234: compiling module_977 ok, 0 warnings, cache hit ratio 0.93'";
+    match tree {
+        true => format!(
+            "mkdir -p {dir}/tree/random {dir}/tree/text && cd {dir}/tree/random && head -c {half} /dev/urandom | split -b 20480 -a 5 - f && cd ../text && {text} | head -c {half} | split -b 20480 -a 5 - f"
+        ),
+        false => format!(
+            "mkdir -p {dir} && (head -c {half} /dev/urandom; {text} | head -c {half}) > {dir}/big"
+        ),
+    }
+}
+
+/// Starts a labelled container of the build image (`docker run -d` with `options`) running
+/// `cmd`; returns its name.
+pub fn run_container(what: &str, options: &[&str], cmd: &[&str]) -> String {
+    let name = unique_name(what);
+    let mut args = vec!["run", "-d", "--name", &name, "--label", "kiln-test=1"];
+    args.extend_from_slice(options);
+    args.push(IMAGE);
+    args.extend_from_slice(cmd);
+    docker(&args);
+    name
+}
+
+/// A container removed when dropped (a benchmark's, up for the whole run).
+pub struct Container(pub String);
+
+impl Container {
+    /// A container of the build image that sleeps until it is removed.
+    pub fn sleeping(what: &str) -> Container {
+        Container(run_container(what, &[], &["sleep", "infinity"]))
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
+    }
 }
 
 /// A name no other test or run uses, for the Docker objects a test creates.

@@ -256,6 +256,20 @@ async fn caches_follow_the_project_across_workers_and_coordinators() {
         "{stats}"
     );
 
+    // A project whose cache type is NO_CACHE neither restores nor saves.
+    apply_project(
+        &format!("http://{a1}"),
+        &file,
+        "name: uncached\ncache:\n  type: NO_CACHE\n",
+    );
+    let (_, log) = build(a2, src.path(), "uncached", &[]).await;
+    assert!(
+        log.contains("Cache not used: caching is off for this build"),
+        "{log}"
+    );
+    assert!(!log.contains("Cache saved"), "{log}");
+    assert_eq!(cache_json(a2, "uncached")["caches"], serde_json::json!([]));
+
     // A damaged segment, the last one, is refused: the build restores nothing (not even what
     // the sound segments before it hold) and still succeeds. While it runs the store goes down:
     // the save fails with a warning, the build still succeeds.

@@ -22,7 +22,7 @@ use bytes::Bytes;
 use kiln_cache::{Backend, BlobStore, Digest, StoreConfig};
 use kiln_proto::v1::CacheEntry;
 use kiln_tests::s3::S3Server;
-use kiln_tests::{docker, unique_name, IMAGE};
+use kiln_tests::{bench_data_script, docker, Container};
 use kiln_worker::cache::{self, CacheError, CacheStore};
 use kiln_worker::docker::Engine;
 
@@ -57,12 +57,15 @@ impl CacheStore for Direct {
         self.store.contains(&parsed).await.map_err(failed)
     }
 
+    /// As the coordinator's UploadBlob: the segment is hashed as it is written to a temporary
+    /// file, which the store then takes under that digest.
     async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
         let file = tempfile::NamedTempFile::new_in(self.tmp.path())?;
+        let digest = Digest::parse(&cache::digest_of(&segment)).map_err(failed)?;
         tokio::fs::write(file.path(), &segment).await?;
         let put = self
             .store
-            .put_file(file.path(), None)
+            .put_hashed(file.path(), digest, segment.len() as u64)
             .await
             .map_err(failed)?;
         Ok(put.digest.to_string())
@@ -80,15 +83,6 @@ impl CacheStore for Direct {
     }
 }
 
-/// A container of the build image that stays up for the whole run; removed when dropped.
-struct Container(String);
-
-impl Drop for Container {
-    fn drop(&mut self) {
-        let _ = Command::new("docker").args(["rm", "-f", &self.0]).output();
-    }
-}
-
 fn sh(container: &str, script: &str) {
     docker(&["exec", container, "sh", "-c", script]);
 }
@@ -98,28 +92,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1024);
-    let half = (mb << 20) / 2;
-    let name = unique_name("cache-bench");
-    docker(&[
-        "run",
-        "-d",
-        "--name",
-        &name,
-        "--label",
-        "kiln-test=1",
-        IMAGE,
-        "sleep",
-        "infinity",
-    ]);
-    let container = Container(name);
+    let container = Container::sleeping("cache-bench");
     let c = container.0.as_str();
-    let text = "yes 'line 1234: compiling module_977 ok, 0 warnings, cache hit ratio 0.93'";
-    sh(
-        c,
-        &format!(
-            "mkdir -p /data/tree/random /data/tree/text /data/file && cd /data/tree/random && head -c {half} /dev/urandom | split -b 20480 -a 5 - f && cd ../text && {text} | head -c {half} | split -b 20480 -a 5 - f && (head -c {half} /dev/urandom; {text} | head -c {half}) > /data/file/big"
-        ),
-    );
+    sh(c, &bench_data_script("/data", mb, true));
+    sh(c, &bench_data_script("/data/file", mb, false));
     let files = docker(&["exec", c, "sh", "-c", "find /data/tree -type f | wc -l"]);
     let work =
         tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))

@@ -1,13 +1,13 @@
 //! Artifact collection: the source tree comes out of the container as one tar stream, the pure
 //! selection rules of `kiln_buildspec::artifacts` pick files from its listing, and the picked files
-//! are written as a tree (`NONE`) or a ZIP, with a sha256 for each file.
+//! go into one tar, each artifact as a tree (`NONE`) or a ZIP, with a sha256 for each file.
 //!
 //! Nothing is read from the host's filesystem and no link is followed outside the archive: links
-//! are resolved inside the listing by the selection rules, and the writer refuses to write through
-//! a link it created itself.
+//! are resolved inside the listing by the selection rules, and no path in the tar written has `..`
+//! or a root.
 
 use std::collections::HashMap;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read, Seek, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -52,14 +52,18 @@ impl std::str::FromStr for Packaging {
     }
 }
 
-/// Where artifacts go. Without `out_dir` they are only checked and summed (the record lists them).
+/// Where artifacts go. Without `tar` they are only checked and summed (the record lists them).
 #[derive(Debug, Clone, Default)]
 pub struct ArtifactTarget {
-    /// The primary artifact goes to `OUT/primary/` (ZIP: `OUT/primary.zip`), each secondary one to
-    /// `OUT/secondary/<identifier>/` (ZIP: `OUT/secondary/<identifier>.zip`).
-    pub out_dir: Option<PathBuf>,
+    /// One uncompressed tar holding the primary artifact below `primary/` (ZIP: the file
+    /// `primary.zip`) and each secondary one below `secondary/<identifier>/` (ZIP:
+    /// `secondary/<identifier>.zip`): what a worker uploads. A ZIP is made beside it first.
+    pub tar: Option<PathBuf>,
     pub packaging: Packaging,
 }
+
+/// The tar [`ArtifactTarget::tar`] names, being written.
+type TarOut = tar::Builder<io::BufWriter<File>>;
 
 #[derive(Debug, Error)]
 pub enum ArtifactError {
@@ -140,6 +144,13 @@ fn collect_from_tar(
 ) -> Result<Collected, ArtifactError> {
     spool.rewind()?;
     let (entries, hard_links) = list_entries(&mut spool)?;
+    let mut tar_out = match &target.tar {
+        Some(path) => Some(tar::Builder::new(io::BufWriter::with_capacity(
+            1 << 20,
+            File::create(path)?,
+        ))),
+        None => None,
+    };
     let definitions =
         std::iter::once((None, spec)).chain(spec.secondary.iter().map(|(id, a)| (Some(id), a)));
     let mut plans = Vec::new();
@@ -185,14 +196,17 @@ fn collect_from_tar(
         let Some(consumers) = wanted.get(&path) else {
             continue;
         };
-        let digest = write_entry(&mut entry, consumers, &mut plans)?;
+        let digest = write_entry(&mut entry, consumers, &mut plans, tar_out.as_mut())?;
         for &(p, f) in consumers {
             digests[p][f] = Some(digest.clone());
         }
     }
     let mut artifacts = Vec::new();
     for (plan, digests) in plans.into_iter().zip(digests) {
-        artifacts.push(plan.finish(digests, target.packaging)?);
+        artifacts.push(plan.finish(digests, target.packaging, tar_out.as_mut())?);
+    }
+    if let Some(tar_out) = tar_out {
+        tar_out.into_inner()?.flush()?;
     }
     let mut artifacts = artifacts.into_iter();
     let primary = artifacts
@@ -269,37 +283,46 @@ fn write_entry(
     entry: &mut impl Read,
     consumers: &[(usize, usize)],
     plans: &mut [Plan],
+    mut tar: Option<&mut TarOut>,
 ) -> Result<String, ArtifactError> {
     if let [(p, f)] = consumers {
-        let mut sink = plans[*p]
-            .writer
-            .start_file(&plans[*p].selection.files[*f])?;
-        let digest = copy_hashing(entry, &mut sink)?;
-        sink.flush()?;
-        return Ok(digest);
+        let plan = &mut plans[*p];
+        let mut hashing = Hashing {
+            inner: entry,
+            hasher: Sha256::new(),
+        };
+        plan.writer
+            .write_file(&plan.selection.files[*f], &mut hashing, tar)?;
+        // The rest, if the writer stopped short (it never should): the digest covers it all.
+        io::copy(&mut hashing, &mut io::sink())?;
+        return Ok(hex(&hashing.hasher.finalize()));
     }
     let mut spool = tempfile::tempfile()?;
-    let digest = copy_hashing(entry, &mut spool)?;
+    let mut hashing = Hashing {
+        inner: entry,
+        hasher: Sha256::new(),
+    };
+    io::copy(&mut hashing, &mut spool)?;
     for &(p, f) in consumers {
         spool.rewind()?;
-        let mut sink = plans[p].writer.start_file(&plans[p].selection.files[f])?;
-        io::copy(&mut spool, &mut sink)?;
-        sink.flush()?;
+        let plan = &mut plans[p];
+        plan.writer
+            .write_file(&plan.selection.files[f], &mut spool, tar.as_deref_mut())?;
     }
-    Ok(digest)
+    Ok(hex(&hashing.hasher.finalize()))
 }
 
-/// Copies `from` into `to`; returns the hex sha256 of what was copied.
-fn copy_hashing(from: &mut impl Read, to: &mut impl Write) -> io::Result<String> {
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = from.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hex(&hasher.finalize()));
-        }
-        hasher.update(&buf[..n]);
-        to.write_all(&buf[..n])?;
+/// A reader that sums what passes through it.
+struct Hashing<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 
@@ -312,11 +335,12 @@ impl Plan {
         mut self,
         digests: Vec<Option<String>>,
         packaging: Packaging,
+        mut tar: Option<&mut TarOut>,
     ) -> Result<BuildArtifact, ArtifactError> {
         let mut files = Vec::new();
         for (file, digest) in self.selection.files.iter().zip(digests) {
             if let Some(target) = &file.symlink {
-                self.writer.link(&file.dest, target)?;
+                self.writer.link(&file.dest, target, tar.as_deref_mut())?;
             }
             files.push(ArtifactFile {
                 path: file.dest.clone(),
@@ -325,7 +349,7 @@ impl Plan {
                 symlink_target: file.symlink.clone(),
             });
         }
-        let zip_digest = self.writer.close()?;
+        let zip_digest = self.writer.close(tar)?;
         let manifest: String = files
             .iter()
             .map(|f| format!("{}  {}\n", f.sha256sum, f.path))
@@ -346,83 +370,67 @@ impl Plan {
 enum Writer {
     /// Only summed.
     Discard,
-    Tree(PathBuf),
+    /// Entries below this path in [`ArtifactTarget::tar`].
+    Tree(String),
     Zip {
-        path: PathBuf,
+        /// Made beside the tar, which takes it once it is whole, under `name`.
+        temp: tempfile::NamedTempFile,
         zip: Box<zip::ZipWriter<File>>,
+        name: String,
     },
 }
 
-/// An open output file of a [`Writer`].
-enum FileSink<'a> {
-    Discard,
-    File(File),
-    Zip(&'a mut zip::ZipWriter<File>),
-}
-
-impl Write for FileSink<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            FileSink::Discard => Ok(buf.len()),
-            FileSink::File(f) => f.write(buf),
-            FileSink::Zip(z) => z.write(buf),
-        }
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            FileSink::Discard => Ok(()),
-            FileSink::File(f) => f.flush(),
-            FileSink::Zip(z) => z.flush(),
-        }
-    }
+/// The tar writer, which a [`Writer::Tree`] or [`Writer::Zip`] must have.
+fn tar_of(tar: Option<&mut TarOut>) -> io::Result<&mut TarOut> {
+    tar.ok_or_else(|| io::Error::other("the artifacts tar is not open"))
 }
 
 impl Writer {
+    /// The writer of the artifact `id` (`None`: the primary one) and its location in the tar.
     fn open(target: &ArtifactTarget, id: Option<&str>) -> Result<(Writer, String), ArtifactError> {
-        let Some(out) = &target.out_dir else {
+        let Some(tar) = &target.tar else {
             return Ok((Writer::Discard, String::new()));
         };
-        let base = match id {
-            None => out.join("primary"),
-            Some(id) => out.join("secondary").join(id),
+        let relative = match id {
+            None => "primary".to_string(),
+            Some(id) => format!("secondary/{id}"),
         };
+        safe_relative(&relative)?;
         match target.packaging {
-            Packaging::None => {
-                if base.symlink_metadata().is_ok() {
-                    fs::remove_dir_all(&base)?;
-                }
-                fs::create_dir_all(&base)?;
-                let location = base.display().to_string();
-                Ok((Writer::Tree(base), location))
-            }
+            Packaging::None => Ok((Writer::Tree(relative.clone()), relative)),
             Packaging::Zip => {
-                let path = base.with_extension("zip");
-                if let Some(parent) = path.parent() {
-                    fs::create_dir_all(parent)?;
-                }
-                let file = File::create(&path)?;
-                let location = path.display().to_string();
+                let dir = tar.parent().unwrap_or(Path::new("."));
+                let temp = tempfile::NamedTempFile::new_in(dir)?;
+                let zip = Box::new(zip::ZipWriter::new(temp.reopen()?));
+                let name = format!("{relative}.zip");
                 Ok((
                     Writer::Zip {
-                        path,
-                        zip: Box::new(zip::ZipWriter::new(file)),
+                        temp,
+                        zip,
+                        name: name.clone(),
                     },
-                    location,
+                    name,
                 ))
             }
         }
     }
 
-    fn start_file(
+    /// Writes one selected file, whose content `data` yields (`file.size` bytes).
+    fn write_file(
         &mut self,
         file: &kiln_buildspec::artifacts::SelectedFile,
-    ) -> Result<FileSink<'_>, ArtifactError> {
+        data: &mut impl Read,
+        tar: Option<&mut TarOut>,
+    ) -> Result<(), ArtifactError> {
         match self {
-            Writer::Discard => Ok(FileSink::Discard),
-            Writer::Tree(base) => {
-                let path = safe_join(base, &file.dest)?;
-                Ok(FileSink::File(open_with_mode(&path, file.mode)?))
+            Writer::Discard => {
+                io::copy(data, &mut io::sink())?;
+            }
+            Writer::Tree(prefix) => {
+                safe_relative(&file.dest)?;
+                let mut header = tar_header(tar::EntryType::Regular, file.mode & 0o777 | 0o600);
+                header.set_size(file.size);
+                tar_of(tar)?.append_data(&mut header, format!("{prefix}/{}", file.dest), data)?;
             }
             Writer::Zip { zip, .. } => {
                 let options = zip::write::SimpleFileOptions::default()
@@ -430,17 +438,24 @@ impl Writer {
                     .large_file(file.size >= u32::MAX as u64);
                 zip.start_file(file.dest.as_str(), options)
                     .map_err(zip_error)?;
-                Ok(FileSink::Zip(zip))
+                io::copy(data, zip.as_mut())?;
             }
         }
+        Ok(())
     }
 
-    fn link(&mut self, dest: &str, target: &str) -> Result<(), ArtifactError> {
+    fn link(
+        &mut self,
+        dest: &str,
+        target: &str,
+        tar: Option<&mut TarOut>,
+    ) -> Result<(), ArtifactError> {
         match self {
             Writer::Discard => Ok(()),
-            Writer::Tree(base) => {
-                let path = safe_join(base, dest)?;
-                std::os::unix::fs::symlink(target, path)?;
+            Writer::Tree(prefix) => {
+                safe_relative(dest)?;
+                let mut header = tar_header(tar::EntryType::Symlink, 0o777);
+                tar_of(tar)?.append_link(&mut header, format!("{prefix}/{dest}"), target)?;
                 Ok(())
             }
             Writer::Zip { zip, .. } => zip
@@ -450,56 +465,49 @@ impl Writer {
     }
 
     /// Finishes the artifact; for a ZIP returns the sha256 of the file.
-    fn close(self) -> Result<Option<String>, ArtifactError> {
+    fn close(self, tar: Option<&mut TarOut>) -> Result<Option<String>, ArtifactError> {
         match self {
             Writer::Discard | Writer::Tree(_) => Ok(None),
-            Writer::Zip { path, zip, .. } => {
+            Writer::Zip { temp, zip, name } => {
                 zip.finish().map_err(zip_error)?;
                 let mut hasher = Sha256::new();
-                io::copy(&mut File::open(&path)?, &mut hasher)?;
+                io::copy(&mut temp.reopen()?, &mut hasher)?;
+                let mut header = tar_header(tar::EntryType::Regular, 0o644);
+                header.set_size(temp.as_file().metadata()?.len());
+                tar_of(tar)?.append_data(&mut header, name, temp.reopen()?)?;
                 Ok(Some(hex(&hasher.finalize())))
             }
         }
     }
 }
 
+/// A tar header of this kind and mode, with the time now and size 0 (a file's comes later).
+fn tar_header(kind: tar::EntryType, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_mode(mode);
+    header.set_size(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    header.set_mtime(now);
+    header
+}
+
 fn zip_error(e: zip::result::ZipError) -> ArtifactError {
     ArtifactError::Io(io::Error::other(e))
 }
 
-/// `base/dest`, creating parents, refusing `..`, absolute paths and any existing link on the way.
-fn safe_join(base: &Path, dest: &str) -> Result<PathBuf, ArtifactError> {
-    let unsafe_path = || ArtifactError::Unsafe(dest.to_string());
-    let relative = Path::new(dest);
-    if relative
+/// Refuses a path with `..`, `.` or a root: artifact paths stay below their directory (and the
+/// tar then extracts inside the directory it is extracted into).
+fn safe_relative(dest: &str) -> Result<(), ArtifactError> {
+    match Path::new(dest)
         .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
+        .all(|c| matches!(c, Component::Normal(_)))
     {
-        return Err(unsafe_path());
+        true => Ok(()),
+        false => Err(ArtifactError::Unsafe(dest.to_string())),
     }
-    let mut path = base.to_path_buf();
-    let parts: Vec<_> = relative.components().collect();
-    for (i, part) in parts.iter().enumerate() {
-        path.push(part);
-        match path.symlink_metadata() {
-            Ok(meta) if meta.file_type().is_symlink() => return Err(unsafe_path()),
-            Ok(meta) if i + 1 < parts.len() && !meta.is_dir() => return Err(unsafe_path()),
-            Ok(_) => {}
-            Err(_) if i + 1 < parts.len() => fs::create_dir(&path)?,
-            Err(_) => {}
-        }
-    }
-    Ok(path)
-}
-
-fn open_with_mode(path: &Path, mode: u32) -> io::Result<File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode & 0o777 | 0o600)
-        .open(path)
 }
 
 #[cfg(test)]
@@ -507,14 +515,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn safe_join_refuses_escapes_and_links() {
-        let dir = tempfile::tempdir().expect("tmp");
-        assert!(safe_join(dir.path(), "../x").is_err());
-        assert!(safe_join(dir.path(), "/etc/passwd").is_err());
-        let ok = safe_join(dir.path(), "a/b/c.txt").expect("ok");
-        assert!(ok.starts_with(dir.path()) && dir.path().join("a/b").is_dir());
-        std::os::unix::fs::symlink("/tmp", dir.path().join("link")).expect("link");
-        assert!(safe_join(dir.path(), "link/x").is_err());
+    fn artifact_paths_stay_below_their_directory() {
+        assert!(safe_relative("../x").is_err());
+        assert!(safe_relative("a/../../x").is_err());
+        assert!(safe_relative("/etc/passwd").is_err());
+        assert!(safe_relative("a/b/c.txt").is_ok());
     }
 
     #[test]

@@ -10,8 +10,7 @@
 //!
 //! Where entries and blobs live is a [`CacheStore`]'s business (the coordinator, for a worker).
 
-use std::fs::File;
-use std::io::{self, Seek, Write};
+use std::io::{self, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -22,7 +21,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
-use tokio_util::io::ReaderStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::docker::{Engine, EngineError, ExecChunk, ExecSpec, ROOT};
 use crate::source::SRC_DIR;
@@ -39,6 +38,24 @@ const BATCH_BYTES: usize = 64 << 20;
 /// Segments uploaded, or fetched ahead while restoring, at once.
 const PARALLEL: usize = 4;
 
+/// How the save script names a base that is not in the container.
+const MISSING: &str = "kiln-cache-missing ";
+/// Writes one tar of the bases given (absolute paths) that exist, named relative to `/`, and
+/// names the others on stderr. Entries come sorted by name where `tar` can (GNU tar), so the same
+/// files make the same segments whatever order the directories list them in.
+const SAVE_SCRIPT: &str = r#"command -v tar >/dev/null 2>&1 || exit 127
+for b; do
+  shift
+  if [ -e "$b" ] || [ -L "$b" ]; then set -- "$@" "${b#/}"; else echo "kiln-cache-missing $b" >&2; fi
+done
+[ $# -gt 0 ] || exit 0
+if tar --sort=name -cf /dev/null /dev/null 2>/dev/null; then
+  exec tar --sort=name -C / -cf - -- "$@"
+fi
+exec tar -C / -cf - -- "$@""#;
+/// Extracts a tar at `/`, keeping owners and modes.
+const RESTORE_COMMAND: [&str; 5] = ["tar", "-C", "/", "-xpf", "-"];
+
 #[derive(Debug, Error)]
 pub enum CacheError {
     #[error("the cache store: {0}")]
@@ -49,6 +66,8 @@ pub enum CacheError {
     Path { path: String, reason: String },
     #[error("reading the cached files: {0}")]
     Io(#[from] io::Error),
+    #[error("{doing}: {reason}")]
+    Tar { doing: &'static str, reason: String },
     #[error(
         "cache segment {digest} does not match its digest (got {got}): the stored cache is damaged"
     )]
@@ -134,36 +153,55 @@ pub async fn save(
             });
         }
     }
-    let mut spools = Vec::new();
-    let mut notes = Vec::new();
-    for base in &selector.bases {
-        let mut spool = tokio::fs::File::from_std(tempfile::tempfile()?);
-        let mut download = engine.download(container, base);
-        let mut missing = false;
-        while let Some(chunk) = download.next().await {
-            match chunk {
-                Ok(chunk) => spool.write_all(&chunk).await?,
-                Err(e) if e.is_not_found() => {
-                    missing = true;
-                    break;
-                }
-                Err(e) => return Err(e.into()),
+    // One tar of the bases that exist, from the container's own `tar` (as `tar -c | zstd`
+    // would), read as it comes: no copy on disk.
+    let mut cmd = vec![
+        "sh".to_string(),
+        "-c".into(),
+        SAVE_SCRIPT.into(),
+        "sh".into(),
+    ];
+    cmd.extend(selector.bases.iter().cloned());
+    let spec = ExecSpec {
+        cmd,
+        working_dir: "/".into(),
+        user: ROOT.into(),
+    };
+    let (id, output) = engine.exec(container, spec).await?;
+    let stderr: Arc<Mutex<Vec<u8>>> = Arc::default();
+    let errors = stderr.clone();
+    let stdout = output.filter_map(move |chunk| {
+        std::future::ready(match chunk {
+            Ok(ExecChunk::Stdout(data)) => Some(Ok(data)),
+            Ok(ExecChunk::Stderr(data)) => {
+                lock(&errors).extend_from_slice(&data);
+                None
             }
-        }
-        if missing {
-            notes.push(format!("nothing at {base}"));
-            continue;
-        }
-        spool.flush().await?;
-        spools.push((base.clone(), spool.into_std().await));
-    }
+            Err(e) => Some(Err(io::Error::other(e))),
+        })
+    });
+    let input = SyncIoBridge::new(StreamReader::new(stdout));
     let (tx, rx) = mpsc::channel(PARALLEL);
-    let writer = tokio::task::spawn_blocking(move || write_tar(&selector, spools, tx));
+    let writer = tokio::task::spawn_blocking(move || write_tar(&selector, input, tx));
     let uploaded = upload_segments(store, rx).await;
     let written = writer.await.map_err(|e| io::Error::other(e.to_string()))?;
-    // An upload failure closes the channel, which fails the writer: the upload's error tells
-    // why. A writer that failed first ended the upload before its last batch.
-    let Some((segments, uploaded_segments, uploaded_bytes)) = uploaded? else {
+    // A store that failed ended the upload, the writer, then tar: its error says why.
+    let uploaded = uploaded?;
+    let code = engine.exec_exit_code(&id).await?;
+    let stderr = String::from_utf8_lossy(&lock(&stderr)).into_owned();
+    let mut notes = Vec::new();
+    for line in stderr.lines() {
+        match line.strip_prefix(MISSING) {
+            Some(base) => notes.push(format!("skipped nothing at {base}")),
+            None => notes.push(line.to_string()),
+        }
+    }
+    // tar's status 1: files changed while they were read (what it read is still a whole tar).
+    if !matches!(code, Some(0 | 1)) {
+        return Err(tar_failed("reading the cached files", code, &notes));
+    }
+    // A writer that failed ended the upload before its last batch.
+    let Some((segments, uploaded_segments, uploaded_bytes)) = uploaded else {
         return Err(written.err().unwrap_or_else(|| {
             CacheError::Store("the cache tar ended before it was whole".into())
         }));
@@ -205,16 +243,7 @@ async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Optio
             out.extend_from_slice(&data);
         }
     }
-    // The output can end a moment before Docker reports the exec over.
-    let mut code = None;
-    for _ in 0..40 {
-        code = engine.exec_finished(&id).await.ok()?;
-        if code.is_some() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    if code != Some(0) {
+    if engine.exec_exit_code(&id).await.ok()? != Some(0) {
         return None;
     }
     let fields: Vec<&[u8]> = out.split(|&b| b == 0).collect();
@@ -267,22 +296,32 @@ pub async fn restore(
     }
     staged.flush().await?;
     staged.rewind().await?;
-    let failure: Arc<Mutex<Option<io::Error>>> = Arc::default();
-    let seen = failure.clone();
-    let tar = ReaderStream::with_capacity(staged, 1 << 20).scan((), move |_, chunk| {
-        std::future::ready(match chunk {
-            Ok(data) => Some(data),
-            Err(e) => {
-                *seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
-                None
-            }
-        })
+    // The container's own `tar` extracts it (as `zstd -dc | tar -x` would).
+    let spec = ExecSpec {
+        cmd: RESTORE_COMMAND.map(String::from).to_vec(),
+        working_dir: "/".into(),
+        user: ROOT.into(),
+    };
+    let (id, output, mut input) = engine.exec_with_input(container, spec).await?;
+    let feed = async {
+        let mut staged = tokio::io::BufReader::with_capacity(1 << 20, staged);
+        tokio::io::copy_buf(&mut staged, &mut input).await?;
+        input.shutdown().await
+    };
+    let stderr = output.try_fold(Vec::new(), |mut stderr, chunk| {
+        if let ExecChunk::Stderr(data) = chunk {
+            stderr.extend_from_slice(&data);
+        }
+        std::future::ready(Ok(stderr))
     });
-    let uploaded = engine.upload(container, "/", tar).await;
-    if let Some(e) = failure.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        return Err(e.into());
+    let (fed, stderr) = tokio::join!(feed, stderr);
+    let code = engine.exec_exit_code(&id).await?;
+    if code != Some(0) {
+        let stderr = String::from_utf8_lossy(&stderr?).into_owned();
+        let lines: Vec<String> = stderr.lines().map(String::from).collect();
+        return Err(tar_failed("restoring the cache", code, &lines));
     }
-    uploaded?;
+    fed?;
     let listing = match list {
         true => listing(engine, container, &selector).await,
         false => None,
@@ -372,6 +411,26 @@ fn within(path: &str, dir: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The container's `tar` failed (`code`, when it ended): what it said, or why it cannot run.
+fn tar_failed(doing: &'static str, code: Option<i64>, stderr: &[String]) -> CacheError {
+    let reason = match code {
+        Some(126 | 127) => {
+            "the build image has no `tar` command, which caches need (add tar to the image)"
+                .to_string()
+        }
+        Some(code) => format!(
+            "tar in the container failed (status {code}): {}",
+            stderr.join("; ")
+        ),
+        None => "tar in the container did not end".to_string(),
+    };
+    CacheError::Tar { doing, reason }
+}
+
 /// A segment of the cache tar and its digest.
 struct Segment {
     digest: String,
@@ -439,12 +498,12 @@ fn fnv1a(data: &[u8]) -> u64 {
     })
 }
 
-/// Writes the selected entries of each base's tar (paths relative to the base's parent) as one
-/// tar with absolute paths (without the leading `/`). Returns its size, the files in it, and
-/// notes on what was left out.
+/// Writes the selected entries of the container's tar (paths relative to `/`) as one tar with
+/// absolute paths (without the leading `/`), read to its end. Returns its size, the files in it,
+/// and notes on what was left out.
 fn write_tar(
     selector: &Selector,
-    spools: Vec<(String, File)>,
+    input: impl io::Read,
     tx: mpsc::Sender<Option<Segment>>,
 ) -> Result<(u64, u64, Vec<String>), CacheError> {
     let segmenter = Segmenter {
@@ -457,71 +516,67 @@ fn write_tar(
     });
     let mut files = 0;
     let mut skipped = Vec::new();
-    for (base, mut spool) in spools {
-        spool.rewind()?;
-        let parent = match base.rsplit_once('/') {
-            Some((parent, _)) => parent.to_string(),
-            None => String::new(),
-        };
-        let mut archive = tar::Archive::new(spool);
-        for entry in archive.entries()? {
-            let mut entry = entry?;
-            let name = entry
-                .path()?
-                .to_string_lossy()
-                .trim_end_matches('/')
-                .to_string();
-            let absolute = format!("{parent}/{name}");
-            if !selector.keeps(&absolute) {
-                continue;
+    let mut archive = tar::Archive::new(input);
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let name = entry
+            .path()?
+            .to_string_lossy()
+            .trim_end_matches('/')
+            .to_string();
+        let absolute = format!("/{name}");
+        if !selector.keeps(&absolute) {
+            continue;
+        }
+        let source = entry.header();
+        let kind = source.entry_type();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(source.mode()?);
+        header.set_uid(source.uid()?);
+        header.set_gid(source.gid()?);
+        header.set_mtime(source.mtime()?);
+        match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                header.set_size(entry.size());
+                out.append_data(&mut header, &name, &mut entry)?;
+                files += 1;
             }
-            let source = entry.header();
-            let kind = source.entry_type();
-            let mut header = tar::Header::new_gnu();
-            header.set_entry_type(kind);
-            header.set_mode(source.mode()?);
-            header.set_uid(source.uid()?);
-            header.set_gid(source.gid()?);
-            header.set_mtime(source.mtime()?);
-            let path = absolute.trim_start_matches('/');
-            match kind {
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    header.set_size(entry.size());
-                    out.append_data(&mut header, path, &mut entry)?;
-                    files += 1;
-                }
-                tar::EntryType::Directory => {
-                    header.set_size(0);
-                    out.append_data(&mut header, path, io::empty())?;
-                }
-                tar::EntryType::Symlink => {
-                    let target = entry.link_name()?.unwrap_or_default().into_owned();
-                    header.set_size(0);
-                    out.append_link(&mut header, path, target)?;
-                    files += 1;
-                }
-                tar::EntryType::Link => {
-                    // A hard link names its target inside the archive: make that absolute too.
-                    let target = entry.link_name()?.unwrap_or_default();
-                    let target = format!("{parent}/{}", target.to_string_lossy());
-                    if !selector.keeps(&target) {
-                        skipped.push(format!(
-                            "{absolute} (a hard link to {target}, which is not cached)"
-                        ));
-                        continue;
-                    }
-                    header.set_size(0);
-                    out.append_link(&mut header, path, target.trim_start_matches('/'))?;
-                    files += 1;
-                }
-                _ => {
-                    skipped.push(format!("{absolute} (not a file, directory or link)"));
+            tar::EntryType::Directory => {
+                header.set_size(0);
+                out.append_data(&mut header, &name, io::empty())?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry.link_name()?.unwrap_or_default().into_owned();
+                header.set_size(0);
+                out.append_link(&mut header, &name, target)?;
+                files += 1;
+            }
+            tar::EntryType::Link => {
+                // A hard link names its target inside the archive (relative to `/` too).
+                let target = entry.link_name()?.unwrap_or_default();
+                let target = target.to_string_lossy().into_owned();
+                if !selector.keeps(&format!("/{target}")) {
+                    skipped.push(format!(
+                        "skipped {absolute} (a hard link to /{target}, which is not cached)"
+                    ));
                     continue;
                 }
+                header.set_size(0);
+                out.append_link(&mut header, &name, &target)?;
+                files += 1;
             }
-            out.get_mut().inner.boundary(&absolute)?;
+            _ => {
+                skipped.push(format!(
+                    "skipped {absolute} (not a file, directory or link)"
+                ));
+                continue;
+            }
         }
+        out.get_mut().inner.boundary(&absolute)?;
     }
+    // The padding after the end of the archive, so tar ends having written everything.
+    io::copy(&mut archive.into_inner(), &mut io::sink())?;
     out.finish()?;
     let mut counting = out.into_inner()?;
     counting.inner.finish()?;

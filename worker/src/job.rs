@@ -41,7 +41,8 @@ pub struct BuildJob {
     pub artifacts: ArtifactTarget,
     /// What the build gets beyond the default sandbox (allowed by the worker's policy).
     pub sandbox: Sandbox,
-    /// Where the buildspec's `cache` is restored from and saved to; `None`: caches are skipped.
+    /// Where the buildspec's `cache` is restored from and saved to; `None`: caching is off (the
+    /// project's cache type is NO_CACHE).
     pub cache: Option<Arc<dyn CacheStore>>,
 }
 

@@ -58,17 +58,25 @@ async fn build_with_artifacts(
     run_collecting(&format!("{MAKE_TREE}{artifacts}"), packaging).await
 }
 
-/// Runs `buildspec` (with a README.md in the checkout), writing artifacts to a new directory.
+/// Runs `buildspec` (with a README.md in the checkout), writing artifacts as a worker does: one
+/// tar (every test here checks what it holds, extracted into a new directory, which is returned).
 async fn run_collecting(buildspec: &str, packaging: Packaging) -> (common::Ran, tempfile::TempDir) {
     let out = tempfile::tempdir().expect("out");
-    let out_path = out.path().to_path_buf();
+    let tar = tempfile::NamedTempFile::new()
+        .expect("tar")
+        .into_temp_path();
+    let tar_path = tar.to_path_buf();
     let ran = run_with(buildspec, &[("README.md", "readme\n")], |job| {
         job.artifacts = ArtifactTarget {
-            out_dir: Some(out_path),
+            tar: Some(tar_path),
             packaging,
         };
     })
     .await;
+    if ran.record.artifacts.is_some() {
+        let file = std::fs::File::open(&tar).expect("the artifacts tar");
+        tar::Archive::new(file).unpack(out.path()).expect("unpack");
+    }
     (ran, out)
 }
 

@@ -20,6 +20,7 @@ use std::process::ExitCode;
 use anyhow::{anyhow, bail, Context};
 use kiln_buildspec::archive::{check_entry, ArchiveEntry};
 use kiln_proto::v1::{DownloadArtifactRequest, GetArtifactUrlRequest, GetBuildRequest};
+use sha2::Digest as _;
 use tar::EntryType;
 use tokio::io::AsyncWriteExt;
 
@@ -121,8 +122,15 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         fs::remove_file(&part).map_err(keeping)?;
         offset = 0;
     }
+    // The digest is summed as the bytes arrive: a resumed download first sums what it has.
+    let mut hasher = sha2::Sha256::new();
     if offset > 0 {
         eprintln!("kiln artifacts: resuming the download of build {id} at byte {offset}");
+        let (path, summed) = (part.clone(), hasher.clone());
+        hasher = tokio::task::spawn_blocking(move || sum_into(&path, summed))
+            .await
+            .map_err(|e| Failure::failed(format!("the check failed: {e}")))?
+            .map_err(keeping)?;
     }
     let mut file = tokio::fs::OpenOptions::new()
         .create(true)
@@ -144,6 +152,7 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
     loop {
         match chunks.message().await {
             Ok(Some(chunk)) => {
+                hasher.update(&chunk.data);
                 file.write_all(&chunk.data).await.map_err(keeping)?;
                 received += chunk.data.len() as u64;
             }
@@ -161,21 +170,13 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
     }
     file.flush().await.map_err(keeping)?;
     drop(file);
-    let (path, expected) = (part.clone(), hex.to_string());
-    let checked = tokio::task::spawn_blocking(move || verify(&path, &expected))
-        .await
-        .map_err(|e| Failure::failed(format!("the check failed: {e}")))?;
-    match checked {
-        Ok(true) => {}
-        Ok(false) => {
-            fs::remove_file(&part).map_err(keeping)?;
-            return Err(Failure::failed(format!(
-                "the downloaded artifacts of build {id} do not match their digest {}; the \
-                 download was removed: run the command again",
-                build.artifacts_digest
-            )));
-        }
-        Err(e) => return Err(keeping(e)),
+    if format!("{:x}", hasher.finalize()) != hex.to_ascii_lowercase() {
+        fs::remove_file(&part).map_err(keeping)?;
+        return Err(Failure::failed(format!(
+            "the downloaded artifacts of build {id} do not match their digest {}; the \
+             download was removed: run the command again",
+            build.artifacts_digest
+        )));
     }
     let archive = fs::File::open(&part).map_err(keeping)?;
     // The open file is all the extraction needs; the name goes now.
@@ -187,13 +188,10 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         .map_err(|e| Failure::failed(format!("{e:#}")))
 }
 
-/// Whether the file's SHA-256 is `hex`.
-fn verify(path: &Path, hex: &str) -> io::Result<bool> {
-    use sha2::Digest as _;
-    let mut file = fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    io::copy(&mut file, &mut hasher)?;
-    Ok(format!("{:x}", hasher.finalize()) == hex.to_ascii_lowercase())
+/// `hasher` after the file's bytes.
+fn sum_into(path: &Path, mut hasher: sha2::Sha256) -> io::Result<sha2::Sha256> {
+    io::copy(&mut fs::File::open(path)?, &mut hasher)?;
+    Ok(hasher)
 }
 
 /// Extracts the tar `archive` into `dir` (created when missing); returns how many entries were

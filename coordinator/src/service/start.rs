@@ -251,6 +251,10 @@ pub async fn start<S: StateStore>(
         docker_socket: env.docker_socket,
         host_network: env.host_network,
         host_paths: env.host_paths.clone(),
+        no_cache: project
+            .cache
+            .as_ref()
+            .is_some_and(|c| c.r#type == "NO_CACHE"),
         ..Assignment::default()
     };
     let row = StoredBuild {
@@ -336,6 +340,10 @@ pub fn project_of(row: &StoredBuild) -> Project {
             packaging: spec.packaging,
         }),
         vpc: spec.vpc,
+        cache: spec.no_cache.then(|| kiln_proto::v1::ProjectCache {
+            r#type: "NO_CACHE".to_string(),
+            location: String::new(),
+        }),
         concurrent_build_limit: row.concurrent_build_limit,
         ..Project::default()
     }

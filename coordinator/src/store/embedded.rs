@@ -247,9 +247,9 @@ impl StateStore for EmbeddedStore {
         Ok(self.committer.read(State::cache_projects))
     }
 
-    async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
+    async fn delete_caches(&self, project: &str, entries: &[CacheEntry]) -> StoreResult<u64> {
         self.committer
-            .write(|state| Ok(state.delete_caches(project, slots)))
+            .write(|state| state.delete_caches(project, entries))
             .await
     }
 }

@@ -340,11 +340,12 @@ pub trait StateStore: Send + Sync + 'static {
     /// The projects that have (or had) cache entries.
     fn cache_projects(&self) -> impl Future<Output = StoreResult<Vec<String>>> + Send;
 
-    /// Removes a project's entries at these slots; returns how many there were.
+    /// Removes these entries of a project, each only while its slot still holds the same save
+    /// (same `created_ms` and build): one saved again meanwhile stays. Returns how many went.
     fn delete_caches(
         &self,
         project: &str,
-        slots: &[String],
+        entries: &[CacheEntry],
     ) -> impl Future<Output = StoreResult<u64>> + Send;
 }
 
@@ -476,8 +477,8 @@ impl StateStore for AnyStore {
         delegate!(self, s => s.touch_cache(project, slot, used_ms))
     }
 
-    async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
-        delegate!(self, s => s.delete_caches(project, slots))
+    async fn delete_caches(&self, project: &str, entries: &[CacheEntry]) -> StoreResult<u64> {
+        delegate!(self, s => s.delete_caches(project, entries))
     }
 }
 

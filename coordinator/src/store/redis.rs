@@ -61,6 +61,18 @@ struct Scripts {
     update_build: Script,
     append_log: Script,
     touch_cache: Script,
+    delete_caches: Script,
+}
+
+/// A cache entry as `caches:{project}` holds it: as saved, with `last_used_ms` at its
+/// `created_ms` (restores mark `cache-used:{project}` instead), so the same save always has the
+/// same bytes, which is how a delete knows the entry was not saved again meanwhile.
+fn stored_cache(entry: &CacheEntry) -> Vec<u8> {
+    CacheEntry {
+        last_used_ms: entry.created_ms,
+        ..entry.clone()
+    }
+    .encode_to_vec()
 }
 
 #[derive(Clone)]
@@ -108,6 +120,7 @@ impl RedisStore {
                 update_build: Script::new(include_str!("redis/update_build.lua")),
                 append_log: Script::new(include_str!("redis/append_log.lua")),
                 touch_cache: Script::new(include_str!("redis/touch_cache.lua")),
+                delete_caches: Script::new(include_str!("redis/delete_caches.lua")),
             },
         })
     }
@@ -367,7 +380,7 @@ impl StateStore for RedisStore {
             .cmd(command)
             .arg(self.keys.of("caches", &entry.project))
             .arg(cache_slot(&entry))
-            .arg(entry.encode_to_vec())
+            .arg(stored_cache(&entry))
             .cmd("SADD")
             .arg(self.keys.key("cache-projects"))
             .arg(&entry.project)
@@ -419,20 +432,18 @@ impl StateStore for RedisStore {
         Ok(projects)
     }
 
-    async fn delete_caches(&self, project: &str, slots: &[String]) -> StoreResult<u64> {
-        if slots.is_empty() {
+    async fn delete_caches(&self, project: &str, entries: &[CacheEntry]) -> StoreResult<u64> {
+        if entries.is_empty() {
             return Ok(0);
         }
-        let (removed, _): (u64, u64) = pipe()
-            .atomic()
-            .cmd("HDEL")
-            .arg(self.keys.of("caches", project))
-            .arg(slots)
-            .cmd("HDEL")
-            .arg(self.keys.of("cache-used", project))
-            .arg(slots)
-            .query_async(&mut self.conn.clone())
-            .await?;
+        let mut invocation = self.scripts.delete_caches.prepare_invoke();
+        invocation
+            .key(self.keys.of("caches", project))
+            .key(self.keys.of("cache-used", project));
+        for entry in entries {
+            invocation.arg(cache_slot(entry)).arg(stored_cache(entry));
+        }
+        let removed: u64 = invocation.invoke_async(&mut self.conn.clone()).await?;
         Ok(removed)
     }
 

@@ -10,7 +10,7 @@
 //! own secrets. Any other type fails the build before it runs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use kiln_buildspec::names::reserved_prefix;
@@ -42,7 +42,7 @@ pub fn build_job(
     buildspec: Buildspec,
     buildspec_location: String,
     checkout: &Checkout,
-    out_dir: PathBuf,
+    artifacts_tar: PathBuf,
     defaults: &JobDefaults,
 ) -> Result<BuildJob, String> {
     let image = match a.image.as_str() {
@@ -79,7 +79,7 @@ pub fn build_job(
         p => p.parse::<Packaging>()?,
     };
     job.artifacts = ArtifactTarget {
-        out_dir: Some(out_dir),
+        tar: Some(artifacts_tar),
         packaging,
     };
     if !a.initiator.is_empty() {
@@ -202,10 +202,8 @@ fn apply_environment(
 const MAX_LISTED_FILES: usize = 1000;
 
 /// The `Completed` report of a finished build (the artifacts tar's digest and the log count are
-/// filled in later). `out_dir` is where the runner wrote the artifacts: their locations are
-/// reported relative to it, as paths in the artifacts tar.
-pub fn completed(record: &BuildRecord, epoch: u64, out_dir: &Path) -> pb::Completed {
-    let artifact = |a: &BuildArtifact| artifact(a, out_dir);
+/// filled in later). Artifact locations are paths in the artifacts tar.
+pub fn completed(record: &BuildRecord, epoch: u64) -> pb::Completed {
     pb::Completed {
         build_id: record.id.clone(),
         epoch,
@@ -237,14 +235,10 @@ pub fn completed(record: &BuildRecord, epoch: u64, out_dir: &Path) -> pb::Comple
     }
 }
 
-fn artifact(a: &BuildArtifact, out_dir: &Path) -> pb::BuildArtifact {
-    let location = Path::new(&a.location)
-        .strip_prefix(out_dir)
-        .map(|p| p.display().to_string())
-        .unwrap_or_default();
+fn artifact(a: &BuildArtifact) -> pb::BuildArtifact {
     pb::BuildArtifact {
         artifact_identifier: a.artifact_identifier.clone().unwrap_or_default(),
-        location,
+        location: a.location.clone(),
         name: a.name.clone(),
         packaging: a.packaging.clone(),
         sha256sum: a.sha256sum.clone(),
@@ -394,7 +388,7 @@ mod tests {
         assert_eq!(job.compute, ComputeType::Medium);
         assert_eq!(job.timeout, Duration::from_secs(300));
         assert_eq!(job.artifacts.packaging, Packaging::Zip);
-        assert_eq!(job.artifacts.out_dir, Some(PathBuf::from("/out")));
+        assert_eq!(job.artifacts.tar, Some(PathBuf::from("/out")));
     }
 
     #[test]
@@ -467,13 +461,13 @@ mod tests {
             .buildspec;
         let job = BuildJob::new("p", spec, "/src".into(), "img:1");
         let mut record = crate::phases::initial_record(&job, "p:1");
-        record.artifacts = Some(artifact(None, "/w/artifacts/primary", 2));
+        record.artifacts = Some(artifact(None, "primary", 2));
         record.secondary_artifacts = vec![artifact(
             Some("docs"),
-            "/w/artifacts/secondary/docs.zip",
+            "secondary/docs.zip",
             MAX_LISTED_FILES + 5,
         )];
-        let c = completed(&record, 3, Path::new("/w/artifacts"));
+        let c = completed(&record, 3);
         let primary = c.artifacts.expect("primary");
         assert_eq!(primary.location, "primary");
         assert_eq!(primary.files[0].symlink_target, "f1");

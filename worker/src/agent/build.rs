@@ -16,7 +16,7 @@ use super::assignment::{build_job, completed, failed_early, JobDefaults};
 use super::cache::CoordinatorCache;
 use super::checkout::{extract, fetch_archive, git_clone, Checkout, CheckoutError};
 use super::outbox::{LogOutbox, ProtocolSink};
-use super::upload::{tar_dir, upload_artifacts, UploadError};
+use super::upload::{upload_artifacts, UploadError};
 use super::{backoff, Client};
 use crate::docker::Engine;
 use crate::log::BuildLog;
@@ -103,34 +103,25 @@ pub async fn run_assignment(
             ));
         }
     };
-    let out_dir = work.path().join("artifacts");
-    if let Err(e) = std::fs::create_dir(&out_dir) {
-        let message = format!("cannot make the artifact directory: {e}");
-        return Some(early(
-            &a,
-            &handles,
-            Status::Fault,
-            "INTERNAL_ERROR",
-            &message,
-            started,
-        ));
-    }
+    let artifacts_tar = work.path().join("artifacts.tar");
     let job = match build_job(
         &a,
         buildspec,
         location,
         &checkout,
-        out_dir.clone(),
+        artifacts_tar.clone(),
         &ctx.defaults,
     ) {
         Ok(mut job) => {
-            job.cache = Some(Arc::new(CoordinatorCache {
-                client: ctx.client.clone(),
-                lease: pb::LeaseRef {
-                    build_id: a.build_id.clone(),
-                    epoch: a.epoch,
-                },
-            }));
+            if !a.no_cache {
+                job.cache = Some(Arc::new(CoordinatorCache {
+                    client: ctx.client.clone(),
+                    lease: pb::LeaseRef {
+                        build_id: a.build_id.clone(),
+                        epoch: a.epoch,
+                    },
+                }));
+            }
             job
         }
         Err(message) => {
@@ -153,8 +144,12 @@ pub async fn run_assignment(
         &ctx.owner,
     )
     .await;
-    let mut report = completed(&record, a.epoch, &out_dir);
-    match publish_artifacts(&ctx, &a, &out_dir, work.path(), &handles.abandon).await {
+    let mut report = completed(&record, a.epoch);
+    let tar = record
+        .artifacts
+        .is_some()
+        .then_some(artifacts_tar.as_path());
+    match publish_artifacts(&ctx, &a, tar, &handles.abandon).await {
         Ok(Some(uploaded)) => {
             report.artifacts_digest = uploaded.digest;
             report.artifacts_size = uploaded.size;
@@ -307,25 +302,17 @@ fn early(
     report
 }
 
-/// Tars and uploads the artifact directory when the build wrote anything there.
+/// Uploads the artifacts tar the runner wrote, when it collected artifacts.
 async fn publish_artifacts(
     ctx: &BuildContext,
     a: &pb::Assignment,
-    out_dir: &Path,
-    work: &Path,
+    tar: Option<&Path>,
     abandon: &CancellationToken,
 ) -> Result<Option<pb::UploadArtifactsResponse>, UploadError> {
-    let has_content = std::fs::read_dir(out_dir)
-        .map(|mut entries| entries.next().is_some())
-        .unwrap_or(false);
-    if !has_content {
+    let Some(tar_path) = tar else {
         return Ok(None);
-    }
-    let tar_path = work.join("artifacts.tar");
-    let (from, to) = (out_dir.to_path_buf(), tar_path.clone());
-    let size = tokio::task::spawn_blocking(move || tar_dir(&from, &to))
-        .await
-        .map_err(|e| UploadError::Io(std::io::Error::other(e)))??;
+    };
+    let size = tokio::fs::metadata(tar_path).await?.len();
     let lease = pb::LeaseRef {
         build_id: a.build_id.clone(),
         epoch: a.epoch,
@@ -335,7 +322,7 @@ async fn publish_artifacts(
         let mut client = ctx.client.clone();
         let result = tokio::select! {
             _ = abandon.cancelled() => return Err(UploadError::Abandoned),
-            r = upload_artifacts(&mut client, lease.clone(), &tar_path, size) => r,
+            r = upload_artifacts(&mut client, lease.clone(), tar_path, size) => r,
         };
         match result {
             Ok(response) => return Ok(Some(response)),

@@ -1,6 +1,6 @@
-//! A build's artifacts going up: the runner's output directory (`primary/...`,
-//! `secondary/<id>/...`, or `primary.zip` and `secondary/<id>.zip`) as an uncompressed tar,
-//! streamed with `UploadArtifacts` after a `begin` naming the lease.
+//! A build's artifacts going up: the uncompressed tar the runner wrote (`primary/...`,
+//! `secondary/<id>/...`, or `primary.zip` and `secondary/<id>.zip`), streamed with
+//! `UploadArtifacts` after a `begin` naming the lease.
 //!
 //! The coordinator answers with the stored size; a size other than the tar's means the stream was
 //! cut short (a read error ends it early), and the upload is tried again.
@@ -33,17 +33,6 @@ pub enum UploadError {
     Truncated { sent: u64, stored: u64 },
     #[error("the build was abandoned")]
     Abandoned,
-}
-
-/// Writes `dir`'s contents as an uncompressed tar at `out` (links stay links); returns its size.
-pub fn tar_dir(dir: &Path, out: &Path) -> io::Result<u64> {
-    let file = std::fs::File::create(out)?;
-    let mut builder = tar::Builder::new(io::BufWriter::new(file));
-    builder.follow_symlinks(false);
-    builder.append_dir_all("", dir)?;
-    let mut writer = builder.into_inner()?;
-    io::Write::flush(&mut writer)?;
-    Ok(std::fs::metadata(out)?.len())
 }
 
 /// Uploads the tar at `path` (`size` bytes) for `lease`.
@@ -83,48 +72,4 @@ pub async fn upload_artifacts(
         });
     }
     Ok(response)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_tar_holds_the_tree_relative_to_the_directory() {
-        let dir = tempfile::tempdir().expect("dir");
-        std::fs::create_dir_all(dir.path().join("primary/sub")).expect("mkdir");
-        std::fs::write(dir.path().join("primary/sub/a.txt"), "a").expect("write");
-        std::fs::create_dir_all(dir.path().join("secondary/two")).expect("mkdir");
-        std::os::unix::fs::symlink(
-            "../../primary/sub/a.txt",
-            dir.path().join("secondary/two/l"),
-        )
-        .expect("symlink");
-        let out = tempfile::NamedTempFile::new().expect("tmp");
-        let size = tar_dir(dir.path(), out.path()).expect("tar");
-        assert!(size > 0);
-        let mut archive = tar::Archive::new(std::fs::File::open(out.path()).expect("open"));
-        let mut names: Vec<String> = archive
-            .entries()
-            .expect("entries")
-            .map(|e| {
-                let e = e.expect("entry");
-                let p = e.path().expect("path").display().to_string();
-                p.trim_end_matches('/').to_string()
-            })
-            .filter(|p| !p.is_empty())
-            .collect();
-        names.sort();
-        assert_eq!(
-            names,
-            [
-                "primary",
-                "primary/sub",
-                "primary/sub/a.txt",
-                "secondary",
-                "secondary/two",
-                "secondary/two/l"
-            ]
-        );
-    }
 }

@@ -86,6 +86,9 @@ pub enum ExecChunk {
 /// An exec's output, stdout and stderr apart, in the order Docker sends them.
 pub type ExecOutput = Pin<Box<dyn Stream<Item = Result<ExecChunk, EngineError>> + Send>>;
 
+/// An exec's standard input (see [`Engine::exec_with_input`]).
+pub type ExecInput = Pin<Box<dyn tokio::io::AsyncWrite + Send>>;
+
 /// The user items run as without `run-as`: root by uid, whatever `USER` the image sets.
 pub const ROOT: &str = "0";
 
@@ -428,6 +431,26 @@ impl Engine {
         container: &str,
         spec: ExecSpec,
     ) -> Result<(String, ExecOutput), EngineError> {
+        let (id, output, _) = self.start_exec(container, spec, false).await?;
+        Ok((id, output))
+    }
+
+    /// [`Engine::exec`] with the command's standard input attached: what is written to the
+    /// returned writer, until it is shut down.
+    pub async fn exec_with_input(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+    ) -> Result<(String, ExecOutput, ExecInput), EngineError> {
+        self.start_exec(container, spec, true).await
+    }
+
+    async fn start_exec(
+        &self,
+        container: &str,
+        spec: ExecSpec,
+        stdin: bool,
+    ) -> Result<(String, ExecOutput, ExecInput), EngineError> {
         let created = self
             .docker
             .create_exec(
@@ -436,6 +459,7 @@ impl Engine {
                     cmd: Some(spec.cmd),
                     working_dir: Some(spec.working_dir),
                     user: Some(spec.user),
+                    attach_stdin: Some(stdin),
                     attach_stdout: Some(true),
                     attach_stderr: Some(true),
                     ..Default::default()
@@ -448,7 +472,7 @@ impl Engine {
             .start_exec(&created.id, None)
             .await
             .map_err(docker_err("exec start"))?;
-        let StartExecResults::Attached { output, .. } = started else {
+        let StartExecResults::Attached { output, input } = started else {
             // Only a detached start returns no stream, and this one is never detached.
             return Err(EngineError::Docker {
                 op: "exec start",
@@ -466,7 +490,19 @@ impl Engine {
             Ok(LogOutput::StdIn { message }) => Ok(ExecChunk::Stdout(message)),
             Err(e) => Err(docker_err("exec output")(e)),
         });
-        Ok((created.id, Box::pin(output)))
+        Ok((created.id, Box::pin(output), input))
+    }
+
+    /// The exit code of an exec whose output has ended: Docker can report the process over a
+    /// moment after its output ends, so this waits up to a second; `None` if it still runs.
+    pub async fn exec_exit_code(&self, exec_id: &str) -> Result<Option<i64>, EngineError> {
+        for _ in 0..40 {
+            if let Some(code) = self.exec_finished(exec_id).await? {
+                return Ok(Some(code));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        Ok(None)
     }
 
     /// The exit code of the exec once its process has ended; `None` while it runs.

@@ -23,8 +23,9 @@ impl Build {
             return;
         };
         let Some(store) = self.job.cache.clone() else {
-            self.log
-                .agent("Cache not restored: no cache store is configured for this build");
+            self.log.agent(
+                "Cache not used: caching is off for this build (its project's cache type is NO_CACHE)",
+            );
             return;
         };
         let mut keys = CacheKeys {
@@ -155,7 +156,7 @@ impl Build {
             }
         };
         for note in &saved.notes {
-            self.log.agent(&format!("Cache: skipped {note}"));
+            self.log.agent(&format!("Cache: {note}"));
         }
         if saved.entry.files == 0 {
             // An empty cache would only replace a useful one.

@@ -386,17 +386,29 @@ impl State {
         projects
     }
 
+    /// [`crate::store::StateStore::delete_caches`]: the journal records the slots that went.
     pub(super) fn delete_caches(
         &mut self,
         project: &str,
-        slots: &[String],
-    ) -> (u64, Option<Record>) {
-        let removed = self.remove_caches(project, slots);
+        entries: &[CacheEntry],
+    ) -> StoreResult<(u64, Option<Record>)> {
+        let mut slots = Vec::new();
+        for entry in entries {
+            let slot = cache_slot(entry);
+            let Some(row) = self.caches.get(&(project.to_owned(), slot.clone())) else {
+                continue;
+            };
+            let stored: CacheEntry = decode_row(row)?;
+            if stored.created_ms == entry.created_ms && stored.build_id == entry.build_id {
+                slots.push(slot);
+            }
+        }
+        let removed = self.remove_caches(project, &slots);
         let record = (removed > 0).then(|| Record::CachesDeleted {
             project: project.to_owned(),
-            slots: slots.to_vec(),
+            slots,
         });
-        (removed, record)
+        Ok((removed, record))
     }
 
     fn remove_caches(&mut self, project: &str, slots: &[String]) -> u64 {

@@ -1,0 +1,180 @@
+//! Artifacts against `cp`, on the same data in the same run: a build writes a `node_modules`-like
+//! tree of 20 KiB files (1 GiB by default; `KILN_BENCH_MB` changes it) and names it as its
+//! artifacts, on a real `kiln coordinator` and `kiln worker`, once with the local-directory store
+//! and once with a real S3-compatible server (`s3s-fs`).
+//!
+//! - Upload: from the start of UPLOAD_ARTIFACTS until the build is recorded complete, less the
+//!   container's teardown (FINALIZING): the files leave the container, are checked and summed,
+//!   and their tar goes to the coordinator and into the store. Baseline: `docker cp` of the same
+//!   tree out of a container of the same image.
+//! - Download: `kiln artifacts ID -o DIR` (fetched, checked against its digest, extracted).
+//!   Baseline: `cp -a` of the tree `docker cp` brought out.
+//!
+//! Figures are throughput relative to the baseline (its time divided by Kiln's: 1.0 is as fast
+//! as `cp`). Needs Docker and the build image (`deploy/build-image.sh`) and `s3s-fs`.
+//!
+//!   cargo build -p kiln --release && cargo bench -p kiln-tests --bench artifacts
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kiln_proto::v1::Build;
+use kiln_tests::s3::{self, S3Server};
+use kiln_tests::{
+    bench_data_script, checkout, client, docker, kiln, start, start_coordinator, start_worker,
+    wait_complete, Container,
+};
+
+fn main() {
+    let mb: u64 = std::env::var("KILN_BENCH_MB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1024);
+    let work =
+        tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
+            .expect("work dir");
+    let (base_up, base_down, files) = baseline(mb, work.path());
+    println!(
+        "{files} files, {mb} MiB: baseline docker cp out {} , cp -a {}",
+        secs(base_up),
+        secs(base_down)
+    );
+    let s3 = S3Server::start();
+    let s3_config = format!(
+        "[store]\nbackend = \"s3\"\nendpoint = \"{}\"\nbucket = \"{}\"\naccess_key_id = \"{}\"\nsecret_access_key = \"{}\"\n",
+        s3.endpoint(),
+        s3::BUCKET,
+        s3::ACCESS_KEY,
+        s3::SECRET_KEY
+    );
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    for (label, config) in [
+        ("local directory", ""),
+        ("S3 (s3s-fs on loopback)", &s3_config),
+    ] {
+        let data = tempfile::tempdir_in(work.path()).expect("data dir");
+        let config_file = data.path().join("coordinator.toml");
+        std::fs::write(&config_file, config).expect("config");
+        let (_coordinator, addr) = start_coordinator(
+            data.path(),
+            &["--config", config_file.to_str().expect("utf-8")],
+        );
+        let _worker = start_worker("bench-artifacts", addr, &[]);
+        let buildspec = format!(
+            "version: 0.2\nphases:\n  build:\n    commands:\n      - {}\nartifacts:\n  files:\n    - 'out/tree/**/*'\n",
+            bench_data_script("out", mb, true)
+        );
+        let src = checkout(&[("buildspec.yml", &buildspec)]);
+        let id = start(addr, src.path(), &[]);
+        let build = runtime.block_on(async {
+            let mut c = client(addr, None).await;
+            wait_complete(&mut c, &id, Duration::from_secs(3600)).await
+        });
+        assert_eq!(build.build_status, "SUCCEEDED", "{build:?}");
+        let up = upload_time(&build);
+        let out = work.path().join(format!("download-{}", label.len()));
+        let server = format!("http://{addr}");
+        let t = Instant::now();
+        let got = kiln(
+            &[
+                "artifacts",
+                &id,
+                "-o",
+                out.to_str().expect("utf-8"),
+                "--server",
+                &server,
+            ],
+            &[],
+        );
+        let down = t.elapsed();
+        assert!(
+            got.status.success(),
+            "{}",
+            String::from_utf8_lossy(&got.stderr)
+        );
+        let downloaded = count_files(&out);
+        assert_eq!(downloaded, files, "every file downloaded");
+        println!(
+            "  {label}: upload {} ({:.2}x the throughput of docker cp), download {} ({:.2}x the throughput of cp -a)",
+            secs(up),
+            ratio(base_up, up),
+            secs(down),
+            ratio(base_down, down)
+        );
+        std::fs::remove_dir_all(&out).expect("remove the download");
+    }
+}
+
+/// `docker cp` of the tree out of a container of the build image, then `cp -a` of the copy;
+/// returns both times and the number of files.
+fn baseline(mb: u64, work: &Path) -> (Duration, Duration, u64) {
+    let container = Container::sleeping("artifacts-bench");
+    let c = container.0.as_str();
+    docker(&["exec", c, "sh", "-c", &bench_data_script("/data", mb, true)]);
+    // Read once, unmeasured: the first read of files just written is slower on some storage.
+    docker(&[
+        "exec",
+        c,
+        "sh",
+        "-c",
+        "tar -cf - /data/tree 2>/dev/null | wc -c",
+    ]);
+    let copied = work.join("cp-out");
+    let again = work.join("cp-again");
+    let t = Instant::now();
+    docker(&[
+        "cp",
+        &format!("{c}:/data/tree"),
+        copied.to_str().expect("utf-8"),
+    ]);
+    let up = t.elapsed();
+    let t = Instant::now();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(&copied)
+        .arg(&again)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -a");
+    let down = t.elapsed();
+    let files = count_files(&again);
+    for dir in [copied, again] {
+        std::fs::remove_dir_all(dir).expect("remove the copies");
+    }
+    (up, down, files)
+}
+
+/// From the start of UPLOAD_ARTIFACTS to the build's end, without FINALIZING (the container's
+/// removal, which the upload follows).
+fn upload_time(build: &Build) -> Duration {
+    let phase = |name: &str| {
+        build
+            .phases
+            .iter()
+            .find(|p| p.phase_type == name)
+            .unwrap_or_else(|| panic!("no {name} phase in {build:?}"))
+    };
+    let upload = phase("UPLOAD_ARTIFACTS");
+    let finalizing = phase("FINALIZING");
+    let ms =
+        (upload.end_time_ms - upload.start_time_ms) + (build.end_time_ms - finalizing.end_time_ms);
+    Duration::from_millis(ms.max(0) as u64)
+}
+
+fn count_files(dir: &Path) -> u64 {
+    let out = Command::new("find")
+        .arg(dir)
+        .args(["-type", "f"])
+        .output()
+        .expect("find");
+    out.stdout.iter().filter(|&&b| b == b'\n').count() as u64
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+fn ratio(a: Duration, b: Duration) -> f64 {
+    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+}
