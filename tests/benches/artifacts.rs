@@ -62,7 +62,7 @@ fn main() {
         );
         let _worker = start_worker("bench-artifacts", addr, &[]);
         let buildspec = format!(
-            "version: 0.2\nphases:\n  build:\n    commands:\n      - {}\nartifacts:\n  files:\n    - 'out/tree/**/*'\n",
+            "version: 0.2\nphases:\n  build:\n    commands:\n      - |\n        {}\nartifacts:\n  files:\n    - 'out/tree/**/*'\n",
             bench_data_script("out", mb, true)
         );
         let src = checkout(&[("buildspec.yml", &buildspec)]);

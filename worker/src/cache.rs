@@ -441,17 +441,13 @@ struct Segment {
 /// last one says the tar is whole.
 struct Segmenter {
     buf: Vec<u8>,
-    tx: mpsc::Sender<Option<Segment>>,
+    tx: mpsc::Sender<Option<Bytes>>,
 }
 
 impl Segmenter {
     fn emit(&mut self, data: Vec<u8>) -> io::Result<()> {
-        let segment = Segment {
-            digest: digest_of(&data),
-            data: Bytes::from(data),
-        };
         self.tx
-            .blocking_send(Some(segment))
+            .blocking_send(Some(Bytes::from(data)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cache upload stopped"))
     }
 
@@ -504,7 +500,7 @@ fn fnv1a(data: &[u8]) -> u64 {
 fn write_tar(
     selector: &Selector,
     input: impl io::Read,
-    tx: mpsc::Sender<Option<Segment>>,
+    tx: mpsc::Sender<Option<Bytes>>,
 ) -> Result<(u64, u64, Vec<String>), CacheError> {
     let segmenter = Segmenter {
         buf: Vec::with_capacity(MAX_SEGMENT),
@@ -606,22 +602,34 @@ impl Write for Counting {
 /// the tar (its error says why; the last batch is not sent).
 async fn upload_segments(
     store: &dyn CacheStore,
-    mut rx: mpsc::Receiver<Option<Segment>>,
+    mut rx: mpsc::Receiver<Option<Bytes>>,
 ) -> Result<Option<(Vec<String>, usize, u64)>, CacheError> {
     let mut digests = Vec::new();
     let (mut count, mut bytes) = (0, 0);
-    let mut batch: Vec<Segment> = Vec::new();
+    // Each segment is hashed on a blocking thread as it comes, beside the tar writer's.
+    let mut hashing = Vec::new();
+    let mut batch_bytes = 0;
     loop {
         let next = match rx.recv().await {
             Some(next) => next,
             None => return Ok(None),
         };
         let done = next.is_none();
-        batch.extend(next);
-        let batch_bytes: usize = batch.iter().map(|s| s.data.len()).sum();
-        if !(done || batch.len() >= BATCH || batch_bytes >= BATCH_BYTES) {
+        if let Some(data) = next {
+            batch_bytes += data.len();
+            hashing.push(tokio::task::spawn_blocking(move || Segment {
+                digest: digest_of(&data),
+                data,
+            }));
+        }
+        if !(done || hashing.len() >= BATCH || batch_bytes >= BATCH_BYTES) {
             continue;
         }
+        let mut batch = Vec::with_capacity(hashing.len());
+        for task in hashing.drain(..) {
+            batch.push(task.await.map_err(|e| io::Error::other(e.to_string()))?);
+        }
+        batch_bytes = 0;
         let asked: Vec<String> = batch.iter().map(|s| s.digest.clone()).collect();
         let present = match asked.is_empty() {
             true => Vec::new(),
