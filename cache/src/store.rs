@@ -409,61 +409,124 @@ impl BlobStore {
     /// Writes the blob's content to `dest` (replaced only once the content checked out against
     /// its digest); returns its size.
     pub async fn get_file(&self, digest: &Digest, dest: &Path) -> Result<u64, StoreError> {
-        let location = self.location(digest);
-        let meta = match self.inner.head(&location).await {
-            Ok(meta) => meta,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(StoreError::NotFound(digest.to_string()))
-            }
-            Err(e) => return Err(self.backend()(e)),
-        };
-        let size = meta.size;
-        let (tx, rx) = mpsc::channel::<Bytes>(PARALLEL * 2);
         let dir = dest
             .parent()
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."));
-        let (key, expected) = (self.key.clone(), digest.clone());
-        let decoder =
-            tokio::task::spawn_blocking(move || -> Result<tempfile::NamedTempFile, StoreError> {
-                let reader = ChannelReader {
-                    rx,
-                    chunk: Bytes::new(),
-                };
-                let corrupt = |e: std::io::Error| StoreError::Corrupt {
-                    digest: expected.to_string(),
-                    reason: e.to_string(),
-                };
-                let mut content = codec::decode(reader, key.as_ref()).map_err(corrupt)?;
-                let mut temp = tempfile::NamedTempFile::new_in(&dir)?;
-                let mut hasher = Sha256::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = content.read(&mut buf).map_err(corrupt)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                    temp.write_all(&buf[..n])?;
-                }
-                let actual = Digest::of(hasher);
-                if actual != expected {
-                    return Err(StoreError::DigestMismatch {
-                        expected: expected.to_string(),
-                        actual: actual.to_string(),
-                    });
-                }
-                Ok(temp)
-            });
-        let fetched = self.fetch(&location, size, tx).await;
-        let temp = decoder
-            .await
-            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
-        fetched?;
-        let temp = temp?;
+        let temp = tempfile::NamedTempFile::new_in(&dir)?;
+        let mut file = temp.reopen()?;
+        self.decode(digest, move |data: &[u8]| {
+            file.write_all(data).map(|()| true)
+        })
+        .await?;
         let written = temp.as_file().metadata()?.len();
         temp.persist(dest).map_err(|e| StoreError::Io(e.error))?;
         Ok(written)
+    }
+
+    /// The blob's content from byte `offset` on, decoded as it is read, never whole on disk or
+    /// in memory. A content that does not match its digest ends the stream with
+    /// [`StoreError::DigestMismatch`] (after the bytes: the reader checks before it keeps them).
+    pub async fn get_stream(
+        &self,
+        digest: &Digest,
+        offset: u64,
+    ) -> Result<mpsc::Receiver<Result<Bytes, StoreError>>, StoreError> {
+        let (tx, rx) = mpsc::channel(PARALLEL * 2);
+        let store = self.clone();
+        let digest = digest.clone();
+        // Found (or not) before the stream starts: a missing blob is an error of the call.
+        let size = self.size_of(&digest).await?;
+        tokio::spawn(async move {
+            let out = tx.clone();
+            let mut skip = offset;
+            let sent = store
+                .decode_sized(&digest, size, move |data: &[u8]| {
+                    let from = skip.min(data.len() as u64) as usize;
+                    skip -= from as u64;
+                    if from == data.len() {
+                        return Ok(true);
+                    }
+                    // false: the reader went away, so there is no one left to send to.
+                    Ok(out
+                        .blocking_send(Ok(Bytes::copy_from_slice(&data[from..])))
+                        .is_ok())
+                })
+                .await;
+            if let Err(e) = sent {
+                let _ = tx.send(Err(e)).await;
+            }
+        });
+        Ok(rx)
+    }
+
+    async fn size_of(&self, digest: &Digest) -> Result<u64, StoreError> {
+        match self.inner.head(&self.location(digest)).await {
+            Ok(meta) => Ok(meta.size),
+            Err(object_store::Error::NotFound { .. }) => {
+                Err(StoreError::NotFound(digest.to_string()))
+            }
+            Err(e) => Err(self.backend()(e)),
+        }
+    }
+
+    /// Reads and decodes the blob, handing its content to `sink` on a blocking thread in pieces
+    /// of up to 1 MiB (`sink` answers false to stop early), and checks it against its digest.
+    async fn decode(
+        &self,
+        digest: &Digest,
+        sink: impl FnMut(&[u8]) -> std::io::Result<bool> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let size = self.size_of(digest).await?;
+        self.decode_sized(digest, size, sink).await
+    }
+
+    async fn decode_sized(
+        &self,
+        digest: &Digest,
+        size: u64,
+        mut sink: impl FnMut(&[u8]) -> std::io::Result<bool> + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let (tx, rx) = mpsc::channel::<Bytes>(PARALLEL * 2);
+        let (key, expected) = (self.key.clone(), digest.clone());
+        let decoder = tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let reader = ChannelReader {
+                rx,
+                chunk: Bytes::new(),
+            };
+            let corrupt = |e: std::io::Error| StoreError::Corrupt {
+                digest: expected.to_string(),
+                reason: e.to_string(),
+            };
+            let mut content = codec::decode(reader, key.as_ref()).map_err(corrupt)?;
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = content.read(&mut buf).map_err(corrupt)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
+                if !sink(&buf[..n])? {
+                    return Ok(());
+                }
+            }
+            let actual = Digest::of(hasher);
+            if actual != expected {
+                return Err(StoreError::DigestMismatch {
+                    expected: expected.to_string(),
+                    actual: actual.to_string(),
+                });
+            }
+            Ok(())
+        });
+        let fetched = self.fetch(&self.location(digest), size, tx).await;
+        let decoded = decoder
+            .await
+            .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        // A failed read ends the decoder's input early: the read's error says why.
+        fetched?;
+        decoded
     }
 
     /// Reads the object in order into `tx`: whole when small, else [`PARALLEL`] ranges at once.

@@ -2,7 +2,7 @@
 //! coordinator's blob store ([`kiln_cache::BlobStore`]: a local directory by default, an
 //! S3-compatible bucket shared by every coordinator of a cluster). Uploads land in a temporary
 //! file under `<data_dir>/blobs/tmp` first, are checked whole, then go to the store (once per
-//! content); reads decode a blob into a temporary file there and stream it.
+//! content); reads stream a blob as it is decoded (the reader checks the digest).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -10,12 +10,9 @@ use std::path::{Path, PathBuf};
 use futures_util::{Stream, StreamExt};
 use kiln_cache::{BlobStore, Digest, StoreConfig, StoreError};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
-use tokio_util::io::ReaderStream;
+use tokio::io::AsyncWriteExt;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
-
-/// Bytes per chunk when a blob is streamed out.
-const CHUNK: usize = 256 * 1024;
 
 #[derive(Clone)]
 pub struct Blobs {
@@ -188,28 +185,24 @@ impl Blobs {
         Ok(Fetched(temp))
     }
 
-    /// A stored blob in chunks from byte `offset` on; NOT_FOUND when there is none.
+    /// A stored blob in chunks from byte `offset` on, decoded as it is read; NOT_FOUND when there
+    /// is none.
     pub async fn read(
         &self,
         digest: &str,
         offset: u64,
     ) -> Result<impl Stream<Item = Result<Vec<u8>, Status>> + Send + 'static, Status> {
-        let fetched = self.fetch(digest).await?;
-        let mut file = tokio::fs::File::open(fetched.path())
+        let parsed =
+            Digest::parse(digest).map_err(|_| Status::not_found(format!("no blob {digest:?}")))?;
+        let chunks = self
+            .store
+            .get_stream(&parsed, offset)
             .await
-            .map_err(|e| Status::internal(format!("opening blob {digest}: {e}")))?;
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(|e| Status::internal(format!("reading blob {digest}: {e}")))?;
-        // The open file outlives its name: the temporary file goes now.
-        drop(fetched);
-        // ReaderStream ends after the first error.
-        Ok(
-            ReaderStream::with_capacity(file, CHUNK).map(|chunk| match chunk {
-                Ok(data) => Ok(data.into()),
-                Err(e) => Err(Status::internal(format!("reading blob: {e}"))),
-            }),
-        )
+            .map_err(store_status)?;
+        Ok(ReceiverStream::new(chunks).map(|chunk| match chunk {
+            Ok(data) => Ok(data.to_vec()),
+            Err(e) => Err(store_status(e)),
+        }))
     }
 
     /// Drains a gRPC byte stream into a blob.

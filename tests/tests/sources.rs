@@ -142,6 +142,19 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
         !reference.path().join(&part_name).exists(),
         "no partial left"
     );
+    // Downloading again into the same directory replaces the file and leaves nothing else.
+    std::fs::write(reference.path().join("primary/out.bin"), "stale").expect("stale");
+    assert!(download(reference.path()).status.success());
+    assert_eq!(
+        std::fs::read(reference.path().join("primary/out.bin")).expect("out.bin"),
+        expected
+    );
+    let mut left: Vec<String> = std::fs::read_dir(reference.path())
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(left, ["primary"], "no staging or partial left");
     let resumed = tempfile::tempdir().expect("dir");
     let half = whole.len() / 2;
     std::fs::write(resumed.path().join(&part_name), &whole[..half]).expect("partial");

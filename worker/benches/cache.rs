@@ -18,70 +18,15 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use kiln_cache::{Backend, BlobStore, Digest, StoreConfig};
-use kiln_proto::v1::CacheEntry;
+#[path = "../tests/common/direct.rs"]
+mod direct;
+
+use direct::Direct;
+use kiln_cache::{Backend, BlobStore, StoreConfig};
 use kiln_tests::s3::S3Server;
 use kiln_tests::{bench_data_script, docker, Container};
-use kiln_worker::cache::{self, CacheError, CacheStore};
+use kiln_worker::cache::{self, CacheStore};
 use kiln_worker::docker::Engine;
-
-/// The blob store as a cache store, with the index in memory (one entry is enough here).
-#[derive(Debug)]
-struct Direct {
-    store: BlobStore,
-    tmp: tempfile::TempDir,
-}
-
-fn failed(e: impl std::fmt::Display) -> CacheError {
-    CacheError::Store(e.to_string())
-}
-
-#[tonic::async_trait]
-impl CacheStore for Direct {
-    async fn lookup(
-        &self,
-        _: &[String],
-        _: &str,
-        _: &[String],
-        _: bool,
-    ) -> Result<Option<CacheEntry>, CacheError> {
-        Ok(None)
-    }
-
-    async fn present(&self, digests: &[String]) -> Result<Vec<bool>, CacheError> {
-        let parsed: Vec<Digest> = digests
-            .iter()
-            .map(|d| Digest::parse(d).map_err(failed))
-            .collect::<Result<_, _>>()?;
-        self.store.contains(&parsed).await.map_err(failed)
-    }
-
-    /// As the coordinator's UploadBlob: the segment is hashed as it is written to a temporary
-    /// file, which the store then takes under that digest.
-    async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
-        let file = tempfile::NamedTempFile::new_in(self.tmp.path())?;
-        let digest = Digest::parse(&cache::digest_of(&segment)).map_err(failed)?;
-        tokio::fs::write(file.path(), &segment).await?;
-        let put = self
-            .store
-            .put_hashed(file.path(), digest, segment.len() as u64)
-            .await
-            .map_err(failed)?;
-        Ok(put.digest.to_string())
-    }
-
-    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError> {
-        let digest = Digest::parse(digest).map_err(failed)?;
-        let file = tempfile::NamedTempFile::new_in(self.tmp.path())?.into_temp_path();
-        self.store.get_file(&digest, &file).await.map_err(failed)?;
-        Ok(Bytes::from(tokio::fs::read(&file).await?))
-    }
-
-    async fn save(&self, _: CacheEntry) -> Result<bool, CacheError> {
-        Ok(true)
-    }
-}
 
 fn sh(container: &str, script: &str) {
     docker(&["exec", container, "sh", "-c", script]);

@@ -3,15 +3,17 @@
 //! `presigned_artifacts`), for tools without Kiln.
 //!
 //! The tar is kept in `DIR/.kiln-artifacts-<digest>.part` while it comes: a download cut off (a
-//! dropped connection, Ctrl-C) resumes from there when the command is run again. The whole tar is
-//! checked against the digest on the build record before anything is extracted; one that does not
-//! match is removed.
+//! dropped connection, Ctrl-C) resumes from there when the command is run again. A download from
+//! the start is extracted as it comes, into `DIR/.kiln-artifacts-<digest>.staging`, which moves
+//! into DIR only once the whole tar checked out against the digest on the build record (a resumed
+//! one is extracted after that check); one that does not match is removed, staging and all.
 //!
 //! The tar comes from the server, but what the build put in it is untrusted: every entry is
 //! checked with [`check_entry`] before anything is written, and nothing is written through a link
 //! (a path under an extracted symlink is refused, as is a hard link to one), so the lexical check
 //! is also the physical one and no entry can land, or point, outside DIR.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -23,6 +25,8 @@ use kiln_proto::v1::{DownloadArtifactRequest, GetArtifactUrlRequest, GetBuildReq
 use sha2::Digest as _;
 use tar::EntryType;
 use tokio::io::AsyncWriteExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use super::connect::{Server, ServerArgs};
 use super::Failure;
@@ -138,6 +142,24 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         .open(&part)
         .await
         .map_err(keeping)?;
+    // A download from the start is extracted as it comes, into a staging directory that moves
+    // into `output` once the digest checks out; a resumed one is extracted after it ends.
+    let staging = output.join(format!(".kiln-artifacts-{short}.staging"));
+    if staging.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&staging).map_err(keeping)?;
+    }
+    let (tx, extractor) = match offset {
+        0 => {
+            let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
+            let reader = SyncIoBridge::new(StreamReader::new(ReceiverStream::new(rx)));
+            let dir = staging.clone();
+            (
+                Some(tx),
+                Some(tokio::task::spawn_blocking(move || extract(reader, &dir))),
+            )
+        }
+        _ => (None, None),
+    };
     let request = DownloadArtifactRequest {
         id: id.to_string(),
         offset,
@@ -149,28 +171,45 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         .map_err(|s| server.refused(s))?
         .into_inner();
     let mut received = offset;
-    loop {
+    let cut = loop {
         match chunks.message().await {
             Ok(Some(chunk)) => {
                 hasher.update(&chunk.data);
                 file.write_all(&chunk.data).await.map_err(keeping)?;
                 received += chunk.data.len() as u64;
+                if let Some(tx) = &tx {
+                    // An extractor that stopped says why below.
+                    let _ = tx.send(Ok(chunk.data.into())).await;
+                }
             }
-            Ok(None) => break,
-            Err(status) => {
-                file.flush().await.map_err(keeping)?;
-                return Err(Failure::failed(format!(
-                    "the download stopped after {received} of {} bytes ({}); run the same command \
-                     again to resume it",
-                    build.artifacts_size,
-                    status.message()
-                )));
-            }
+            Ok(None) => break None,
+            Err(status) => break Some(status),
         }
-    }
+    };
     file.flush().await.map_err(keeping)?;
     drop(file);
-    if format!("{:x}", hasher.finalize()) != hex.to_ascii_lowercase() {
+    drop(tx);
+    let extracted = match extractor {
+        Some(task) => Some(
+            task.await
+                .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?,
+        ),
+        None => None,
+    };
+    let sound = cut.is_none() && format!("{:x}", hasher.finalize()) == hex.to_ascii_lowercase();
+    let failed = !sound || !matches!(extracted, None | Some(Ok(_)));
+    if failed && staging.symlink_metadata().is_ok() {
+        fs::remove_dir_all(&staging).map_err(keeping)?;
+    }
+    if let Some(status) = cut {
+        return Err(Failure::failed(format!(
+            "the download stopped after {received} of {} bytes ({}); run the same command \
+             again to resume it",
+            build.artifacts_size,
+            status.message()
+        )));
+    }
+    if !sound {
         fs::remove_file(&part).map_err(keeping)?;
         return Err(Failure::failed(format!(
             "the downloaded artifacts of build {id} do not match their digest {}; the \
@@ -178,14 +217,53 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
             build.artifacts_digest
         )));
     }
-    let archive = fs::File::open(&part).map_err(keeping)?;
-    // The open file is all the extraction needs; the name goes now.
-    fs::remove_file(&part).map_err(keeping)?;
-    let out = output.to_path_buf();
-    tokio::task::spawn_blocking(move || extract(archive, &out))
-        .await
-        .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?
-        .map_err(|e| Failure::failed(format!("{e:#}")))
+    match extracted {
+        Some(extracted) => {
+            fs::remove_file(&part).map_err(keeping)?;
+            let count = extracted.map_err(|e| Failure::failed(format!("{e:#}")))?;
+            merge(&staging, output).map_err(|e| Failure::failed(format!("{e:#}")))?;
+            fs::remove_dir(&staging).map_err(keeping)?;
+            Ok(count)
+        }
+        None => {
+            let archive = fs::File::open(&part).map_err(keeping)?;
+            // The open file is all the extraction needs; the name goes now.
+            fs::remove_file(&part).map_err(keeping)?;
+            let out = output.to_path_buf();
+            tokio::task::spawn_blocking(move || extract(archive, &out))
+                .await
+                .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?
+                .map_err(|e| Failure::failed(format!("{e:#}")))
+        }
+    }
+}
+
+/// Moves what `from` holds into `to`, entry by entry: a directory into a directory of the same
+/// name merges, anything else replaces a file or link there (as extracting into `to` would);
+/// nothing is moved through a link in `to`. `from` is left empty.
+fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
+    for entry in fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
+        let entry = entry.with_context(|| format!("cannot read {}", from.display()))?;
+        let (source, target) = (entry.path(), to.join(entry.file_name()));
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if is_dir && meta.is_dir() => {
+                merge(&source, &target)?;
+                fs::remove_dir(&source)
+                    .with_context(|| format!("cannot remove {}", source.display()))?;
+                continue;
+            }
+            Ok(meta) if is_dir && meta.file_type().is_symlink() => bail!(
+                "{} is a link; the artifacts hold a directory there, which is not written \
+                 through links",
+                target.display()
+            ),
+            _ => make_room(&target)?,
+        }
+        fs::rename(&source, &target)
+            .with_context(|| format!("cannot move {} into place", target.display()))?;
+    }
+    Ok(())
 }
 
 /// `hasher` after the file's bytes.
@@ -200,6 +278,7 @@ fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut archive = tar::Archive::new(archive);
     let mut count = 0;
+    let mut real_dirs = HashSet::new();
     for entry in archive
         .entries()
         .context("the artifacts archive is unreadable")?
@@ -226,7 +305,7 @@ fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
         if relative.is_empty() {
             continue;
         }
-        let target = no_link_on_the_way(dir, &relative)?;
+        let target = no_link_on_the_way(dir, &relative, &mut real_dirs)?;
         match kind {
             EntryType::Directory => fs::create_dir_all(&target)
                 .with_context(|| format!("cannot create {}", target.display()))?,
@@ -239,7 +318,7 @@ fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
                 // The target was checked to be inside; it must also be a plain file already
                 // extracted, not a link (a link's relative target means something else here).
                 let source_relative = check_entry(&link, ArchiveEntry::File)?;
-                let source = no_link_on_the_way(dir, &source_relative)?;
+                let source = no_link_on_the_way(dir, &source_relative, &mut real_dirs)?;
                 let is_file = fs::symlink_metadata(&source).is_ok_and(|m| m.is_file());
                 if !is_file {
                     bail!("archive entry {path:?} is a hard link to {link:?}, which is not a file extracted before it");
@@ -285,8 +364,13 @@ fn kind_name(kind: EntryType) -> &'static str {
 }
 
 /// `dir/relative`, after checking that no directory on the way there is a symlink (writing
-/// through one could leave `dir`); the missing ones are created, as real directories.
-fn no_link_on_the_way(dir: &Path, relative: &str) -> anyhow::Result<PathBuf> {
+/// through one could leave `dir`); the missing ones are created, as real directories. `checked`
+/// holds the directories this extraction already found real (no entry can replace a directory).
+fn no_link_on_the_way(
+    dir: &Path,
+    relative: &str,
+    checked: &mut HashSet<PathBuf>,
+) -> anyhow::Result<PathBuf> {
     let mut path = dir.to_path_buf();
     let mut parts = relative.split('/').peekable();
     while let Some(part) = parts.next() {
@@ -294,6 +378,10 @@ fn no_link_on_the_way(dir: &Path, relative: &str) -> anyhow::Result<PathBuf> {
         if parts.peek().is_none() {
             break;
         }
+        if checked.contains(&path) {
+            continue;
+        }
+        checked.insert(path.clone());
         match fs::symlink_metadata(&path) {
             Ok(meta) if meta.file_type().is_symlink() => bail!(
                 "archive entry {relative:?} lies under the link {}; an archive may not write \
