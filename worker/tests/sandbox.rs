@@ -155,24 +155,23 @@ async fn concurrent_builds_cannot_reach_each_other() {
         .expect("greeting");
     assert_eq!(greeting.trim(), GREETING);
 
-    // Besides Docker's own chains, one rule keeps every build bridge from every other.
-    let rule = Command::new("iptables")
-        .args([
-            "-C",
-            "DOCKER-USER",
-            "-i",
-            "kiln+",
-            "-o",
-            "kiln+",
-            "-j",
-            "DROP",
-        ])
-        .status()
-        .expect("iptables");
-    assert!(
-        rule.success(),
-        "the engine added the build-isolation firewall rule"
-    );
+    // Besides Docker's own chains, rules keep every build bridge from every other bridge.
+    for (from, to) in [
+        ("kiln+", "kiln+"),
+        ("kiln+", "br-+"),
+        ("br-+", "kiln+"),
+        ("kiln+", "docker0"),
+        ("docker0", "kiln+"),
+    ] {
+        let rule = Command::new("iptables")
+            .args(["-C", "DOCKER-USER", "-i", from, "-o", to, "-j", "DROP"])
+            .status()
+            .expect("iptables");
+        assert!(
+            rule.success(),
+            "the engine added the build-isolation firewall rule {from} -> {to}"
+        );
+    }
     let other = run_with(PROBE, &[], probe(&address, PORT)).await;
     assert_eq!(other.status(), Succeeded, "{}", other.log);
     assert!(
