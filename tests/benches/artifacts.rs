@@ -8,7 +8,8 @@
 //!   and their tar goes to the coordinator and into the store. Baseline: `docker cp` of the same
 //!   tree out of a container of the same image.
 //! - Download: `kiln artifacts ID -o DIR` (fetched, checked against its digest, extracted).
-//!   Baseline: `cp -a` of the tree `docker cp` brought out.
+//!   Baseline: `cp -a` of the tree `docker cp` brought out, just before (creating files costs
+//!   more on a file system where many were just deleted, so nothing is deleted until the end).
 //!
 //! Figures are throughput relative to the baseline (its time divided by Kiln's: 1.0 is as fast
 //! as `cp`). Needs Docker and the build image (`deploy/build-image.sh`) and `s3s-fs`.
@@ -34,11 +35,11 @@ fn main() {
     let work =
         tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
             .expect("work dir");
-    let (base_up, base_down, files) = baseline(mb, work.path());
+    let copied = work.path().join("cp-out");
+    let (base_up, files) = docker_cp(mb, &copied);
     println!(
-        "{files} files, {mb} MiB: baseline docker cp out {} , cp -a {}",
-        secs(base_up),
-        secs(base_down)
+        "{files} files, {mb} MiB: baseline docker cp out of the container {}",
+        secs(base_up)
     );
     let s3 = S3Server::start();
     let s3_config = format!(
@@ -73,6 +74,18 @@ fn main() {
         });
         assert_eq!(build.build_status, "SUCCEEDED", "{build:?}");
         let up = upload_time(&build);
+        // cp -a just before the download, on the file system as it is then: creating files
+        // costs more there after many were deleted, so nothing is deleted before the end.
+        let again = work.path().join(format!("cp-again-{}", label.len()));
+        let t = Instant::now();
+        let status = Command::new("cp")
+            .arg("-a")
+            .arg(&copied)
+            .arg(&again)
+            .status()
+            .expect("cp");
+        assert!(status.success(), "cp -a");
+        let base_down = t.elapsed();
         let out = work.path().join(format!("download-{}", label.len()));
         let server = format!("http://{addr}");
         let t = Instant::now();
@@ -96,19 +109,19 @@ fn main() {
         let downloaded = count_files(&out);
         assert_eq!(downloaded, files, "every file downloaded");
         println!(
-            "  {label}: upload {} ({:.2}x the throughput of docker cp), download {} ({:.2}x the throughput of cp -a)",
+            "  {label}: upload {} ({:.2}x the throughput of docker cp), download {} ({:.2}x the throughput of cp -a, {} just before)",
             secs(up),
             ratio(base_up, up),
             secs(down),
-            ratio(base_down, down)
+            ratio(base_down, down),
+            secs(base_down)
         );
-        std::fs::remove_dir_all(&out).expect("remove the download");
     }
 }
 
-/// `docker cp` of the tree out of a container of the build image, then `cp -a` of the copy;
-/// returns both times and the number of files.
-fn baseline(mb: u64, work: &Path) -> (Duration, Duration, u64) {
+/// `docker cp` of the tree out of a container of the build image to `copied`; returns its time
+/// and the number of files.
+fn docker_cp(mb: u64, copied: &Path) -> (Duration, u64) {
     let container = Container::sleeping("artifacts-bench");
     let c = container.0.as_str();
     docker(&["exec", c, "sh", "-c", &bench_data_script("/data", mb, true)]);
@@ -120,29 +133,13 @@ fn baseline(mb: u64, work: &Path) -> (Duration, Duration, u64) {
         "-c",
         "tar -cf - /data/tree 2>/dev/null | wc -c",
     ]);
-    let copied = work.join("cp-out");
-    let again = work.join("cp-again");
     let t = Instant::now();
     docker(&[
         "cp",
         &format!("{c}:/data/tree"),
         copied.to_str().expect("utf-8"),
     ]);
-    let up = t.elapsed();
-    let t = Instant::now();
-    let status = Command::new("cp")
-        .arg("-a")
-        .arg(&copied)
-        .arg(&again)
-        .status()
-        .expect("cp");
-    assert!(status.success(), "cp -a");
-    let down = t.elapsed();
-    let files = count_files(&again);
-    for dir in [copied, again] {
-        std::fs::remove_dir_all(dir).expect("remove the copies");
-    }
-    (up, down, files)
+    (t.elapsed(), count_files(copied))
 }
 
 /// From the start of UPLOAD_ARTIFACTS to the build's end, without FINALIZING (the container's
