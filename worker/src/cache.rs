@@ -1,8 +1,10 @@
 //! Build caches (semantics §6): what a build's `cache.paths` select comes out of the container as
-//! one tar with absolute paths (modes, owners, times and symlinks kept), split into segments at
+//! one tar with absolute paths (modes, owners, times and symlinks kept), written by the
+//! container's own `tar` (sorted by name where it can) and split as it streams into segments at
 //! content-defined file boundaries. Each segment is a blob named by its sha256: a save uploads
-//! only the segments the store lacks, so saving unchanged files uploads nothing. Restoring
-//! streams the segments, each checked against its digest, back into the container at `/`.
+//! only the segments the store lacks, so saving unchanged files uploads nothing. Restoring fetches
+//! every segment, checks each against its digest, then streams them into `tar -x` in the
+//! container at `/`.
 //!
 //! After a restore the worker lists what the paths select (type, mode, owner, size, modification
 //! time and path of each entry, with one `find` in the container); a save whose listing is the
