@@ -285,7 +285,13 @@ pub async fn restore(
             let store = store.clone();
             async move {
                 let data = store.fetch(&digest).await?;
-                let got = digest_of(&data);
+                // Hashed on a blocking thread: the segments fetched ahead are checked at once.
+                let (data, got) = tokio::task::spawn_blocking(move || {
+                    let got = digest_of(&data);
+                    (data, got)
+                })
+                .await
+                .map_err(|e| io::Error::other(e.to_string()))?;
                 match got == digest {
                     true => Ok(data),
                     false => Err(CacheError::Corrupt { digest, got }),

@@ -1,6 +1,7 @@
 //! A cache store straight over a blob store, as the coordinator uses it (for the cache tests and
-//! the cache benchmark): segments are hashed as they are written to a temporary file, which the
-//! store takes under that digest. The index is not kept: lookups find nothing, saves succeed.
+//! the cache benchmark): segments going in are hashed and written to a temporary file, which the
+//! store takes under that digest; segments coming out stream as they are decoded. The index is not
+//! kept: lookups find nothing, saves succeed.
 
 use bytes::Bytes;
 use kiln_cache::{BlobStore, Digest};
@@ -42,7 +43,13 @@ impl CacheStore for Direct {
     /// file, which the store then takes under that digest.
     async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
         let file = tempfile::NamedTempFile::new_in(self.tmp.path())?;
-        let digest = Digest::parse(&cache::digest_of(&segment)).map_err(failed)?;
+        let (segment, digest) = tokio::task::spawn_blocking(move || {
+            let digest = cache::digest_of(&segment);
+            (segment, digest)
+        })
+        .await
+        .map_err(failed)?;
+        let digest = Digest::parse(&digest).map_err(failed)?;
         tokio::fs::write(file.path(), &segment).await?;
         let put = self
             .store
@@ -52,11 +59,15 @@ impl CacheStore for Direct {
         Ok(put.digest.to_string())
     }
 
+    /// As the coordinator's FetchSource: the blob streamed as it is decoded.
     async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError> {
         let digest = Digest::parse(digest).map_err(failed)?;
-        let file = tempfile::NamedTempFile::new_in(self.tmp.path())?.into_temp_path();
-        self.store.get_file(&digest, &file).await.map_err(failed)?;
-        Ok(Bytes::from(tokio::fs::read(&file).await?))
+        let mut chunks = self.store.get_stream(&digest, 0).await.map_err(failed)?;
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.recv().await {
+            data.extend_from_slice(&chunk.map_err(failed)?);
+        }
+        Ok(Bytes::from(data))
     }
 
     async fn save(&self, _: CacheEntry) -> Result<bool, CacheError> {
