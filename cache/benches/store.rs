@@ -14,13 +14,8 @@ use kiln_cache::{Backend, BlobStore, StoreConfig};
 use kiln_tests::s3::S3Server;
 
 fn main() {
-    let mb: usize = std::env::var("KILN_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let work =
-        tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
-            .expect("work dir");
+    let mb = kiln_tests::bench_setting("KILN_BENCH_MB", 1024) as usize;
+    let work = kiln_tests::bench_work_dir();
     let input = work.path().join("input");
     write_input(&input, mb << 20);
     println!("one file of {mb} MiB (half random, half repetitive text)");

@@ -39,29 +39,17 @@ pub async fn retain_artifacts<S: StateStore>(
     }
     // (build id, ended, size, digest) of every build with artifacts, by project.
     let mut by_project: HashMap<String, Vec<(String, i64, u64, String)>> = HashMap::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = core
-            .store
-            .list_builds(&BuildFilter::default(), after.as_deref(), PAGE)
-            .await
-            .map_err(store_error)?;
-        for row in &page {
-            let b = record(row);
-            if b.build_complete && !b.artifacts_digest.is_empty() {
-                by_project.entry(b.project_name.clone()).or_default().push((
-                    b.id.clone(),
-                    b.end_time_ms,
-                    b.artifacts_size,
-                    b.artifacts_digest.clone(),
-                ));
-            }
+    for_each_build(core, |b| {
+        if b.build_complete && !b.artifacts_digest.is_empty() {
+            by_project.entry(b.project_name.clone()).or_default().push((
+                b.id.clone(),
+                b.end_time_ms,
+                b.artifacts_size,
+                b.artifacts_digest.clone(),
+            ));
         }
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = Some(record(last).id.clone()),
-            _ => break,
-        }
-    }
+    })
+    .await?;
     for builds in by_project.values() {
         let used: Vec<(i64, u64)> = builds.iter().map(|b| (b.1, b.2)).collect();
         for (build, gone) in builds.iter().zip(policy.expired(&used, now_ms)) {
@@ -107,23 +95,11 @@ pub async fn sweep<S: StateStore>(
     // Listed first: a reference recorded after the listing is seen below.
     let listed = core.blobs.list().await?;
     let mut referenced: HashSet<String> = HashSet::new();
-    let mut after: Option<String> = None;
-    loop {
-        let page = core
-            .store
-            .list_builds(&BuildFilter::default(), after.as_deref(), PAGE)
-            .await
-            .map_err(store_error)?;
-        for row in &page {
-            let b = record(row);
-            referenced.insert(b.artifacts_digest.clone());
-            referenced.insert(b.source_digest.clone());
-        }
-        match page.last() {
-            Some(last) if page.len() == PAGE => after = Some(record(last).id.clone()),
-            _ => break,
-        }
-    }
+    for_each_build(core, |b| {
+        referenced.insert(b.artifacts_digest.clone());
+        referenced.insert(b.source_digest.clone());
+    })
+    .await?;
     for project in core.store.cache_projects().await.map_err(store_error)? {
         for entry in core.store.caches(&project).await.map_err(store_error)? {
             referenced.extend(entry.segments);
@@ -142,6 +118,28 @@ pub async fn sweep<S: StateStore>(
         }
     }
     Ok(swept)
+}
+
+/// Calls `each` with every build on record, reading them a page at a time.
+async fn for_each_build<S: StateStore>(
+    core: &Core<S>,
+    mut each: impl FnMut(&kiln_proto::v1::Build),
+) -> Result<(), Status> {
+    let mut after: Option<String> = None;
+    loop {
+        let page = core
+            .store
+            .list_builds(&BuildFilter::default(), after.as_deref(), PAGE)
+            .await
+            .map_err(store_error)?;
+        for row in &page {
+            each(record(row));
+        }
+        match page.last() {
+            Some(last) if page.len() == PAGE => after = Some(record(last).id.clone()),
+            _ => return Ok(()),
+        }
+    }
 }
 
 /// What one [`sweep`] did: blobs deleted, and the candidates for the next pass.

@@ -28,13 +28,8 @@ use kiln_tests::{
 };
 
 fn main() {
-    let mb: u64 = std::env::var("KILN_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
-    let work =
-        tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
-            .expect("work dir");
+    let mb = kiln_tests::bench_setting("KILN_BENCH_MB", 1024);
+    let work = kiln_tests::bench_work_dir();
     let copied = work.path().join("cp-out");
     let (base_up, files) = docker_cp(mb, &copied);
     println!(

@@ -251,6 +251,21 @@ pub fn start_listener(network: &str, alias: &str, port: u16, greeting: &str) -> 
     panic!("the listener container {name} on {network} did not start");
 }
 
+/// A benchmark's numeric setting from the environment (`KILN_BENCH_MB`), else `default`.
+pub fn bench_setting(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A benchmark's scratch directory: a new one under `KILN_BENCH_DIR` (default: the current
+/// directory), removed when dropped.
+pub fn bench_work_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
+        .expect("the benchmark's work directory")
+}
+
 /// A shell script that fills `dir` with benchmark data of `mb` MiB: `dir/tree`, a
 /// `node_modules`-like tree of 20 KiB files, when `tree`, else the single file `dir/big`; half
 /// random bytes, half log-like text (so compression has something to do).

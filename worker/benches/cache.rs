@@ -33,18 +33,13 @@ fn sh(container: &str, script: &str) {
 }
 
 fn main() {
-    let mb: u64 = std::env::var("KILN_BENCH_MB")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1024);
+    let mb = kiln_tests::bench_setting("KILN_BENCH_MB", 1024);
     let container = Container::sleeping("cache-bench");
     let c = container.0.as_str();
     sh(c, &bench_data_script("/data", mb, true));
     sh(c, &bench_data_script("/data/file", mb, false));
     let files = docker(&["exec", c, "sh", "-c", "find /data/tree -type f | wc -l"]);
-    let work =
-        tempfile::tempdir_in(std::env::var_os("KILN_BENCH_DIR").unwrap_or_else(|| ".".into()))
-            .expect("work dir");
+    let work = kiln_tests::bench_work_dir();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let engine = runtime.block_on(Engine::connect()).expect("docker");
     let s3 = S3Server::start();
