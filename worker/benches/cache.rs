@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 mod direct;
 
 use direct::Direct;
-use kiln_cache::{Backend, BlobStore, StoreConfig};
+use kiln_cache::Backend;
 use kiln_tests::s3::S3Server;
 use kiln_tests::{bench_data_script, docker, Container};
 use kiln_worker::cache::{self, CacheStore};
@@ -62,17 +62,7 @@ fn main() {
             ("S3 (s3s-fs on loopback)", s3.backend()),
         ];
         for (backend_name, backend) in backends {
-            let store = BlobStore::open(&StoreConfig {
-                backend,
-                prefix: format!("bench-{dir}"),
-                key: None,
-                level: 3,
-            })
-            .expect("store");
-            let direct = Arc::new(Direct {
-                store,
-                tmp: tempfile::tempdir_in(work.path()).expect("tmp"),
-            });
+            let direct = Arc::new(Direct::open(backend, &format!("bench-{dir}"), work.path()));
             let paths = [format!("/data/{dir}/**/*")];
             let t = Instant::now();
             let saved = runtime

@@ -9,7 +9,7 @@ mod direct;
 use std::sync::Arc;
 
 use direct::Direct;
-use kiln_cache::{Backend, BlobStore, StoreConfig};
+use kiln_cache::Backend;
 use kiln_tests::{docker, Container};
 use kiln_worker::cache::{self, CacheStore};
 
@@ -23,19 +23,10 @@ async fn a_restored_cache_saves_as_the_same_segments() {
     let make = "mkdir -p /deps/sub && cd /deps/sub && for i in $(seq 600 -1 100); do yes \"line $i\" | head -c 40960 > f$i; done && touch -d @1700000000 /deps/sub/* /deps/sub /deps";
     docker(&["exec", c, "sh", "-c", make]);
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = BlobStore::open(&StoreConfig {
-        backend: Backend::Local {
-            root: dir.path().join("store"),
-        },
-        prefix: String::new(),
-        key: None,
-        level: 3,
-    })
-    .expect("store");
-    let direct = Arc::new(Direct {
-        store,
-        tmp: tempfile::tempdir_in(dir.path()).expect("tmp"),
-    });
+    let backend = Backend::Local {
+        root: dir.path().join("store"),
+    };
+    let direct = Arc::new(Direct::open(backend, "", dir.path()));
     let paths = ["/deps/**/*".to_string()];
     let first = cache::save(&engine, c, direct.as_ref(), &paths, "", None)
         .await

@@ -52,13 +52,6 @@ pub enum EngineError {
     },
 }
 
-impl EngineError {
-    /// Whether Docker answered 404: no such container, or no such path in it.
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, EngineError::Docker { source, .. } if is_not_found(source))
-    }
-}
-
 fn docker_err(op: &'static str) -> impl Fn(bollard::errors::Error) -> EngineError {
     move |source| EngineError::Docker { op, source }
 }
@@ -114,7 +107,7 @@ pub struct Provisioned {
 #[derive(Debug, Clone)]
 pub struct Engine {
     docker: Docker,
-    /// The same daemon for copies into and out of containers (sources, caches), which take as
+    /// The same daemon for copies into and out of containers (sources, artifacts), which take as
     /// long as they take: 95 s for 50,000 files on fuse-overlayfs here, where the 2-minute
     /// timeout of other calls would cut them off. The build's own deadline and stop bound them.
     transfer: Docker,

@@ -4,15 +4,35 @@
 //! kept: lookups find nothing, saves succeed.
 
 use bytes::Bytes;
-use kiln_cache::{BlobStore, Digest};
+use std::path::Path;
+
+use kiln_cache::{Backend, BlobStore, Digest, StoreConfig};
 use kiln_proto::v1::CacheEntry;
 use kiln_worker::cache::{self, CacheError, CacheStore};
 
 /// The blob store as a cache store.
 #[derive(Debug)]
 pub struct Direct {
-    pub store: BlobStore,
-    pub tmp: tempfile::TempDir,
+    store: BlobStore,
+    tmp: tempfile::TempDir,
+}
+
+impl Direct {
+    /// A store on `backend` under `prefix` (unencrypted, zstd level 3), with its temporary files
+    /// in a new directory under `scratch`.
+    pub fn open(backend: Backend, prefix: &str, scratch: &Path) -> Direct {
+        let store = BlobStore::open(&StoreConfig {
+            backend,
+            prefix: prefix.to_string(),
+            key: None,
+            level: 3,
+        })
+        .expect("the blob store");
+        Direct {
+            store,
+            tmp: tempfile::tempdir_in(scratch).expect("a temporary directory"),
+        }
+    }
 }
 
 fn failed(e: impl std::fmt::Display) -> CacheError {
