@@ -10,6 +10,8 @@
 //!
 //!   cargo bench -p kiln-worker --bench cache
 //!
+//! `KILN_BENCH_CASE=tree` (or `file`) runs one of the two.
+//!
 //! The store is used directly, as the coordinator uses it; the worker-to-coordinator gRPC hop of a
 //! farm is not in these figures.
 
@@ -36,9 +38,21 @@ fn main() {
     let mb = kiln_tests::bench_setting("KILN_BENCH_MB", 1024);
     let container = Container::sleeping("cache-bench");
     let c = container.0.as_str();
-    sh(c, &bench_data_script("/data", mb, true));
-    sh(c, &bench_data_script("/data/file", mb, false));
-    let files = docker(&["exec", c, "sh", "-c", "find /data/tree -type f | wc -l"]);
+    let only = std::env::var("KILN_BENCH_CASE").ok();
+    let runs = |case: &str| only.as_deref().is_none_or(|only| only == case);
+    if runs("tree") {
+        sh(c, &bench_data_script("/data", mb, true));
+    }
+    if runs("file") {
+        sh(c, &bench_data_script("/data/file", mb, false));
+    }
+    let files = docker(&[
+        "exec",
+        c,
+        "sh",
+        "-c",
+        "find /data/tree -type f 2>/dev/null | wc -l",
+    ]);
     let work = kiln_tests::bench_work_dir();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let engine = runtime.block_on(Engine::connect()).expect("docker");
@@ -47,6 +61,9 @@ fn main() {
         (format!("(a) {files} files, {mb} MiB"), "tree"),
         (format!("(b) one file of {mb} MiB"), "file"),
     ] {
+        if !runs(dir) {
+            continue;
+        }
         let (base_save, archive) = baseline_save(c, dir, work.path());
         println!(
             "{label}: baseline tar | zstd -3 -T0: save {}",

@@ -21,7 +21,7 @@ use kiln_buildspec::glob::Pattern;
 use kiln_proto::v1::CacheEntry;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::sync::mpsc;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -74,6 +74,11 @@ pub enum CacheError {
         "cache segment {digest} does not match its digest (got {got}): the stored cache is damaged"
     )]
     Corrupt { digest: String, got: String },
+    #[error("{cause} ({undone})")]
+    Incomplete {
+        cause: Box<CacheError>,
+        undone: String,
+    },
 }
 
 /// Where cache entries and their segments live.
@@ -268,9 +273,12 @@ async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Optio
     Some(format!("{:x}", hasher.finalize()))
 }
 
-/// Restores `entry` into the container. Every segment is fetched and checked first, into a
-/// temporary file: a cache that cannot be had whole leaves the container untouched. With `list`
-/// (a save may follow), then lists what its paths select (see [`Restored`]).
+/// Restores `entry` into the container: checks that the store holds every segment, then streams
+/// them, each checked against its digest as it comes (the next ones fetched meanwhile), into the
+/// container's `tar -x`. A segment that cannot be had after all (a store that went down, a damaged
+/// blob) ends the restore, and the files it had put back are removed again: a cache is restored
+/// whole or not at all. With `list` (a save may follow), then lists what its paths select (see
+/// [`Restored`]).
 pub async fn restore(
     engine: &Engine,
     container: &str,
@@ -279,31 +287,18 @@ pub async fn restore(
     list: bool,
 ) -> Result<Restored, CacheError> {
     let selector = Selector::new(&entry.paths)?;
-    let mut staged = tokio::fs::File::from_std(tempfile::tempfile()?);
-    let mut segments = futures_util::stream::iter(entry.segments.clone())
-        .map(|digest| {
-            let store = store.clone();
-            async move {
-                let data = store.fetch(&digest).await?;
-                // Hashed on a blocking thread: the segments fetched ahead are checked at once.
-                let (data, got) = tokio::task::spawn_blocking(move || {
-                    let got = digest_of(&data);
-                    (data, got)
-                })
-                .await
-                .map_err(|e| io::Error::other(e.to_string()))?;
-                match got == digest {
-                    true => Ok(data),
-                    false => Err(CacheError::Corrupt { digest, got }),
-                }
-            }
-        })
-        .buffered(PARALLEL);
-    while let Some(data) = segments.next().await {
-        staged.write_all(&data?).await?;
+    for batch in entry.segments.chunks(BATCH) {
+        let present = store.present(batch).await?;
+        if let Some(digest) = batch
+            .iter()
+            .zip(present.into_iter().chain(std::iter::repeat(false)))
+            .find_map(|(digest, present)| (!present).then_some(digest))
+        {
+            return Err(CacheError::Store(format!(
+                "cache segment {digest} is no longer in the store"
+            )));
+        }
     }
-    staged.flush().await?;
-    staged.rewind().await?;
     // The container's own `tar` extracts it (as `zstd -dc | tar -x` would).
     let spec = ExecSpec {
         cmd: RESTORE_COMMAND.map(String::from).to_vec(),
@@ -311,10 +306,40 @@ pub async fn restore(
         user: ROOT.into(),
     };
     let (id, output, mut input) = engine.exec_with_input(container, spec).await?;
+    // What the tar holds, read beside it: the files to take out again if it stops short.
+    let (tee, teed) = mpsc::channel::<io::Result<Bytes>>(PARALLEL);
+    let teed = SyncIoBridge::new(StreamReader::new(
+        tokio_stream::wrappers::ReceiverStream::new(teed),
+    ));
+    let names = tokio::task::spawn_blocking(move || entry_names(teed));
     let feed = async {
-        let mut staged = tokio::io::BufReader::with_capacity(1 << 20, staged);
-        tokio::io::copy_buf(&mut staged, &mut input).await?;
-        input.shutdown().await
+        let mut segments = futures_util::stream::iter(entry.segments.clone())
+            .map(|digest| fetch_checked(store.clone(), digest))
+            .buffered(PARALLEL);
+        let mut failed = None;
+        while let Some(data) = segments.next().await {
+            match data {
+                Ok(data) => {
+                    // A parser that stopped (at a malformed entry) lists what it read so far.
+                    let _ = tee.send(Ok(data.clone())).await;
+                    if let Err(e) = input.write_all(&data).await {
+                        // tar stopped reading: its status says why.
+                        failed = Some(Fed::Tar(e));
+                        break;
+                    }
+                }
+                Err(e) => {
+                    failed = Some(Fed::Store(e));
+                    break;
+                }
+            }
+        }
+        drop(tee);
+        match (input.shutdown().await, failed) {
+            (_, Some(failed)) => Err(failed),
+            (Err(e), None) => Err(Fed::Tar(e)),
+            (Ok(()), None) => Ok(()),
+        }
     };
     let stderr = output.try_fold(Vec::new(), |mut stderr, chunk| {
         if let ExecChunk::Stderr(data) = chunk {
@@ -324,17 +349,119 @@ pub async fn restore(
     });
     let (fed, stderr) = tokio::join!(feed, stderr);
     let code = engine.exec_exit_code(&id).await?;
+    let names = names.await.map_err(|e| io::Error::other(e.to_string()))?;
+    if let Err(Fed::Store(cause)) = fed {
+        let removed = remove(engine, container, &names).await;
+        return Err(CacheError::Incomplete {
+            cause: Box::new(cause),
+            undone: match removed {
+                Ok(()) => format!("the {} files put back before it were removed", names.len()),
+                Err(e) => format!("removing the files put back before it failed: {e}"),
+            },
+        });
+    }
     if code != Some(0) {
         let stderr = String::from_utf8_lossy(&stderr?).into_owned();
         let lines: Vec<String> = stderr.lines().map(String::from).collect();
         return Err(tar_failed("restoring the cache", code, &lines));
     }
-    fed?;
+    if let Err(Fed::Tar(e)) = fed {
+        return Err(e.into());
+    }
     let listing = match list {
         true => listing(engine, container, &selector).await,
         false => None,
     };
     Ok(Restored { entry, listing })
+}
+
+/// Why feeding a restore's tar stopped.
+enum Fed {
+    /// A segment could not be had.
+    Store(CacheError),
+    /// `tar` in the container stopped reading.
+    Tar(io::Error),
+}
+
+/// A segment from the store, checked against its digest (on a blocking thread, so the segments
+/// fetched ahead are checked at once).
+async fn fetch_checked(store: Arc<dyn CacheStore>, digest: String) -> Result<Bytes, CacheError> {
+    let data = store.fetch(&digest).await?;
+    let (data, got) = tokio::task::spawn_blocking(move || {
+        let got = digest_of(&data);
+        (data, got)
+    })
+    .await
+    .map_err(|e| io::Error::other(e.to_string()))?;
+    match got == digest {
+        true => Ok(data),
+        false => Err(CacheError::Corrupt { digest, got }),
+    }
+}
+
+/// The names (relative to `/`) of the files, links and other non-directories in a tar, as far as
+/// it can be read.
+fn entry_names(input: impl io::Read) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut archive = tar::Archive::new(input);
+    let Ok(entries) = archive.entries() else {
+        return names;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { break };
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            continue;
+        }
+        if let Ok(path) = entry.path() {
+            names.push(path.to_string_lossy().into_owned());
+        }
+    }
+    names
+}
+
+/// Removes these files (relative to `/`) from the container, with `rm -f` in batches that keep
+/// each command line short.
+async fn remove(engine: &Engine, container: &str, names: &[String]) -> Result<(), CacheError> {
+    const ARGS_BYTES: usize = 64 << 10;
+    let mut rest = names;
+    while !rest.is_empty() {
+        let mut bytes = 0;
+        let n = rest
+            .iter()
+            .take_while(|name| {
+                bytes += name.len() + 1;
+                bytes <= ARGS_BYTES
+            })
+            .count()
+            .max(1);
+        let (batch, next) = rest.split_at(n);
+        rest = next;
+        let mut cmd = vec!["rm".to_string(), "-f".into(), "--".into()];
+        cmd.extend(batch.iter().cloned());
+        let spec = ExecSpec {
+            cmd,
+            working_dir: "/".into(),
+            user: ROOT.into(),
+        };
+        let (id, output) = engine.exec(container, spec).await?;
+        let said: Vec<ExecChunk> = output.try_collect().await?;
+        let code = engine.exec_exit_code(&id).await?;
+        if code != Some(0) {
+            let said: Vec<String> = said
+                .iter()
+                .map(|chunk| match chunk {
+                    ExecChunk::Stdout(data) | ExecChunk::Stderr(data) => {
+                        String::from_utf8_lossy(data).trim().to_string()
+                    }
+                })
+                .collect();
+            return Err(CacheError::Tar {
+                doing: "removing a partly restored cache",
+                reason: format!("rm failed (status {code:?}): {}", said.join("; ")),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Which container paths the cache keeps.

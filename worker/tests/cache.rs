@@ -50,3 +50,78 @@ async fn a_restored_cache_saves_as_the_same_segments() {
     assert_eq!(again.entry.segments, first.entry.segments);
     assert_eq!(again.uploaded_segments, 0);
 }
+
+/// A restore that cannot get every segment leaves the container as it found it: a segment missing
+/// from the store stops it before anything is written; a damaged one found midway takes out the
+/// files already put back, and keeps what was there before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cache_that_cannot_be_had_whole_is_not_restored() {
+    let engine = common::engine().await;
+    let container = Container::sleeping("cache-whole");
+    let c = container.0.as_str();
+    // 48 MiB in 12 files: several segments, sorted by name (a00 .. a11).
+    let make = "mkdir -p /deps && cd /deps && for i in $(seq 10 21); do head -c 4194304 /dev/urandom > a$i; done";
+    docker(&["exec", c, "sh", "-c", make]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("store");
+    let direct = Arc::new(Direct::open(
+        Backend::Local { root: root.clone() },
+        "",
+        dir.path(),
+    ));
+    let paths = ["/deps/**/*".to_string()];
+    let saved = cache::save(&engine, c, direct.as_ref(), &paths, "", None)
+        .await
+        .expect("save");
+    let segments = saved.entry.segments.clone();
+    assert!(segments.len() >= 3, "{segments:?}");
+    let blob = |digest: &str| {
+        root.join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    // The files before the restore: one of the cache's, changed, and one of the build's own.
+    let reset = "rm -rf /deps && mkdir /deps && echo mine > /deps/a15 && echo own > /deps/own";
+    let state = "cd /deps && ls | tr '\\n' ' ' && cat a15";
+    let dyn_store: Arc<dyn CacheStore> = direct.clone();
+
+    // The last segment gone: nothing is touched.
+    let last = blob(segments.last().expect("a segment"));
+    let kept = std::fs::read(&last).expect("the last segment");
+    std::fs::remove_file(&last).expect("remove");
+    docker(&["exec", c, "sh", "-c", reset]);
+    let err = cache::restore(&engine, c, dyn_store.clone(), saved.entry.clone(), false)
+        .await
+        .expect_err("a missing segment");
+    assert!(
+        err.to_string().contains("is no longer in the store"),
+        "{err}"
+    );
+    assert_eq!(docker(&["exec", c, "sh", "-c", state]), "a15 own mine");
+    std::fs::write(&last, kept).expect("put back");
+
+    // The last segment damaged: the files of the segments before it come out again.
+    let last_digest = segments.last().expect("a segment").clone();
+    let sound = std::fs::read(&last).expect("the last segment");
+    let other = blob(&segments[0]);
+    std::fs::copy(&other, &last).expect("damage");
+    let err = cache::restore(&engine, c, dyn_store.clone(), saved.entry.clone(), false)
+        .await
+        .expect_err("a damaged segment");
+    let text = err.to_string();
+    assert!(text.contains(&last_digest), "{text}");
+    assert!(text.contains("were removed"), "{text}");
+    // a15 was the cache's too: it is gone with the rest; the build's own file stays.
+    assert_eq!(
+        docker(&["exec", c, "sh", "-c", "cd /deps && ls | tr '\\n' ' '"]),
+        "own"
+    );
+
+    // Whole again, it restores.
+    std::fs::write(&last, sound).expect("repair");
+    docker(&["exec", c, "sh", "-c", reset]);
+    cache::restore(&engine, c, dyn_store, saved.entry.clone(), false)
+        .await
+        .expect("restore");
+    let listed = docker(&["exec", c, "sh", "-c", "ls /deps | wc -l"]);
+    assert_eq!(listed, "13");
+}
