@@ -309,6 +309,38 @@ impl BlobStore {
         digest: Digest,
         size: u64,
     ) -> Result<Put, StoreError> {
+        let file = path.to_path_buf();
+        self.put_encoded(digest, size, move || {
+            Ok(std::io::BufReader::with_capacity(
+                1 << 20,
+                std::fs::File::open(file)?,
+            ))
+        })
+        .await
+    }
+
+    /// Stores content held in memory (a cache segment) unless the store has it, under the digest
+    /// summed here on a blocking thread: no temporary file.
+    pub async fn put_bytes(&self, data: Bytes) -> Result<Put, StoreError> {
+        let (data, digest) = tokio::task::spawn_blocking(move || {
+            let digest = Digest::of(Sha256::new_with_prefix(&data));
+            (data, digest)
+        })
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        let size = data.len() as u64;
+        self.put_encoded(digest, size, move || Ok(std::io::Cursor::new(data)))
+            .await
+    }
+
+    /// Stores what `open` reads under `digest` unless the store has it: encoded on a blocking
+    /// thread while the encoded bytes go up.
+    async fn put_encoded<R: Read>(
+        &self,
+        digest: Digest,
+        size: u64,
+        open: impl FnOnce() -> std::io::Result<R> + Send + 'static,
+    ) -> Result<Put, StoreError> {
         if self.contains(std::slice::from_ref(&digest)).await?[0] {
             return Ok(Put {
                 digest,
@@ -317,14 +349,13 @@ impl BlobStore {
             });
         }
         let (tx, rx) = mpsc::channel::<Option<Bytes>>(PARALLEL * 2);
-        let (file, key, level) = (path.to_path_buf(), self.key.clone(), self.level);
+        let (key, level) = (self.key.clone(), self.level);
         let encoder = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(file)?);
             let out = ChannelWriter {
                 tx,
                 buf: Vec::with_capacity(1 << 20),
             };
-            codec::encode(input, out, key.as_ref(), level)?.finish()
+            codec::encode(open()?, out, key.as_ref(), level)?.finish()
         });
         let uploaded = self.upload(&self.location(&digest), rx).await;
         let encoded = encoder

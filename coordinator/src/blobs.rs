@@ -205,13 +205,27 @@ impl Blobs {
         }))
     }
 
-    /// Drains a gRPC byte stream into a blob.
-    pub async fn store_stream<S>(&self, limit: u64, chunks: S) -> Result<Stored, Status>
+    /// Drains a gRPC byte stream of at most `limit` bytes (a cache segment) into a blob, held in
+    /// memory on the way: no temporary file.
+    pub async fn store_stream<S>(&self, limit: u64, mut chunks: S) -> Result<Stored, Status>
     where
         S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
     {
-        let upload = self.drain(limit, chunks).await?;
-        upload.finish(self, |_| Ok(())).await
+        let mut data = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            check_limit(data.len() as u64 + chunk.len() as u64, limit)?;
+            data.extend_from_slice(&chunk);
+        }
+        let put = self
+            .store
+            .put_bytes(bytes::Bytes::from(data))
+            .await
+            .map_err(store_status)?;
+        Ok(Stored {
+            digest: put.digest.to_string(),
+            size: put.size,
+        })
     }
 
     /// [`Blobs::store_stream`] for a build's artifacts tar, also kept plain when artifacts are
@@ -255,12 +269,7 @@ impl Upload {
 
     pub async fn write(&mut self, data: &[u8]) -> Result<(), Status> {
         self.size += data.len() as u64;
-        if self.size > self.limit {
-            return Err(Status::resource_exhausted(format!(
-                "upload larger than the limit of {} bytes (max_upload_bytes)",
-                self.limit
-            )));
-        }
+        check_limit(self.size, self.limit)?;
         self.hasher.update(data);
         self.file.write_all(data).await.map_err(internal)
     }
@@ -289,6 +298,16 @@ impl Upload {
             digest: digest.to_string(),
             size: self.size,
         })
+    }
+}
+
+/// Refuses an upload that reached `size` bytes when at most `limit` are allowed.
+fn check_limit(size: u64, limit: u64) -> Result<(), Status> {
+    match size > limit {
+        true => Err(Status::resource_exhausted(format!(
+            "upload larger than the limit of {limit} bytes (max_upload_bytes)"
+        ))),
+        false => Ok(()),
     }
 }
 

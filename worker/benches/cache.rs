@@ -79,11 +79,11 @@ fn main() {
             ("S3 (s3s-fs on loopback)", s3.backend()),
         ];
         for (backend_name, backend) in backends {
-            let direct = Arc::new(Direct::open(backend, &format!("bench-{dir}"), work.path()));
+            let direct = Arc::new(Direct::open(backend, &format!("bench-{dir}")));
             let paths = [format!("/data/{dir}/**/*")];
             let t = Instant::now();
             let saved = runtime
-                .block_on(cache::save(&engine, c, direct.as_ref(), &paths, "", None))
+                .block_on(cache::save(&engine, c, direct.clone(), &paths, "", None))
                 .expect("save");
             let cold = t.elapsed();
             // The baseline's restore just before Kiln's, each into the emptied container: file
@@ -108,7 +108,7 @@ fn main() {
                 .block_on(cache::save(
                     &engine,
                     c,
-                    direct.as_ref(),
+                    direct.clone(),
                     &paths,
                     "",
                     Some(&restored_entry),
@@ -119,7 +119,7 @@ fn main() {
             // Without the restore's listing every file is read again; nothing is uploaded.
             let t = Instant::now();
             let reread = runtime
-                .block_on(cache::save(&engine, c, direct.as_ref(), &paths, "", None))
+                .block_on(cache::save(&engine, c, direct.clone(), &paths, "", None))
                 .expect("save reading everything");
             let read_all = t.elapsed();
             assert_eq!(

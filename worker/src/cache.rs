@@ -134,7 +134,7 @@ pub struct Restored {
 pub async fn save(
     engine: &Engine,
     container: &str,
-    store: &dyn CacheStore,
+    store: Arc<dyn CacheStore>,
     paths: &[String],
     key: &str,
     since: Option<&Restored>,
@@ -732,11 +732,11 @@ impl Write for Counting {
     }
 }
 
-/// Uploads the segments the store lacks, in batches; returns every segment's digest in order,
-/// and how many segments and bytes went up; `None` when the writer stopped before the end of
-/// the tar (its error says why; the last batch is not sent).
+/// Uploads the segments the store lacks (asking in batches); returns every segment's digest in
+/// order, and how many segments and bytes went up; `None` when the writer stopped before the end
+/// of the tar (its error says why; the last batch is not sent).
 async fn upload_segments(
-    store: &dyn CacheStore,
+    store: Arc<dyn CacheStore>,
     mut rx: mpsc::Receiver<Option<Bytes>>,
 ) -> Result<Option<(Vec<String>, usize, u64)>, CacheError> {
     let mut digests = Vec::new();
@@ -744,6 +744,10 @@ async fn upload_segments(
     // Each segment is hashed on a blocking thread as it comes, beside the tar writer's.
     let mut hashing = Vec::new();
     let mut batch_bytes = 0;
+    // Uploads run as tasks while the next segments come, [`PARALLEL`] at once; equal segments
+    // (equal files) go up once.
+    let mut uploads = tokio::task::JoinSet::new();
+    let mut seen = std::collections::HashSet::new();
     loop {
         let next = match rx.recv().await {
             Some(next) => next,
@@ -770,33 +774,46 @@ async fn upload_segments(
             true => Vec::new(),
             false => store.present(&asked).await?,
         };
-        // Equal segments (equal files) in one batch go up once.
-        let mut seen = std::collections::HashSet::new();
-        let missing: Vec<Segment> = batch
-            .drain(..)
+        let missing = batch
+            .into_iter()
             .zip(present.into_iter().chain(std::iter::repeat(false)))
-            .filter(|(s, p)| !p && seen.insert(s.digest.clone()))
-            .map(|(s, _)| s)
-            .collect();
-        count += missing.len();
-        bytes += missing.iter().map(|s| s.data.len() as u64).sum::<u64>();
-        futures_util::stream::iter(missing)
-            .map(|s| async move {
-                let stored = store.upload(s.data).await?;
-                match stored == s.digest {
-                    true => Ok(()),
-                    false => Err(CacheError::Store(format!(
-                        "the store named segment {} {stored}",
-                        s.digest
-                    ))),
-                }
-            })
-            .buffer_unordered(PARALLEL)
-            .try_collect::<Vec<()>>()
-            .await?;
+            .filter(|(s, present)| !present && seen.insert(s.digest.clone()));
+        for (segment, _) in missing {
+            count += 1;
+            bytes += segment.data.len() as u64;
+            while uploads.len() >= PARALLEL {
+                uploaded(uploads.join_next().await)?;
+            }
+            uploads.spawn(upload_segment(store.clone(), segment));
+        }
         digests.extend(asked);
         if done {
+            while !uploads.is_empty() {
+                uploaded(uploads.join_next().await)?;
+            }
             return Ok(Some((digests, count, bytes)));
         }
+    }
+}
+
+async fn upload_segment(store: Arc<dyn CacheStore>, segment: Segment) -> Result<(), CacheError> {
+    let stored = store.upload(segment.data).await?;
+    match stored == segment.digest {
+        true => Ok(()),
+        false => Err(CacheError::Store(format!(
+            "the store named segment {} {stored}",
+            segment.digest
+        ))),
+    }
+}
+
+/// The outcome of a finished upload task.
+fn uploaded(
+    joined: Option<Result<Result<(), CacheError>, tokio::task::JoinError>>,
+) -> Result<(), CacheError> {
+    match joined {
+        Some(Ok(result)) => result,
+        Some(Err(e)) => Err(io::Error::other(e.to_string()).into()),
+        None => Ok(()),
     }
 }

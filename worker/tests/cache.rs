@@ -26,9 +26,9 @@ async fn a_restored_cache_saves_as_the_same_segments() {
     let backend = Backend::Local {
         root: dir.path().join("store"),
     };
-    let direct = Arc::new(Direct::open(backend, "", dir.path()));
+    let direct = Arc::new(Direct::open(backend, ""));
     let paths = ["/deps/**/*".to_string()];
-    let first = cache::save(&engine, c, direct.as_ref(), &paths, "", None)
+    let first = cache::save(&engine, c, direct.clone(), &paths, "", None)
         .await
         .expect("save");
     assert_eq!(first.entry.files, 501);
@@ -44,7 +44,7 @@ async fn a_restored_cache_saves_as_the_same_segments() {
         .expect("restore");
     let listed = docker(&["exec", c, "sh", "-c", "ls /deps/sub | wc -l"]);
     assert_eq!(listed, "501");
-    let again = cache::save(&engine, c, direct.as_ref(), &paths, "", None)
+    let again = cache::save(&engine, c, direct.clone(), &paths, "", None)
         .await
         .expect("save again");
     assert_eq!(again.entry.segments, first.entry.segments);
@@ -64,13 +64,9 @@ async fn a_cache_that_cannot_be_had_whole_is_not_restored() {
     docker(&["exec", c, "sh", "-c", make]);
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path().join("store");
-    let direct = Arc::new(Direct::open(
-        Backend::Local { root: root.clone() },
-        "",
-        dir.path(),
-    ));
+    let direct = Arc::new(Direct::open(Backend::Local { root: root.clone() }, ""));
     let paths = ["/deps/**/*".to_string()];
-    let saved = cache::save(&engine, c, direct.as_ref(), &paths, "", None)
+    let saved = cache::save(&engine, c, direct.clone(), &paths, "", None)
         .await
         .expect("save");
     let segments = saved.entry.segments.clone();

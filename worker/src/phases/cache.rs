@@ -142,7 +142,7 @@ impl Build {
         let saved = cache::save(
             &self.engine,
             &container,
-            store.as_ref(),
+            store.clone(),
             &spec.paths,
             &keys.key,
             keys.restored.as_ref(),

@@ -1,26 +1,23 @@
 //! A cache store straight over a blob store, as the coordinator uses it (for the cache tests and
-//! the cache benchmark): segments going in are hashed and written to a temporary file, which the
-//! store takes under that digest; segments coming out stream as they are decoded. The index is not
+//! the cache benchmark): segments going in are hashed and stored from memory; segments coming out
+//! stream as they are decoded. The index is not
 //! kept: lookups find nothing, saves succeed.
 
 use bytes::Bytes;
-use std::path::Path;
 
 use kiln_cache::{Backend, BlobStore, Digest, StoreConfig};
 use kiln_proto::v1::CacheEntry;
-use kiln_worker::cache::{self, CacheError, CacheStore};
+use kiln_worker::cache::{CacheError, CacheStore};
 
 /// The blob store as a cache store.
 #[derive(Debug)]
 pub struct Direct {
     store: BlobStore,
-    tmp: tempfile::TempDir,
 }
 
 impl Direct {
-    /// A store on `backend` under `prefix` (unencrypted, zstd level 3), with its temporary files
-    /// in a new directory under `scratch`.
-    pub fn open(backend: Backend, prefix: &str, scratch: &Path) -> Direct {
+    /// A store on `backend` under `prefix` (unencrypted, zstd level 3).
+    pub fn open(backend: Backend, prefix: &str) -> Direct {
         let store = BlobStore::open(&StoreConfig {
             backend,
             prefix: prefix.to_string(),
@@ -28,10 +25,7 @@ impl Direct {
             level: 3,
         })
         .expect("the blob store");
-        Direct {
-            store,
-            tmp: tempfile::tempdir_in(scratch).expect("a temporary directory"),
-        }
+        Direct { store }
     }
 }
 
@@ -59,23 +53,9 @@ impl CacheStore for Direct {
         self.store.contains(&parsed).await.map_err(failed)
     }
 
-    /// As the coordinator's UploadBlob: the segment is hashed as it is written to a temporary
-    /// file, which the store then takes under that digest.
+    /// As the coordinator's UploadBlob: the segment is hashed and stored from memory.
     async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
-        let file = tempfile::NamedTempFile::new_in(self.tmp.path())?;
-        let (segment, digest) = tokio::task::spawn_blocking(move || {
-            let digest = cache::digest_of(&segment);
-            (segment, digest)
-        })
-        .await
-        .map_err(failed)?;
-        let digest = Digest::parse(&digest).map_err(failed)?;
-        tokio::fs::write(file.path(), &segment).await?;
-        let put = self
-            .store
-            .put_hashed(file.path(), digest, segment.len() as u64)
-            .await
-            .map_err(failed)?;
+        let put = self.store.put_bytes(segment).await.map_err(failed)?;
         Ok(put.digest.to_string())
     }
 
