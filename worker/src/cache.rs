@@ -1,10 +1,13 @@
 //! Build caches (semantics §6): what a build's `cache.paths` select comes out of the container as
 //! one tar with absolute paths (modes, owners, times and symlinks kept), written by the
 //! container's own `tar` (sorted by name where it can) and split as it streams into segments at
-//! content-defined file boundaries. Each segment is a blob named by its sha256: a save uploads
-//! only the segments the store lacks, so saving unchanged files uploads nothing. Restoring fetches
-//! every segment, checks each against its digest, then streams them into `tar -x` in the
-//! container at `/`.
+//! content-defined file boundaries. Each segment is a blob named by its sha256. A save after a
+//! restore hashes each segment and asks the store which it lacks: it uploads only those, so
+//! saving unchanged files uploads nothing. A save with nothing restored before it (a miss) has
+//! little to share, so it sends every segment as it comes, unhashed, and takes the digest the
+//! store computed (the store still keeps each content once). Restoring checks that every segment
+//! is there, then streams them, each checked against its digest, into `tar -x` in the container
+//! at `/`.
 //!
 //! After a restore the worker lists what the paths select (type, mode, owner, size, modification
 //! time and path of each entry, with one `find` in the container); a save whose listing is the
@@ -190,7 +193,7 @@ pub async fn save(
     let input = SyncIoBridge::new(StreamReader::new(stdout));
     let (tx, rx) = mpsc::channel(PARALLEL);
     let writer = tokio::task::spawn_blocking(move || write_tar(&selector, input, tx));
-    let uploaded = upload_segments(store, rx).await;
+    let uploaded = upload_segments(store, rx, since.is_some()).await;
     let written = writer.await.map_err(|e| io::Error::other(e.to_string()))?;
     // A store that failed ended the upload, the writer, then tar: its error says why.
     let uploaded = uploaded?;
@@ -566,8 +569,9 @@ fn tar_failed(doing: &'static str, code: Option<i64>, stderr: &[String]) -> Cach
     CacheError::Tar { doing, reason }
 }
 
-/// A segment of the cache tar and its digest.
+/// A segment of the cache tar (the `index`th), and its digest.
 struct Segment {
+    index: usize,
     digest: String,
     data: Bytes,
 }
@@ -732,12 +736,14 @@ impl Write for Counting {
     }
 }
 
-/// Uploads the segments the store lacks (asking in batches); returns every segment's digest in
-/// order, and how many segments and bytes went up; `None` when the writer stopped before the end
-/// of the tar (its error says why; the last batch is not sent).
+/// Uploads the segments: with `ask`, only those the store lacks (hashed as they come, then asked
+/// in batches), else every one as it comes. Returns every segment's digest in order, and how many
+/// segments and bytes went up; `None` when the writer stopped before the end of the tar (its error
+/// says why; the last batch is not sent).
 async fn upload_segments(
     store: Arc<dyn CacheStore>,
     mut rx: mpsc::Receiver<Option<Bytes>>,
+    ask: bool,
 ) -> Result<Option<(Vec<String>, usize, u64)>, CacheError> {
     let mut digests = Vec::new();
     let (mut count, mut bytes) = (0, 0);
@@ -745,7 +751,7 @@ async fn upload_segments(
     let mut hashing = Vec::new();
     let mut batch_bytes = 0;
     // Uploads run as tasks while the next segments come, [`PARALLEL`] at once; equal segments
-    // (equal files) go up once.
+    // (equal files) asked about in one save go up once.
     let mut uploads = tokio::task::JoinSet::new();
     let mut seen = std::collections::HashSet::new();
     loop {
@@ -755,64 +761,91 @@ async fn upload_segments(
         };
         let done = next.is_none();
         if let Some(data) = next {
-            batch_bytes += data.len();
-            hashing.push(tokio::task::spawn_blocking(move || Segment {
-                digest: digest_of(&data),
-                data,
-            }));
-        }
-        if !(done || hashing.len() >= BATCH || batch_bytes >= BATCH_BYTES) {
-            continue;
-        }
-        let mut batch = Vec::with_capacity(hashing.len());
-        for task in hashing.drain(..) {
-            batch.push(task.await.map_err(|e| io::Error::other(e.to_string()))?);
-        }
-        batch_bytes = 0;
-        let asked: Vec<String> = batch.iter().map(|s| s.digest.clone()).collect();
-        let present = match asked.is_empty() {
-            true => Vec::new(),
-            false => store.present(&asked).await?,
-        };
-        let missing = batch
-            .into_iter()
-            .zip(present.into_iter().chain(std::iter::repeat(false)))
-            .filter(|(s, present)| !present && seen.insert(s.digest.clone()));
-        for (segment, _) in missing {
-            count += 1;
-            bytes += segment.data.len() as u64;
-            while uploads.len() >= PARALLEL {
-                uploaded(uploads.join_next().await)?;
+            let index = digests.len();
+            digests.push(String::new());
+            if ask {
+                batch_bytes += data.len();
+                hashing.push(tokio::task::spawn_blocking(move || Segment {
+                    index,
+                    digest: digest_of(&data),
+                    data,
+                }));
+            } else {
+                count += 1;
+                bytes += data.len() as u64;
+                while uploads.len() >= PARALLEL {
+                    uploaded(&mut digests, uploads.join_next().await)?;
+                }
+                uploads.spawn(upload_segment(store.clone(), index, data, None));
             }
-            uploads.spawn(upload_segment(store.clone(), segment));
         }
-        digests.extend(asked);
+        if ask && (done || hashing.len() >= BATCH || batch_bytes >= BATCH_BYTES) {
+            let mut batch = Vec::with_capacity(hashing.len());
+            for task in hashing.drain(..) {
+                batch.push(task.await.map_err(|e| io::Error::other(e.to_string()))?);
+            }
+            batch_bytes = 0;
+            let asked: Vec<String> = batch.iter().map(|s| s.digest.clone()).collect();
+            let present = match asked.is_empty() {
+                true => Vec::new(),
+                false => store.present(&asked).await?,
+            };
+            let present = present.into_iter().chain(std::iter::repeat(false));
+            for (segment, present) in batch.into_iter().zip(present) {
+                digests[segment.index] = segment.digest.clone();
+                if present || !seen.insert(segment.digest.clone()) {
+                    continue;
+                }
+                count += 1;
+                bytes += segment.data.len() as u64;
+                while uploads.len() >= PARALLEL {
+                    uploaded(&mut digests, uploads.join_next().await)?;
+                }
+                let Segment {
+                    index,
+                    digest,
+                    data,
+                } = segment;
+                uploads.spawn(upload_segment(store.clone(), index, data, Some(digest)));
+            }
+        }
         if done {
-            while !uploads.is_empty() {
-                uploaded(uploads.join_next().await)?;
+            while let Some(joined) = uploads.join_next().await {
+                uploaded(&mut digests, Some(joined))?;
             }
             return Ok(Some((digests, count, bytes)));
         }
     }
 }
 
-async fn upload_segment(store: Arc<dyn CacheStore>, segment: Segment) -> Result<(), CacheError> {
-    let stored = store.upload(segment.data).await?;
-    match stored == segment.digest {
-        true => Ok(()),
-        false => Err(CacheError::Store(format!(
-            "the store named segment {} {stored}",
-            segment.digest
+/// Uploads segment `index` (whose digest, when `expected`, the store must agree with); returns
+/// the index and the digest the store computed.
+async fn upload_segment(
+    store: Arc<dyn CacheStore>,
+    index: usize,
+    data: Bytes,
+    expected: Option<String>,
+) -> Result<(usize, String), CacheError> {
+    let stored = store.upload(data).await?;
+    match expected {
+        Some(expected) if stored != expected => Err(CacheError::Store(format!(
+            "the store named segment {expected} {stored}"
         ))),
+        _ => Ok((index, stored)),
     }
 }
 
-/// The outcome of a finished upload task.
-fn uploaded(
-    joined: Option<Result<Result<(), CacheError>, tokio::task::JoinError>>,
-) -> Result<(), CacheError> {
+/// What an upload task ended with: the segment's index and digest.
+type Joined = Option<Result<Result<(usize, String), CacheError>, tokio::task::JoinError>>;
+
+/// Records the digest of a finished upload task.
+fn uploaded(digests: &mut [String], joined: Joined) -> Result<(), CacheError> {
     match joined {
-        Some(Ok(result)) => result,
+        Some(Ok(result)) => {
+            let (index, digest) = result?;
+            digests[index] = digest;
+            Ok(())
+        }
         Some(Err(e)) => Err(io::Error::other(e.to_string()).into()),
         None => Ok(()),
     }

@@ -37,16 +37,20 @@ async fn a_restored_cache_saves_as_the_same_segments() {
         "{:?}",
         first.entry.segments
     );
+    // Nothing was restored before it: every segment went up, named by the store.
+    assert_eq!(first.uploaded_segments, first.entry.segments.len());
     docker(&["exec", c, "rm", "-rf", "/deps"]);
     let dyn_store: Arc<dyn CacheStore> = direct.clone();
-    cache::restore(&engine, c, dyn_store, first.entry.clone(), false)
+    // Without a listing, the save after it reads every file and asks the store about each segment.
+    let restored = cache::restore(&engine, c, dyn_store, first.entry.clone(), false)
         .await
         .expect("restore");
     let listed = docker(&["exec", c, "sh", "-c", "ls /deps/sub | wc -l"]);
     assert_eq!(listed, "501");
-    let again = cache::save(&engine, c, direct.clone(), &paths, "", None)
+    let again = cache::save(&engine, c, direct.clone(), &paths, "", Some(&restored))
         .await
         .expect("save again");
+    assert!(!again.unchanged);
     assert_eq!(again.entry.segments, first.entry.segments);
     assert_eq!(again.uploaded_segments, 0);
 }
@@ -59,7 +63,7 @@ async fn a_cache_that_cannot_be_had_whole_is_not_restored() {
     let engine = common::engine().await;
     let container = Container::sleeping("cache-whole");
     let c = container.0.as_str();
-    // 48 MiB in 12 files: several segments, sorted by name (a00 .. a11).
+    // 48 MiB in 12 files: several segments, sorted by name (a10 .. a21).
     let make = "mkdir -p /deps && cd /deps && for i in $(seq 10 21); do head -c 4194304 /dev/urandom > a$i; done";
     docker(&["exec", c, "sh", "-c", make]);
     let dir = tempfile::tempdir().expect("tempdir");
