@@ -25,6 +25,10 @@ use crate::codec::{self, EncryptionKey};
 
 /// Encoded bytes per multipart part and per ranged read.
 const PART: usize = 8 << 20;
+/// A blob whose encoded bytes fit in this goes up in one PUT, as every cache segment (16 MiB at
+/// most, and a little more encoded) does: a multipart upload costs three requests and, on some
+/// servers, a second copy of the object when it completes.
+const ONE_PUT: usize = 17 << 20;
 /// Parts uploaded, and ranges read, at once.
 const PARALLEL: usize = 4;
 /// Existence checks in flight at once.
@@ -374,7 +378,7 @@ impl BlobStore {
         })
     }
 
-    /// Sends the encoded chunks: one PUT when they fit in a part, else a multipart upload with
+    /// Sends the encoded chunks: one PUT when they fit in [`ONE_PUT`], else a multipart upload with
     /// [`PARALLEL`] parts in flight (aborted on failure, so nothing half-written is visible). The
     /// encoder ends with `None`; a channel closed without it means the encoding failed, and
     /// nothing is stored.
@@ -385,7 +389,7 @@ impl BlobStore {
     ) -> Result<(), StoreError> {
         let broken = || StoreError::Io(std::io::Error::other("the encoder stopped"));
         let mut first = Vec::new();
-        while first.len() < PART {
+        while first.len() < ONE_PUT {
             match rx.recv().await.ok_or_else(broken)? {
                 Some(chunk) => first.extend_from_slice(&chunk),
                 None => {
