@@ -270,8 +270,8 @@ async fn caches_follow_the_project_across_workers_and_coordinators() {
     assert!(!log.contains("Cache saved"), "{log}");
     assert_eq!(cache_json(a2, "uncached")["caches"], serde_json::json!([]));
 
-    // A damaged segment, the last one, is refused: the build restores nothing (not even what
-    // the sound segments before it hold) and still succeeds. While it runs the store goes down:
+    // A damaged segment, the last one, is refused: the build keeps nothing restored (not even
+    // what the sound segments before it hold) and still succeeds. While it runs the store goes down:
     // the save fails with a warning, the build still succeeds.
     let all = listed["caches"][0]["segments"]
         .as_array()
@@ -295,6 +295,11 @@ async fn caches_follow_the_project_across_workers_and_coordinators() {
     let log = log_of(a2, &id);
     assert_eq!(done.build_status, "SUCCEEDED", "{log}");
     assert!(log.contains("Cache not restored: "), "{log}");
+    // The segments before it were streamed into the container, then taken out again.
+    assert!(
+        log.contains("files put back before it were removed"),
+        "{log}"
+    );
     assert!(!log.contains("restored deps of cached:"), "{log}");
     assert!(!log.contains("restored m2 mode 600"), "{log}");
     assert!(log.contains("Cache not saved: "), "{log}");

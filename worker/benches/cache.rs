@@ -11,7 +11,8 @@
 //!
 //!   cargo bench -p kiln-worker --bench cache
 //!
-//! `KILN_BENCH_CASE=tree` (or `file`) runs one of the two.
+//! `KILN_BENCH_CASE=tree` (or `file`) runs one of the two cases, `KILN_BENCH_STORE=local` (or
+//! `s3`) one of the two stores.
 //!
 //! The store is used directly, as the coordinator uses it; the worker-to-coordinator gRPC hop of a
 //! farm is not in these figures.
@@ -79,7 +80,14 @@ fn main() {
             ),
             ("S3 (s3s-fs on loopback)", s3.backend()),
         ];
+        let store = std::env::var("KILN_BENCH_STORE").ok();
         for (backend_name, backend) in backends {
+            if store
+                .as_deref()
+                .is_some_and(|s| !backend_name.to_lowercase().starts_with(s))
+            {
+                continue;
+            }
             let direct = Arc::new(Direct::open(backend, &format!("bench-{dir}")));
             let paths = [format!("/data/{dir}/**/*")];
             let t = Instant::now();

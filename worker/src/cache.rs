@@ -43,21 +43,31 @@ const BATCH_BYTES: usize = 64 << 20;
 /// Segments uploaded, or fetched ahead while restoring, at once.
 const PARALLEL: usize = 4;
 
-/// How the save script names a base that is not in the container.
-const MISSING: &str = "kiln-cache-missing ";
+/// How the save script names a base that is not in the container (a macro, so the script's text
+/// can hold it too).
+macro_rules! missing {
+    () => {
+        "kiln-cache-missing "
+    };
+}
+const MISSING: &str = missing!();
 /// Writes one tar of the bases given (absolute paths) that exist, named relative to `/`, and
 /// names the others on stderr. Entries come sorted by name where `tar` can (GNU tar), so the same
 /// files make the same segments whatever order the directories list them in.
-const SAVE_SCRIPT: &str = r#"command -v tar >/dev/null 2>&1 || exit 127
+const SAVE_SCRIPT: &str = concat!(
+    r#"command -v tar >/dev/null 2>&1 || exit 127
 for b; do
   shift
-  if [ -e "$b" ] || [ -L "$b" ]; then set -- "$@" "${b#/}"; else echo "kiln-cache-missing $b" >&2; fi
+  if [ -e "$b" ] || [ -L "$b" ]; then set -- "$@" "${b#/}"; else echo ""#,
+    missing!(),
+    r#"$b" >&2; fi
 done
 [ $# -gt 0 ] || exit 0
 if tar --sort=name -cf /dev/null /dev/null 2>/dev/null; then
   exec tar --sort=name -C / -cf - -- "$@"
 fi
-exec tar -C / -cf - -- "$@""#;
+exec tar -C / -cf - -- "$@""#
+);
 /// Extracts a tar at `/`, keeping owners and modes.
 const RESTORE_COMMAND: [&str; 5] = ["tar", "-C", "/", "-xpf", "-"];
 
