@@ -1,7 +1,6 @@
 //! A cache store straight over a blob store, as the coordinator uses it (for the cache tests and
 //! the cache benchmark): segments going in are hashed and stored from memory; segments coming out
-//! stream as they are decoded. The index is not
-//! kept: lookups find nothing, saves succeed.
+//! stream as they are decoded. The index is not kept: lookups find nothing, saves succeed.
 
 use bytes::Bytes;
 
