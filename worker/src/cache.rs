@@ -755,14 +755,11 @@ async fn upload_segments(
     mut rx: mpsc::Receiver<Option<Bytes>>,
     ask: bool,
 ) -> Result<Option<(Vec<String>, usize, u64)>, CacheError> {
-    let mut digests = Vec::new();
-    let (mut count, mut bytes) = (0, 0);
+    let mut uploads = Uploads::default();
     // Each segment is hashed on a blocking thread as it comes, beside the tar writer's.
     let mut hashing = Vec::new();
     let mut batch_bytes = 0;
-    // Uploads run as tasks while the next segments come, [`PARALLEL`] at once; equal segments
-    // (equal files) asked about in one save go up once.
-    let mut uploads = tokio::task::JoinSet::new();
+    // Equal segments (equal files) asked about in one save go up once.
     let mut seen = std::collections::HashSet::new();
     loop {
         let next = match rx.recv().await {
@@ -771,8 +768,8 @@ async fn upload_segments(
         };
         let done = next.is_none();
         if let Some(data) = next {
-            let index = digests.len();
-            digests.push(String::new());
+            let index = uploads.digests.len();
+            uploads.digests.push(String::new());
             if ask {
                 batch_bytes += data.len();
                 hashing.push(tokio::task::spawn_blocking(move || Segment {
@@ -781,12 +778,7 @@ async fn upload_segments(
                     data,
                 }));
             } else {
-                count += 1;
-                bytes += data.len() as u64;
-                while uploads.len() >= PARALLEL {
-                    uploaded(&mut digests, uploads.join_next().await)?;
-                }
-                uploads.spawn(upload_segment(store.clone(), index, data, None));
+                uploads.start(&store, index, data, None).await?;
             }
         }
         if ask && (done || hashing.len() >= BATCH || batch_bytes >= BATCH_BYTES) {
@@ -802,29 +794,62 @@ async fn upload_segments(
             };
             let present = present.into_iter().chain(std::iter::repeat(false));
             for (segment, present) in batch.into_iter().zip(present) {
-                digests[segment.index] = segment.digest.clone();
+                uploads.digests[segment.index] = segment.digest.clone();
                 if present || !seen.insert(segment.digest.clone()) {
                     continue;
-                }
-                count += 1;
-                bytes += segment.data.len() as u64;
-                while uploads.len() >= PARALLEL {
-                    uploaded(&mut digests, uploads.join_next().await)?;
                 }
                 let Segment {
                     index,
                     digest,
                     data,
                 } = segment;
-                uploads.spawn(upload_segment(store.clone(), index, data, Some(digest)));
+                uploads.start(&store, index, data, Some(digest)).await?;
             }
         }
         if done {
-            while let Some(joined) = uploads.join_next().await {
-                uploaded(&mut digests, Some(joined))?;
-            }
-            return Ok(Some((digests, count, bytes)));
+            while uploads.finish_one().await? {}
+            return Ok(Some((uploads.digests, uploads.count, uploads.bytes)));
         }
+    }
+}
+
+/// A save's uploads: tasks that run while the next segments come, [`PARALLEL`] at once; every
+/// segment's digest by its index, and the segments and bytes that went up.
+#[derive(Default)]
+struct Uploads {
+    tasks: tokio::task::JoinSet<Result<(usize, String), CacheError>>,
+    digests: Vec<String>,
+    count: usize,
+    bytes: u64,
+}
+
+impl Uploads {
+    /// Starts uploading segment `index`, once fewer than [`PARALLEL`] uploads run.
+    async fn start(
+        &mut self,
+        store: &Arc<dyn CacheStore>,
+        index: usize,
+        data: Bytes,
+        expected: Option<String>,
+    ) -> Result<(), CacheError> {
+        self.count += 1;
+        self.bytes += data.len() as u64;
+        while self.tasks.len() >= PARALLEL {
+            self.finish_one().await?;
+        }
+        self.tasks
+            .spawn(upload_segment(store.clone(), index, data, expected));
+        Ok(())
+    }
+
+    /// Waits for one upload to end and records its digest; false when none was running.
+    async fn finish_one(&mut self) -> Result<bool, CacheError> {
+        let Some(joined) = self.tasks.join_next().await else {
+            return Ok(false);
+        };
+        let (index, digest) = joined.map_err(|e| io::Error::other(e.to_string()))??;
+        self.digests[index] = digest;
+        Ok(true)
     }
 }
 
@@ -842,21 +867,5 @@ async fn upload_segment(
             "the store named segment {expected} {stored}"
         ))),
         _ => Ok((index, stored)),
-    }
-}
-
-/// What an upload task ended with: the segment's index and digest.
-type Joined = Option<Result<Result<(usize, String), CacheError>, tokio::task::JoinError>>;
-
-/// Records the digest of a finished upload task.
-fn uploaded(digests: &mut [String], joined: Joined) -> Result<(), CacheError> {
-    match joined {
-        Some(Ok(result)) => {
-            let (index, digest) = result?;
-            digests[index] = digest;
-            Ok(())
-        }
-        Some(Err(e)) => Err(io::Error::other(e.to_string()).into()),
-        None => Ok(()),
     }
 }
