@@ -130,42 +130,65 @@ impl<W: Write> Write for FrameSink<W> {
     }
 }
 
-/// Encodes `content` into `out` (see the module docs); returns `out`.
+impl<W: Write> FrameSink<W> {
+    /// Writes the header to `out`; what is written next is framed (and sealed with `key`).
+    fn start(mut out: W, key: Option<&EncryptionKey>) -> io::Result<FrameSink<W>> {
+        out.write_all(MAGIC)?;
+        let seal = match key {
+            Some(key) => {
+                let prefix: [u8; 8] = rand::random();
+                out.write_all(&[ENCRYPTED])?;
+                out.write_all(&prefix)?;
+                Some((key.cipher(), prefix))
+            }
+            None => {
+                out.write_all(&[0])?;
+                None
+            }
+        };
+        Ok(FrameSink {
+            out,
+            buf: Vec::with_capacity(FRAME),
+            seal,
+            counter: 0,
+        })
+    }
+
+    /// Writes the last frame; returns `out`.
+    fn end(mut self) -> io::Result<W> {
+        self.emit(true)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+}
+
+/// Encodes `content` into `out` (see the module docs), compressed as it is read on every core (as
+/// `zstd -T0`); returns `out`.
 pub fn encode<R: Read, W: Write>(
     mut content: R,
     out: W,
     key: Option<&EncryptionKey>,
     level: i32,
 ) -> io::Result<W> {
-    let mut out = out;
-    out.write_all(MAGIC)?;
-    let seal = match key {
-        Some(key) => {
-            let prefix: [u8; 8] = rand::random();
-            out.write_all(&[ENCRYPTED])?;
-            out.write_all(&prefix)?;
-            Some((key.cipher(), prefix))
-        }
-        None => {
-            out.write_all(&[0])?;
-            None
-        }
-    };
-    let sink = FrameSink {
-        out,
-        buf: Vec::with_capacity(FRAME),
-        seal,
-        counter: 0,
-    };
-    let mut zstd = zstd::stream::write::Encoder::new(sink, level)?;
-    // As `zstd -T0`: every core compresses.
+    let mut zstd = zstd::stream::write::Encoder::new(FrameSink::start(out, key)?, level)?;
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     zstd.multithread(u32::try_from(workers).unwrap_or(1))?;
     io::copy(&mut content, &mut zstd)?;
-    let mut sink = zstd.finish()?;
-    sink.emit(true)?;
-    sink.out.flush()?;
-    Ok(sink.out)
+    zstd.finish()?.end()
+}
+
+/// [`encode`] of content held in memory (a cache segment, several of which are encoded at once):
+/// compressed in one call on this thread, with no copy of the content and no worker threads.
+pub fn encode_slice<W: Write>(
+    content: &[u8],
+    out: W,
+    key: Option<&EncryptionKey>,
+    level: i32,
+) -> io::Result<W> {
+    let compressed = zstd::bulk::compress(content, level)?;
+    let mut sink = FrameSink::start(out, key)?;
+    sink.write_all(&compressed)?;
+    sink.end()
 }
 
 /// Reads frames back, checking each seal and that the last one came.
@@ -292,14 +315,18 @@ mod tests {
         EncryptionKey([byte; 32])
     }
 
-    fn roundtrip(content: &[u8], k: Option<&EncryptionKey>) -> Vec<u8> {
-        let encoded = encode(content, Vec::new(), k, 3).expect("encode");
-        let mut out = Vec::new();
-        decode(&encoded[..], k)
-            .expect("header")
-            .read_to_end(&mut out)
-            .expect("decode");
-        out
+    /// The content decoded from what each encoder made of it.
+    fn roundtrip(content: &[u8], k: Option<&EncryptionKey>) -> [Vec<u8>; 2] {
+        let streamed = encode(content, Vec::new(), k, 3).expect("encode");
+        let whole = encode_slice(content, Vec::new(), k, 3).expect("encode_slice");
+        [streamed, whole].map(|encoded| {
+            let mut out = Vec::new();
+            decode(&encoded[..], k)
+                .expect("header")
+                .read_to_end(&mut out)
+                .expect("decode");
+            out
+        })
     }
 
     fn content(n: usize) -> Vec<u8> {
@@ -313,8 +340,12 @@ mod tests {
     fn content_comes_back_with_and_without_a_key() {
         for n in [0, 1, FRAME - 1, FRAME, 3 * FRAME + 17] {
             let c = content(n);
-            assert_eq!(roundtrip(&c, None), c, "{n} bytes");
-            assert_eq!(roundtrip(&c, Some(&key(7))), c, "{n} bytes encrypted");
+            for decoded in roundtrip(&c, None) {
+                assert_eq!(decoded, c, "{n} bytes");
+            }
+            for decoded in roundtrip(&c, Some(&key(7))) {
+                assert_eq!(decoded, c, "{n} bytes encrypted");
+            }
         }
     }
 

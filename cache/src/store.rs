@@ -324,17 +324,38 @@ impl BlobStore {
     }
 
     /// Stores content held in memory (a cache segment) unless the store has it, under the digest
-    /// summed here on a blocking thread: no temporary file.
+    /// summed here: hashed, then encoded whole, on a blocking thread, and sent in one PUT (no
+    /// temporary file).
     pub async fn put_bytes(&self, data: Bytes) -> Result<Put, StoreError> {
-        let (data, digest) = tokio::task::spawn_blocking(move || {
+        let (data, digest) = blocking(move || {
             let digest = Digest::of(Sha256::new_with_prefix(&data));
-            (data, digest)
+            Ok((data, digest))
         })
-        .await
-        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+        .await?;
         let size = data.len() as u64;
-        self.put_encoded(digest, size, move || Ok(std::io::Cursor::new(data)))
-            .await
+        if self.has(&digest).await? {
+            return Ok(Put {
+                digest,
+                size,
+                uploaded: false,
+            });
+        }
+        let (key, level) = (self.key.clone(), self.level);
+        let encoded = blocking(move || {
+            let out = Vec::with_capacity(data.len() / 2);
+            codec::encode_slice(&data, out, key.as_ref(), level)
+        })
+        .await?;
+        self.put_whole(&self.location(&digest), encoded).await?;
+        Ok(Put {
+            digest,
+            size,
+            uploaded: true,
+        })
+    }
+
+    async fn has(&self, digest: &Digest) -> Result<bool, StoreError> {
+        Ok(self.contains(std::slice::from_ref(digest)).await?[0])
     }
 
     /// Stores what `open` reads under `digest` unless the store has it: encoded on a blocking
@@ -345,7 +366,7 @@ impl BlobStore {
         size: u64,
         open: impl FnOnce() -> std::io::Result<R> + Send + 'static,
     ) -> Result<Put, StoreError> {
-        if self.contains(std::slice::from_ref(&digest)).await?[0] {
+        if self.has(&digest).await? {
             return Ok(Put {
                 digest,
                 size,
@@ -392,15 +413,7 @@ impl BlobStore {
         while first.len() < ONE_PUT {
             match rx.recv().await.ok_or_else(broken)? {
                 Some(chunk) => first.extend_from_slice(&chunk),
-                None => {
-                    let n = first.len() as u64;
-                    self.inner
-                        .put(location, PutPayload::from(first))
-                        .await
-                        .map_err(self.backend())?;
-                    self.metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
-                    return Ok(());
-                }
+                None => return self.put_whole(location, first).await,
             }
         }
         let upload = self
@@ -439,6 +452,17 @@ impl BlobStore {
                 Err(e)
             }
         }
+    }
+
+    /// Stores encoded bytes in one PUT.
+    async fn put_whole(&self, location: &ObjectPath, encoded: Vec<u8>) -> Result<(), StoreError> {
+        let n = encoded.len() as u64;
+        self.inner
+            .put(location, PutPayload::from(encoded))
+            .await
+            .map_err(self.backend())?;
+        self.metrics.bytes_in.fetch_add(n, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Writes the blob's content to `dest` (replaced only once the content checked out against
@@ -672,9 +696,19 @@ impl BlobStore {
     }
 }
 
+/// Runs `work` on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, StoreError> {
+    let done = tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    Ok(done?)
+}
+
 /// The SHA-256 and size of a file, read on a blocking thread.
 async fn hash_file(path: PathBuf) -> Result<(Digest, u64), StoreError> {
-    tokio::task::spawn_blocking(move || -> Result<(Digest, u64), StoreError> {
+    blocking(move || {
         let mut file = std::fs::File::open(&path)?;
         let mut hasher = Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
@@ -690,7 +724,6 @@ async fn hash_file(path: PathBuf) -> Result<(Digest, u64), StoreError> {
         Ok((Digest::of(hasher), size))
     })
     .await
-    .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
 }
 
 /// The encoder's output, in 1 MiB chunks, to the uploader; `finish` marks the clean end.

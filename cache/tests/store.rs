@@ -73,6 +73,20 @@ async fn suite(backend: Backend) {
             );
         }
 
+        // Content held in memory (a cache segment) is stored under its digest, the same blob as
+        // the same content from a file.
+        let segment = bytes::Bytes::from(noise(5 << 20, 11));
+        let put = store.put_bytes(segment.clone()).await.expect("put_bytes");
+        assert!(put.uploaded && put.size == segment.len() as u64);
+        let again = store.put_bytes(segment.clone()).await.expect("again");
+        assert!(!again.uploaded && again.digest == put.digest);
+        let as_file = file(dir.path(), "segment", &segment);
+        let from_file = store.put_file(&as_file, None).await.expect("put");
+        assert!(!from_file.uploaded && from_file.digest == put.digest);
+        let back = dir.path().join("segment-back");
+        store.get_file(&put.digest, &back).await.expect("get");
+        assert_eq!(std::fs::read(&back).expect("read"), segment);
+
         let known = store.put_file(&small, None).await.expect("put").digest;
         let unknown = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("digest");
         assert_eq!(

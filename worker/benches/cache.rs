@@ -17,7 +17,6 @@
 //! The store is used directly, as the coordinator uses it; the worker-to-coordinator gRPC hop of a
 //! farm is not in these figures.
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -66,11 +65,14 @@ fn main() {
         if !runs(dir) {
             continue;
         }
-        let (base_save, archive) = baseline_save(c, dir, work.path());
-        println!(
-            "{label}: baseline tar | zstd -3 -T0: save {}",
-            secs(base_save)
-        );
+        // The first read of files just written is slower on this storage, for whoever comes
+        // first: the tree is read once, unmeasured.
+        run(&format!(
+            "docker exec {c} tar -C / -cf - data/{dir} | wc -c > /dev/null"
+        ));
+        let archive = work.path().join(format!("baseline-{dir}.tar.zst"));
+        let archive = archive.to_str().expect("utf-8").to_string();
+        println!("{label}:");
         let backends = [
             (
                 "local directory",
@@ -90,14 +92,18 @@ fn main() {
             }
             let direct = Arc::new(Direct::open(backend, &format!("bench-{dir}")));
             let paths = [format!("/data/{dir}/**/*")];
+            // The baseline saves just before Kiln's and again after it, and restores just before
+            // Kiln's and again after it (each into the emptied container); Kiln's are set against
+            // their means: this machine's speed drifts within a run (file creation slows down
+            // after many deletions, and the disk and the other tenants come and go).
+            let base_save_before = baseline_save(c, dir, &archive);
             let t = Instant::now();
             let saved = runtime
                 .block_on(cache::save(&engine, c, direct.clone(), &paths, "", None))
                 .expect("save");
             let cold = t.elapsed();
-            // The baseline restores just before Kiln's and again after it, each into the emptied
-            // container, and Kiln's is set against their mean: file creation here slows down
-            // after many deletions, by more or less as the disk's state drifts.
+            let base_save_after = baseline_save(c, dir, &archive);
+            let base_save = (base_save_before + base_save_after) / 2;
             let base_before = baseline_restore(c, dir, &archive);
             sh(c, &format!("rm -rf /data/{dir}"));
             let t = Instant::now();
@@ -147,9 +153,11 @@ fn main() {
             let base_after = baseline_restore(c, dir, &archive);
             let base_restore = (base_before + base_after) / 2;
             println!(
-                "  {backend_name}: save {} ({:.2}x baseline), restore {} ({:.2}x the baseline's {} before and {} after), unchanged re-save {} ({:.3}x the first), re-save after adding a file, reading every file, {} ({:.2}x the first, {} of {} segments uploaded)",
+                "  {backend_name}: save {} ({:.2}x the baseline's {} before and {} after), restore {} ({:.2}x the baseline's {} before and {} after), unchanged re-save {} ({:.3}x the first), re-save after adding a file, reading every file, {} ({:.2}x the first, {} of {} segments uploaded)",
                 secs(cold),
                 ratio(cold, base_save),
+                secs(base_save_before),
+                secs(base_save_after),
                 secs(restored),
                 ratio(restored, base_restore),
                 secs(base_before),
@@ -165,20 +173,13 @@ fn main() {
     }
 }
 
-/// `docker exec tar -c | zstd -3 -T0` to a local file; returns the time and the file. The tree is
-/// read once before, unmeasured: the first read of files just written is slower on this storage,
-/// for whoever comes first.
-fn baseline_save(container: &str, dir: &str, work: &Path) -> (Duration, String) {
-    let archive = work.join(format!("baseline-{dir}.tar.zst"));
-    let archive = archive.to_str().expect("utf-8").to_string();
-    run(&format!(
-        "docker exec {container} tar -C / -cf - data/{dir} | wc -c > /dev/null"
-    ));
+/// `docker exec tar -c | zstd -3 -T0` to `archive` (a local file).
+fn baseline_save(container: &str, dir: &str, archive: &str) -> Duration {
     let t = Instant::now();
     run(&format!(
         "docker exec {container} tar -C / -cf - data/{dir} | zstd -3 -T0 -q -f -o {archive}"
     ));
-    (t.elapsed(), archive)
+    t.elapsed()
 }
 
 /// `zstd -dc | docker exec -i tar -x` of the baseline's archive back where it was, after

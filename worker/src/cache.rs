@@ -15,7 +15,7 @@
 //!
 //! Where entries and blobs live is a [`CacheStore`]'s business (the coordinator, for a worker).
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -414,7 +414,7 @@ async fn fetch_checked(store: Arc<dyn CacheStore>, digest: String) -> Result<Byt
 
 /// The names (relative to `/`) of the files, links and other non-directories in a tar, as far as
 /// it can be read.
-fn entry_names(input: impl io::Read) -> Vec<String> {
+fn entry_names(input: impl Read) -> Vec<String> {
     let mut names = Vec::new();
     let mut archive = tar::Archive::new(input);
     let Ok(entries) = archive.entries() else {
@@ -587,33 +587,69 @@ struct Segment {
 }
 
 /// Cuts the tar into segments as it is written and hands them to the uploader; `None` after the
-/// last one says the tar is whole.
+/// last one says the tar is whole. Each segment is written in place, in a buffer that holds
+/// [`MAX_SEGMENT`] bytes.
 struct Segmenter {
     buf: Vec<u8>,
+    /// Bytes of the tar so far.
+    written: u64,
     tx: mpsc::Sender<Option<Bytes>>,
 }
 
 impl Segmenter {
-    fn emit(&mut self, data: Vec<u8>) -> io::Result<()> {
+    fn new(tx: mpsc::Sender<Option<Bytes>>) -> Segmenter {
+        Segmenter {
+            buf: Vec::with_capacity(MAX_SEGMENT),
+            written: 0,
+            tx,
+        }
+    }
+
+    /// Hands the segment so far to the uploader.
+    fn cut(&mut self) -> io::Result<()> {
+        let data = std::mem::replace(&mut self.buf, Vec::with_capacity(MAX_SEGMENT));
         self.tx
             .blocking_send(Some(Bytes::from(data)))
             .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the cache upload stopped"))
+    }
+
+    /// Room left in the segment, after cutting a full one.
+    fn room(&mut self) -> io::Result<usize> {
+        if self.buf.len() == MAX_SEGMENT {
+            self.cut()?;
+        }
+        Ok(MAX_SEGMENT - self.buf.len())
+    }
+
+    /// Reads `size` bytes of a file's content from `input` straight into the segments, then the
+    /// padding that ends its tar entry.
+    fn read_content(&mut self, input: &mut impl Read, size: u64) -> io::Result<()> {
+        let mut left = size;
+        while left > 0 {
+            let want = left.min(self.room()? as u64);
+            let n = input.by_ref().take(want).read_to_end(&mut self.buf)?;
+            if n as u64 != want {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            self.written += want;
+            left -= want;
+        }
+        let padding = (512 - size % 512) % 512;
+        self.write_all(&[0; 512][..padding as usize])
     }
 
     /// After each file: ends the segment here when the path's hash picks this boundary, so the
     /// same files cut the same segments wherever they start.
     fn boundary(&mut self, path: &str) -> io::Result<()> {
         if self.buf.len() >= MIN_SEGMENT && fnv1a(path.as_bytes()).is_multiple_of(CUT_ONE_IN) {
-            let data = std::mem::take(&mut self.buf);
-            self.emit(data)?;
+            self.cut()?;
         }
         Ok(())
     }
 
     fn finish(&mut self) -> io::Result<()> {
         if !self.buf.is_empty() {
-            let data = std::mem::take(&mut self.buf);
-            self.emit(data)?;
+            self.cut()?;
         }
         self.tx
             .blocking_send(None)
@@ -623,13 +659,10 @@ impl Segmenter {
 
 impl Write for Segmenter {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.buf.extend_from_slice(data);
-        while self.buf.len() >= MAX_SEGMENT {
-            let rest = self.buf.split_off(MAX_SEGMENT);
-            let full = std::mem::replace(&mut self.buf, rest);
-            self.emit(full)?;
-        }
-        Ok(data.len())
+        let n = self.room()?.min(data.len());
+        self.buf.extend_from_slice(&data[..n]);
+        self.written += n as u64;
+        Ok(n)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -648,17 +681,10 @@ fn fnv1a(data: &[u8]) -> u64 {
 /// and notes on what was left out.
 fn write_tar(
     selector: &Selector,
-    input: impl io::Read,
+    input: impl Read,
     tx: mpsc::Sender<Option<Bytes>>,
 ) -> Result<(u64, u64, Vec<String>), CacheError> {
-    let segmenter = Segmenter {
-        buf: Vec::with_capacity(MAX_SEGMENT),
-        tx,
-    };
-    let mut out = tar::Builder::new(Counting {
-        inner: segmenter,
-        written: 0,
-    });
+    let mut out = tar::Builder::new(Segmenter::new(tx));
     let mut files = 0;
     let mut skipped = Vec::new();
     let mut archive = tar::Archive::new(input);
@@ -683,8 +709,12 @@ fn write_tar(
         header.set_mtime(source.mtime()?);
         match kind {
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                header.set_size(entry.size());
-                out.append_data(&mut header, &name, &mut entry)?;
+                let size = entry.size();
+                header.set_size(size);
+                // With no data, `append_data` writes the header (after a long-name entry when
+                // the name needs one) and no padding; the content follows, read in place.
+                out.append_data(&mut header, &name, io::empty())?;
+                out.get_mut().read_content(&mut entry, size)?;
                 files += 1;
             }
             tar::EntryType::Directory => {
@@ -718,32 +748,14 @@ fn write_tar(
                 continue;
             }
         }
-        out.get_mut().inner.boundary(&absolute)?;
+        out.get_mut().boundary(&absolute)?;
     }
     // The padding after the end of the archive, so tar ends having written everything.
     io::copy(&mut archive.into_inner(), &mut io::sink())?;
     out.finish()?;
-    let mut counting = out.into_inner()?;
-    counting.inner.finish()?;
-    Ok((counting.written, files, skipped))
-}
-
-/// Counts the bytes of the tar.
-struct Counting {
-    inner: Segmenter,
-    written: u64,
-}
-
-impl Write for Counting {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(data)?;
-        self.written += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
+    let mut segmenter = out.into_inner()?;
+    segmenter.finish()?;
+    Ok((segmenter.written, files, skipped))
 }
 
 /// Uploads the segments: with `ask`, only those the store lacks (hashed as they come, then asked
