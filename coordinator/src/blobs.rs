@@ -6,18 +6,25 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use futures_util::{Stream, StreamExt};
 use kiln_cache::{BlobStore, Digest, StoreConfig, StoreError};
 use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
+use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
+
+/// Uploads held in memory at once ([`Blobs::store_stream`]); more wait their turn, so cache
+/// segments (64 MiB at most) take at most 1 GiB of the coordinator's memory.
+const IN_MEMORY: usize = 16;
 
 #[derive(Clone)]
 pub struct Blobs {
     store: BlobStore,
     tmp: PathBuf,
+    in_memory: Arc<Semaphore>,
     /// `[store] presigned_artifacts`: artifacts are also kept plain (see [`artifacts_name`]).
     plain_artifacts: bool,
 }
@@ -58,6 +65,7 @@ impl Blobs {
         Ok(Blobs {
             store: BlobStore::open(store)?,
             tmp,
+            in_memory: Arc::new(Semaphore::new(IN_MEMORY)),
             plain_artifacts: false,
         })
     }
@@ -206,11 +214,12 @@ impl Blobs {
     }
 
     /// Drains a gRPC byte stream of at most `limit` bytes (a cache segment) into a blob, held in
-    /// memory on the way: no temporary file.
+    /// memory on the way (no temporary file), [`IN_MEMORY`] at once.
     pub async fn store_stream<S>(&self, limit: u64, mut chunks: S) -> Result<Stored, Status>
     where
         S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
     {
+        let _turn = self.in_memory.acquire().await.map_err(internal)?;
         let mut data = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
@@ -323,4 +332,60 @@ fn store_status(e: StoreError) -> Status {
 
 fn internal(e: impl std::fmt::Display) -> Status {
     Status::internal(format!("blob store: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn segments_beyond_the_bound_wait_for_one_to_be_stored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = StoreConfig {
+            backend: kiln_cache::Backend::Local {
+                root: dir.path().join("store"),
+            },
+            prefix: String::new(),
+            key: None,
+            level: 3,
+        };
+        let blobs = Blobs::open(dir.path(), &config).expect("blobs");
+        // IN_MEMORY uploads whose last chunk has not come yet...
+        let mut senders = Vec::new();
+        let mut held = tokio::task::JoinSet::new();
+        for i in 0..IN_MEMORY {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, Status>>(1);
+            tx.send(Ok(vec![i as u8; 1024])).await.expect("send");
+            senders.push(tx);
+            let blobs = blobs.clone();
+            held.spawn(async move { blobs.store_stream(1 << 20, ReceiverStream::new(rx)).await });
+        }
+        // ...hold every turn...
+        let all_taken = async {
+            while blobs.in_memory.available_permits() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), all_taken)
+            .await
+            .expect("each upload held in memory takes a turn");
+        // ...so one more, whole already, waits (stored in milliseconds otherwise).
+        let mut next = tokio::spawn({
+            let blobs = blobs.clone();
+            async move {
+                let whole = futures_util::stream::iter([Ok(b"next".to_vec())]);
+                blobs.store_stream(1 << 20, whole).await
+            }
+        });
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(500), &mut next).await;
+        assert!(waited.is_err(), "an upload beyond the bound went ahead");
+        // One ends: the waiting one is stored.
+        senders.remove(0);
+        let stored = next.await.expect("join").expect("stored");
+        assert_eq!(stored.size, 4);
+        drop(senders);
+        while let Some(done) = held.join_next().await {
+            done.expect("join").expect("stored");
+        }
+    }
 }
