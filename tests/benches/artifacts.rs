@@ -6,7 +6,8 @@
 //! - Upload: from the start of UPLOAD_ARTIFACTS until the build is recorded complete, less the
 //!   container's teardown (FINALIZING): the files leave the container, are checked and summed,
 //!   and their tar goes to the coordinator and into the store. Baseline: `docker cp` of the same
-//!   tree out of a container of the same image.
+//!   tree out of a container of the same image, just before the build and again after it (the
+//!   upload is set against their mean).
 //! - Download: `kiln artifacts ID -o DIR` (fetched, checked against its digest, extracted).
 //!   Baseline: `cp -a` of the tree `docker cp` brought out, just before (creating files costs
 //!   more on a file system where many were just deleted, so nothing is deleted until the end).
@@ -30,11 +31,23 @@ use kiln_tests::{
 fn main() {
     let mb = kiln_tests::bench_setting("KILN_BENCH_MB", 1024);
     let work = kiln_tests::bench_work_dir();
+    let source = Container::sleeping("artifacts-bench");
+    let c = source.0.as_str();
+    docker(&["exec", c, "sh", "-c", &bench_data_script("/data", mb, true)]);
+    // Read once, unmeasured: the first read of files just written is slower on some storage.
+    docker(&[
+        "exec",
+        c,
+        "sh",
+        "-c",
+        "tar -cf - /data/tree 2>/dev/null | wc -c",
+    ]);
     let copied = work.path().join("cp-out");
-    let (base_up, files) = docker_cp(mb, &copied);
+    let first = docker_cp(c, &copied);
+    let files = count_files(&copied);
     println!(
         "{files} files, {mb} MiB: baseline docker cp out of the container {}",
-        secs(base_up)
+        secs(first)
     );
     let s3 = S3Server::start();
     let s3_config = format!(
@@ -62,6 +75,9 @@ fn main() {
             bench_data_script("out", mb, true)
         );
         let src = checkout(&[("buildspec.yml", &buildspec)]);
+        // docker cp just before the build and again after it; the upload is set against their
+        // mean, as this machine's speed drifts within a run.
+        let base_before = docker_cp(c, &work.path().join(format!("cp-before-{}", label.len())));
         let id = start(addr, src.path(), &[]);
         let build = runtime.block_on(async {
             let mut c = client(addr, None).await;
@@ -69,6 +85,8 @@ fn main() {
         });
         assert_eq!(build.build_status, "SUCCEEDED", "{build:?}");
         let up = upload_time(&build);
+        let base_after = docker_cp(c, &work.path().join(format!("cp-after-{}", label.len())));
+        let base_up = (base_before + base_after) / 2;
         // cp -a just before the download, on the file system as it is then: creating files
         // costs more there after many were deleted, so nothing is deleted before the end.
         let again = work.path().join(format!("cp-again-{}", label.len()));
@@ -104,9 +122,11 @@ fn main() {
         let downloaded = count_files(&out);
         assert_eq!(downloaded, files, "every file downloaded");
         println!(
-            "  {label}: upload {} ({:.2}x the throughput of docker cp), download {} ({:.2}x the throughput of cp -a, {} just before)",
+            "  {label}: upload {} ({:.2}x the throughput of docker cp, {} before and {} after), download {} ({:.2}x the throughput of cp -a, {} just before)",
             secs(up),
             ratio(base_up, up),
+            secs(base_before),
+            secs(base_after),
             secs(down),
             ratio(base_down, down),
             secs(base_down)
@@ -114,27 +134,15 @@ fn main() {
     }
 }
 
-/// `docker cp` of the tree out of a container of the build image to `copied`; returns its time
-/// and the number of files.
-fn docker_cp(mb: u64, copied: &Path) -> (Duration, u64) {
-    let container = Container::sleeping("artifacts-bench");
-    let c = container.0.as_str();
-    docker(&["exec", c, "sh", "-c", &bench_data_script("/data", mb, true)]);
-    // Read once, unmeasured: the first read of files just written is slower on some storage.
-    docker(&[
-        "exec",
-        c,
-        "sh",
-        "-c",
-        "tar -cf - /data/tree 2>/dev/null | wc -c",
-    ]);
+/// `docker cp` of the tree out of container `c` to `copied`; returns its time.
+fn docker_cp(c: &str, copied: &Path) -> Duration {
     let t = Instant::now();
     docker(&[
         "cp",
         &format!("{c}:/data/tree"),
         copied.to_str().expect("utf-8"),
     ]);
-    (t.elapsed(), count_files(copied))
+    t.elapsed()
 }
 
 /// From the start of UPLOAD_ARTIFACTS to the build's end, without FINALIZING (the container's
