@@ -15,7 +15,7 @@
 //!
 //! Where entries and blobs live is a [`CacheStore`]'s business (the coordinator, for a worker).
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -320,11 +320,8 @@ pub async fn restore(
     };
     let (id, output, mut input) = engine.exec_with_input(container, spec).await?;
     // What the tar holds, read beside it: the files to take out again if it stops short.
-    let (tee, teed) = mpsc::channel::<io::Result<Bytes>>(PARALLEL);
-    let teed = SyncIoBridge::new(StreamReader::new(
-        tokio_stream::wrappers::ReceiverStream::new(teed),
-    ));
-    let names = tokio::task::spawn_blocking(move || entry_names(teed));
+    let (tee, teed) = mpsc::channel::<Bytes>(PARALLEL);
+    let names = tokio::task::spawn_blocking(move || entry_names(Teed::new(teed)));
     let feed = async {
         let mut segments = futures_util::stream::iter(entry.segments.clone())
             .map(|digest| fetch_checked(store.clone(), digest))
@@ -334,7 +331,7 @@ pub async fn restore(
             match data {
                 Ok(data) => {
                     // A parser that stopped (at a malformed entry) lists what it read so far.
-                    let _ = tee.send(Ok(data.clone())).await;
+                    let _ = tee.send(data.clone()).await;
                     if let Err(e) = input.write_all(&data).await {
                         // tar stopped reading: its status says why.
                         failed = Some(Fed::Tar(e));
@@ -413,11 +410,11 @@ async fn fetch_checked(store: Arc<dyn CacheStore>, digest: String) -> Result<Byt
 }
 
 /// The names (relative to `/`) of the files, links and other non-directories in a tar, as far as
-/// it can be read.
-fn entry_names(input: impl Read) -> Vec<String> {
+/// it can be read (the files' contents are skipped, not read).
+fn entry_names(input: impl Read + Seek) -> Vec<String> {
     let mut names = Vec::new();
     let mut archive = tar::Archive::new(input);
-    let Ok(entries) = archive.entries() else {
+    let Ok(entries) = archive.entries_with_seek() else {
         return names;
     };
     for entry in entries {
@@ -430,6 +427,70 @@ fn entry_names(input: impl Read) -> Vec<String> {
         }
     }
     names
+}
+
+/// A restore's segments, in order, as the parser beside it reads them (on a blocking thread):
+/// what it skips (forward only, as tar skips a file's content) is dropped without a copy.
+struct Teed {
+    rx: mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+    pos: u64,
+}
+
+impl Teed {
+    fn new(rx: mpsc::Receiver<Bytes>) -> Teed {
+        Teed {
+            rx,
+            chunk: Bytes::new(),
+            pos: 0,
+        }
+    }
+
+    /// Takes up to `n` bytes from the current segment (the next one when it is used up); empty
+    /// at the end.
+    fn take(&mut self, n: usize) -> Bytes {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.chunk = chunk,
+                None => return Bytes::new(),
+            }
+        }
+        let taken = self.chunk.split_to(n.min(self.chunk.len()));
+        self.pos += taken.len() as u64;
+        taken
+    }
+}
+
+impl Read for Teed {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let taken = self.take(buf.len());
+        buf[..taken.len()].copy_from_slice(&taken);
+        Ok(taken.len())
+    }
+}
+
+impl Seek for Teed {
+    fn seek(&mut self, to: SeekFrom) -> io::Result<u64> {
+        let backward = || {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "a restore's tar is only skipped forward",
+            )
+        };
+        let SeekFrom::Current(ahead) = to else {
+            return Err(backward());
+        };
+        let mut ahead = u64::try_from(ahead).map_err(|_| backward())?;
+        // Past the end, the next read finds nothing: the archive ends there.
+        while ahead > 0 {
+            let skipped = self.take(usize::try_from(ahead).unwrap_or(usize::MAX));
+            if skipped.is_empty() {
+                break;
+            }
+            ahead -= skipped.len() as u64;
+        }
+        Ok(self.pos)
+    }
 }
 
 /// Removes these files (relative to `/`) from the container, with `rm -f` in batches that keep
