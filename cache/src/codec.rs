@@ -84,6 +84,36 @@ struct FrameSink<W: Write> {
 }
 
 impl<W: Write> FrameSink<W> {
+    /// Writes the header to `out`; what is written next is framed (and sealed with `key`).
+    fn start(mut out: W, key: Option<&EncryptionKey>) -> io::Result<FrameSink<W>> {
+        out.write_all(MAGIC)?;
+        let seal = match key {
+            Some(key) => {
+                let prefix: [u8; 8] = rand::random();
+                out.write_all(&[ENCRYPTED])?;
+                out.write_all(&prefix)?;
+                Some((key.cipher(), prefix))
+            }
+            None => {
+                out.write_all(&[0])?;
+                None
+            }
+        };
+        Ok(FrameSink {
+            out,
+            buf: Vec::with_capacity(FRAME),
+            seal,
+            counter: 0,
+        })
+    }
+
+    /// Writes the last frame; returns `out`.
+    fn end(mut self) -> io::Result<W> {
+        self.emit(true)?;
+        self.out.flush()?;
+        Ok(self.out)
+    }
+
     fn emit(&mut self, last: bool) -> io::Result<()> {
         let payload = match &self.seal {
             Some((cipher, prefix)) => {
@@ -127,38 +157,6 @@ impl<W: Write> Write for FrameSink<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.out.flush()
-    }
-}
-
-impl<W: Write> FrameSink<W> {
-    /// Writes the header to `out`; what is written next is framed (and sealed with `key`).
-    fn start(mut out: W, key: Option<&EncryptionKey>) -> io::Result<FrameSink<W>> {
-        out.write_all(MAGIC)?;
-        let seal = match key {
-            Some(key) => {
-                let prefix: [u8; 8] = rand::random();
-                out.write_all(&[ENCRYPTED])?;
-                out.write_all(&prefix)?;
-                Some((key.cipher(), prefix))
-            }
-            None => {
-                out.write_all(&[0])?;
-                None
-            }
-        };
-        Ok(FrameSink {
-            out,
-            buf: Vec::with_capacity(FRAME),
-            seal,
-            counter: 0,
-        })
-    }
-
-    /// Writes the last frame; returns `out`.
-    fn end(mut self) -> io::Result<W> {
-        self.emit(true)?;
-        self.out.flush()?;
-        Ok(self.out)
     }
 }
 
