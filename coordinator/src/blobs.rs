@@ -208,7 +208,8 @@ impl Blobs {
             .await
             .map_err(store_status)?;
         Ok(ReceiverStream::new(chunks).map(|chunk| match chunk {
-            Ok(data) => Ok(data.to_vec()),
+            // No copy: each chunk is the only handle on its buffer.
+            Ok(data) => Ok(Vec::from(data)),
             Err(e) => Err(store_status(e)),
         }))
     }

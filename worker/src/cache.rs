@@ -42,6 +42,9 @@ const BATCH: usize = 32;
 const BATCH_BYTES: usize = 64 << 20;
 /// Segments uploaded, or fetched ahead while restoring, at once.
 const PARALLEL: usize = 4;
+/// Pieces of a restore's segments (a MiB or so each) that the parser listing its files may
+/// have yet to read.
+const TEED: usize = 64;
 
 /// How the save script names a base that is not in the container (a macro, so the script's text
 /// can hold it too).
@@ -83,10 +86,6 @@ pub enum CacheError {
     Io(#[from] io::Error),
     #[error("{doing}: {reason}")]
     Tar { doing: &'static str, reason: String },
-    #[error(
-        "cache segment {digest} does not match its digest (got {got}): the stored cache is damaged"
-    )]
-    Corrupt { digest: String, got: String },
     #[error("{cause} ({undone})")]
     Incomplete {
         cause: Box<CacheError>,
@@ -111,7 +110,9 @@ pub trait CacheStore: Send + Sync + std::fmt::Debug {
     async fn present(&self, digests: &[String]) -> Result<Vec<bool>, CacheError>;
     /// Stores a segment; returns the digest the store computed.
     async fn upload(&self, segment: Bytes) -> Result<String, CacheError>;
-    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError>;
+    /// A segment, whole, in the pieces it came in. The store checks it against its digest: a
+    /// damaged one is an error, and none of it is returned.
+    async fn fetch(&self, digest: &str) -> Result<Vec<Bytes>, CacheError>;
     /// Records an entry whose segments are stored; false when a keyed entry exists already.
     async fn save(&self, entry: CacheEntry) -> Result<bool, CacheError>;
 }
@@ -287,8 +288,8 @@ async fn listing(engine: &Engine, container: &str, selector: &Selector) -> Optio
 }
 
 /// Restores `entry` into the container: checks that the store holds every segment, then streams
-/// them, each checked against its digest as it comes (the next ones fetched meanwhile), into the
-/// container's `tar -x`. A segment that cannot be had after all (a store that went down, a damaged
+/// them, each checked against its digest by the store (the next ones fetched meanwhile), into
+/// the container's `tar -x`. A segment that cannot be had after all (a store that went down, a damaged
 /// blob) ends the restore, and the files it had put back are removed again: a cache is restored
 /// whole or not at all. With `list` (a save may follow), then lists what its paths select (see
 /// [`Restored`]).
@@ -320,27 +321,31 @@ pub async fn restore(
     };
     let (id, output, mut input) = engine.exec_with_input(container, spec).await?;
     // What the tar holds, read beside it: the files to take out again if it stops short.
-    let (tee, teed) = mpsc::channel::<Bytes>(PARALLEL);
+    let (tee, teed) = mpsc::channel::<Bytes>(TEED);
     let names = tokio::task::spawn_blocking(move || entry_names(Teed::new(teed)));
     let feed = async {
         let mut segments = futures_util::stream::iter(entry.segments.clone())
-            .map(|digest| fetch_checked(store.clone(), digest))
+            .map(|digest| {
+                let store = store.clone();
+                async move { store.fetch(&digest).await }
+            })
             .buffered(PARALLEL);
         let mut failed = None;
-        while let Some(data) = segments.next().await {
-            match data {
-                Ok(data) => {
-                    // A parser that stopped (at a malformed entry) lists what it read so far.
-                    let _ = tee.send(data.clone()).await;
-                    if let Err(e) = input.write_all(&data).await {
-                        // tar stopped reading: its status says why.
-                        failed = Some(Fed::Tar(e));
-                        break;
-                    }
-                }
+        'segments: while let Some(pieces) = segments.next().await {
+            let pieces = match pieces {
+                Ok(pieces) => pieces,
                 Err(e) => {
                     failed = Some(Fed::Store(e));
                     break;
+                }
+            };
+            for piece in pieces {
+                // A parser that stopped (at a malformed entry) lists what it read so far.
+                let _ = tee.send(piece.clone()).await;
+                if let Err(e) = input.write_all(&piece).await {
+                    // tar stopped reading: its status says why.
+                    failed = Some(Fed::Tar(e));
+                    break 'segments;
                 }
             }
         }
@@ -391,22 +396,6 @@ enum Fed {
     Store(CacheError),
     /// `tar` in the container stopped reading.
     Tar(io::Error),
-}
-
-/// A segment from the store, checked against its digest (on a blocking thread, so the segments
-/// fetched ahead are checked at once).
-async fn fetch_checked(store: Arc<dyn CacheStore>, digest: String) -> Result<Bytes, CacheError> {
-    let data = store.fetch(&digest).await?;
-    let (data, got) = tokio::task::spawn_blocking(move || {
-        let got = digest_of(&data);
-        (data, got)
-    })
-    .await
-    .map_err(|e| io::Error::other(e.to_string()))?;
-    match got == digest {
-        true => Ok(data),
-        false => Err(CacheError::Corrupt { digest, got }),
-    }
 }
 
 /// The names (relative to `/`) of the files, links and other non-directories in a tar, as far as

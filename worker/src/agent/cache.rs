@@ -82,7 +82,7 @@ impl CacheStore for CoordinatorCache {
         Ok(response.map_err(store_error)?.into_inner().digest)
     }
 
-    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError> {
+    async fn fetch(&self, digest: &str) -> Result<Vec<Bytes>, CacheError> {
         let request = FetchSourceRequest {
             digest: digest.to_string(),
         };
@@ -93,16 +93,17 @@ impl CacheStore for CoordinatorCache {
             .await
             .map_err(store_error)?
             .into_inner();
-        let mut data = Vec::new();
+        let (mut pieces, mut size) = (Vec::new(), 0);
         while let Some(chunk) = stream.message().await.map_err(store_error)? {
-            data.extend_from_slice(&chunk.data);
-            if data.len() > MAX_SEGMENT {
+            size += chunk.data.len();
+            if size > MAX_SEGMENT {
                 return Err(CacheError::Store(format!(
                     "cache segment {digest} is larger than a segment can be"
                 )));
             }
+            pieces.push(Bytes::from(chunk.data));
         }
-        Ok(Bytes::from(data))
+        Ok(pieces)
     }
 
     async fn save(&self, entry: CacheEntry) -> Result<bool, CacheError> {

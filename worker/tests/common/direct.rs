@@ -58,15 +58,15 @@ impl CacheStore for Direct {
         Ok(put.digest.to_string())
     }
 
-    /// As the coordinator's FetchSource: the blob streamed as it is decoded.
-    async fn fetch(&self, digest: &str) -> Result<Bytes, CacheError> {
+    /// As the coordinator's FetchSource: the blob in the pieces it is decoded in, checked.
+    async fn fetch(&self, digest: &str) -> Result<Vec<Bytes>, CacheError> {
         let digest = Digest::parse(digest).map_err(failed)?;
         let mut chunks = self.store.get_stream(&digest, 0).await.map_err(failed)?;
-        let mut data = Vec::new();
+        let mut pieces = Vec::new();
         while let Some(chunk) = chunks.recv().await {
-            data.extend_from_slice(&chunk.map_err(failed)?);
+            pieces.push(chunk.map_err(failed)?);
         }
-        Ok(Bytes::from(data))
+        Ok(pieces)
     }
 
     async fn save(&self, _: CacheEntry) -> Result<bool, CacheError> {
