@@ -6,8 +6,10 @@
 //! file was added (every file read, only the segments the store lacks uploaded), through the
 //! local-directory blob store and through a real S3-compatible server (`s3s-fs`). The baseline is
 //! `docker exec tar -c | zstd -3 -T0` to a local file and `zstd -dc | docker exec -i tar -x` back
-//! into the emptied container, just before Kiln's restore and again after it (Kiln's is set
-//! against their mean). Needs Docker and the build image (`deploy/build-image.sh`).
+//! into the emptied container. Kiln's cold saves and restores take turns with the baseline's, which
+//! runs first and last, and each of Kiln's is set against the mean of the baseline's either side
+//! of it; the median over the rounds (`KILN_BENCH_ROUNDS`: by default three for the file, one for
+//! the tree) is the figure. Needs Docker and the build image (`deploy/build-image.sh`).
 //!
 //!   cargo bench -p kiln-worker --bench cache
 //!
@@ -90,35 +92,56 @@ fn main() {
             {
                 continue;
             }
-            let direct = Arc::new(Direct::open(backend, &format!("bench-{dir}")));
             let paths = [format!("/data/{dir}/**/*")];
-            // The baseline saves just before Kiln's and again after it, and restores just before
-            // Kiln's and again after it (each into the emptied container); Kiln's are set against
-            // their means: this machine's speed drifts within a run (file creation slows down
-            // after many deletions, and the disk and the other tenants come and go).
-            let base_save_before = baseline_save(c, dir, &archive);
-            let t = Instant::now();
-            let saved = runtime
-                .block_on(cache::save(&engine, c, direct.clone(), &paths, "", None))
-                .expect("save");
-            let cold = t.elapsed();
-            let base_save_after = baseline_save(c, dir, &archive);
-            let base_save = (base_save_before + base_save_after) / 2;
-            let base_before = baseline_restore(c, dir, &archive);
-            sh(c, &format!("rm -rf /data/{dir}"));
-            let t = Instant::now();
-            let dyn_store: Arc<dyn CacheStore> = direct.clone();
-            let restored_entry = runtime
-                .block_on(cache::restore(
-                    &engine,
-                    c,
-                    dyn_store,
-                    saved.entry.clone(),
-                    true,
-                ))
-                .expect("restore");
-            let restored = t.elapsed();
-            // As a build does, the saves after it know what it restored.
+            // Kiln's cold saves and restores take turns with the baseline's, which comes first
+            // and last (see `Bracketed`): this machine's speed drifts within a run (file creation
+            // slows down after many deletions, and the disk and the other tenants come and go).
+            // Each cold save goes to a store of its own, empty.
+            let (saves, save_times) = bracketed(
+                rounds(dir),
+                || baseline_save(c, dir, &archive),
+                |round| {
+                    let direct = Arc::new(Direct::open(
+                        backend.clone(),
+                        &format!("bench-{dir}-{round}"),
+                    ));
+                    let t = Instant::now();
+                    let saved = runtime
+                        .block_on(cache::save(&engine, c, direct.clone(), &paths, "", None))
+                        .expect("save");
+                    ((direct, saved), t.elapsed())
+                },
+            );
+            let (direct, saved) = saves.first().expect("a round");
+            assert!(
+                saves
+                    .iter()
+                    .all(|(_, other)| other.entry.segments == saved.entry.segments),
+                "every cold save cuts the same segments"
+            );
+            // Restores into the emptied container, as the baseline's.
+            let (restores, restore_times) = bracketed(
+                rounds(dir),
+                || baseline_restore(c, dir, &archive),
+                |_| {
+                    sh(c, &format!("rm -rf /data/{dir}"));
+                    let dyn_store: Arc<dyn CacheStore> = direct.clone();
+                    let t = Instant::now();
+                    let restored = runtime
+                        .block_on(cache::restore(
+                            &engine,
+                            c,
+                            dyn_store,
+                            saved.entry.clone(),
+                            true,
+                        ))
+                        .expect("restore");
+                    (restored, t.elapsed())
+                },
+            );
+            let restored_entry = restores.last().expect("a round");
+            // As a build does, the saves after it know what it restored (the baseline's last
+            // restore put back the same files, times and modes included).
             let save_since_restore = || {
                 let t = Instant::now();
                 let saved = runtime.block_on(cache::save(
@@ -127,7 +150,7 @@ fn main() {
                     direct.clone(),
                     &paths,
                     "",
-                    Some(&restored_entry),
+                    Some(restored_entry),
                 ));
                 (saved.expect("save after the restore"), t.elapsed())
             };
@@ -150,18 +173,9 @@ fn main() {
                 "{}",
                 reread.uploaded_segments
             );
-            let base_after = baseline_restore(c, dir, &archive);
-            let base_restore = (base_before + base_after) / 2;
+            let cold = save_times.kiln_median();
             println!(
-                "  {backend_name}: save {} ({:.2}x the baseline's {} before and {} after), restore {} ({:.2}x the baseline's {} before and {} after), unchanged re-save {} ({:.3}x the first), re-save after adding a file, reading every file, {} ({:.2}x the first, {} of {} segments uploaded)",
-                secs(cold),
-                ratio(cold, base_save),
-                secs(base_save_before),
-                secs(base_save_after),
-                secs(restored),
-                ratio(restored, base_restore),
-                secs(base_before),
-                secs(base_after),
+                "  {backend_name}: save {save_times}; restore {restore_times}; unchanged re-save {} ({:.3}x the median cold save), re-save after adding a file, reading every file, {} ({:.2}x, {} of {} segments uploaded)",
                 secs(unchanged),
                 ratio(unchanged, cold),
                 secs(read_all),
@@ -170,6 +184,83 @@ fn main() {
                 reread.entry.segments.len()
             );
         }
+    }
+}
+
+/// How many times Kiln's cold save and restore run (`KILN_BENCH_ROUNDS`; by default three for the
+/// file, one for the tree, whose restore takes minutes).
+fn rounds(dir: &str) -> usize {
+    let default = if dir == "file" { 3 } else { 1 };
+    kiln_tests::bench_setting("KILN_BENCH_ROUNDS", default).max(1) as usize
+}
+
+/// Kiln's timings and the baseline's, taken in turn (baseline, Kiln, baseline, ..., baseline):
+/// each of Kiln's is set against the mean of the baseline's just before and just after it.
+struct Bracketed {
+    kiln: Vec<Duration>,
+    base: Vec<Duration>,
+}
+
+/// `rounds` of Kiln's `kiln(round)`, each between two of the baseline's `base()`; returns what
+/// Kiln's gave, in order, and the timings.
+fn bracketed<T>(
+    rounds: usize,
+    mut base: impl FnMut() -> Duration,
+    mut kiln: impl FnMut(usize) -> (T, Duration),
+) -> (Vec<T>, Bracketed) {
+    let mut timings = Bracketed {
+        kiln: Vec::new(),
+        base: vec![base()],
+    };
+    let mut gave = Vec::new();
+    for round in 0..rounds {
+        let (value, took) = kiln(round);
+        gave.push(value);
+        timings.kiln.push(took);
+        timings.base.push(base());
+    }
+    (gave, timings)
+}
+
+impl Bracketed {
+    /// Each of Kiln's timings against the mean of the baselines either side of it, in order.
+    fn ratios(&self) -> Vec<f64> {
+        self.kiln
+            .iter()
+            .zip(self.base.windows(2))
+            .map(|(kiln, base)| ratio(*kiln, (base[0] + base[1]) / 2))
+            .collect()
+    }
+
+    fn kiln_median(&self) -> Duration {
+        Duration::from_secs_f64(median(
+            self.kiln.iter().map(Duration::as_secs_f64).collect(),
+        ))
+    }
+}
+
+impl std::fmt::Display for Bracketed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ratios = self.ratios();
+        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
+        let list = |times: &[Duration]| times.iter().map(|t| secs(*t)).collect::<Vec<_>>();
+        write!(
+            f,
+            "{:.2}x the baseline (median; each round {}), Kiln {}, baseline {}",
+            median(ratios),
+            each.join(" "),
+            list(&self.kiln).join(" "),
+            list(&self.base).join(" ")
+        )
+    }
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    match values.len() % 2 {
+        1 => values[mid],
+        _ => (values[mid - 1] + values[mid]) / 2.0,
     }
 }
 
