@@ -107,35 +107,38 @@ impl<W: Write> FrameSink<W> {
         })
     }
 
-    /// Writes the last frame; returns `out`.
+    /// Writes the last frame (what is held); returns `out`.
     fn end(mut self) -> io::Result<W> {
-        self.emit(true)?;
+        let held = std::mem::take(&mut self.buf);
+        self.emit(&held, true)?;
         self.out.flush()?;
         Ok(self.out)
     }
 
-    fn emit(&mut self, last: bool) -> io::Result<()> {
+    /// Writes `plain` as the next frame, sealed when there is a key.
+    fn emit(&mut self, plain: &[u8], last: bool) -> io::Result<()> {
+        let sealed;
         let payload = match &self.seal {
             Some((cipher, prefix)) => {
                 let n = nonce(prefix, self.counter);
                 let a = aad(self.counter, last);
-                cipher
+                sealed = cipher
                     .encrypt(
                         Nonce::from_slice(&n),
                         Payload {
-                            msg: &self.buf,
+                            msg: plain,
                             aad: &a,
                         },
                     )
-                    .map_err(|_| io::Error::other("encryption failed"))?
+                    .map_err(|_| io::Error::other("encryption failed"))?;
+                &sealed
             }
-            None => std::mem::take(&mut self.buf),
+            None => plain,
         };
         let len = u32::try_from(payload.len()).map_err(|_| io::Error::other("frame too large"))?;
         let marked = if last { len | LAST } else { len };
         self.out.write_all(&marked.to_be_bytes())?;
-        self.out.write_all(&payload)?;
-        self.buf.clear();
+        self.out.write_all(payload)?;
         self.counter = self
             .counter
             .checked_add(1)
@@ -145,12 +148,20 @@ impl<W: Write> FrameSink<W> {
 }
 
 impl<W: Write> Write for FrameSink<W> {
+    /// Whole frames of `data` go out as they are; the rest is held until a frame is full.
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if self.buf.is_empty() && data.len() >= FRAME {
+            self.emit(&data[..FRAME], false)?;
+            return Ok(FRAME);
+        }
         let room = FRAME - self.buf.len();
         let n = room.min(data.len());
         self.buf.extend_from_slice(&data[..n]);
         if self.buf.len() == FRAME {
-            self.emit(false)?;
+            let full = std::mem::take(&mut self.buf);
+            self.emit(&full, false)?;
+            self.buf = full;
+            self.buf.clear();
         }
         Ok(n)
     }
@@ -176,15 +187,17 @@ pub fn encode<R: Read, W: Write>(
 }
 
 /// [`encode`] of content held in memory (a cache segment, several of which are encoded at once):
-/// compressed in one call on this thread, with no copy of the content and no worker threads.
-pub fn encode_slice<W: Write>(
+/// compressed in one call on this thread, with no copy of the content and no worker threads, then
+/// framed straight into a buffer of the blob's size.
+pub fn encode_slice(
     content: &[u8],
-    out: W,
     key: Option<&EncryptionKey>,
     level: i32,
-) -> io::Result<W> {
+) -> io::Result<Vec<u8>> {
     let compressed = zstd::bulk::compress(content, level)?;
-    let mut sink = FrameSink::start(out, key)?;
+    let frames = compressed.len() / FRAME + 1;
+    let size = MAGIC.len() + 1 + 8 + compressed.len() + frames * (4 + TAG);
+    let mut sink = FrameSink::start(Vec::with_capacity(size), key)?;
     sink.write_all(&compressed)?;
     sink.end()
 }
@@ -316,7 +329,7 @@ mod tests {
     /// The content decoded from what each encoder made of it.
     fn roundtrip(content: &[u8], k: Option<&EncryptionKey>) -> [Vec<u8>; 2] {
         let streamed = encode(content, Vec::new(), k, 3).expect("encode");
-        let whole = encode_slice(content, Vec::new(), k, 3).expect("encode_slice");
+        let whole = encode_slice(content, k, 3).expect("encode_slice");
         [streamed, whole].map(|encoded| {
             let mut out = Vec::new();
             decode(&encoded[..], k)

@@ -341,11 +341,7 @@ impl BlobStore {
             });
         }
         let (key, level) = (self.key.clone(), self.level);
-        let encoded = blocking(move || {
-            let out = Vec::with_capacity(data.len() / 2);
-            codec::encode_slice(&data, out, key.as_ref(), level)
-        })
-        .await?;
+        let encoded = blocking(move || codec::encode_slice(&data, key.as_ref(), level)).await?;
         self.put_whole(&self.location(&digest), encoded).await?;
         Ok(Put {
             digest,

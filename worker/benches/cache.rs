@@ -199,6 +199,10 @@ fn rounds(dir: &str) -> usize {
 struct Bracketed {
     kiln: Vec<Duration>,
     base: Vec<Duration>,
+    /// The CPU time of Kiln's runs (this process), and of the baseline's (its commands: the
+    /// `docker` client, `zstd`; not the Docker daemon's, which both share).
+    kiln_cpu: Vec<Duration>,
+    base_cpu: Vec<Duration>,
 }
 
 /// `rounds` of Kiln's `kiln(round)`, each between two of the baseline's `base()`; returns what
@@ -210,14 +214,24 @@ fn bracketed<T>(
 ) -> (Vec<T>, Bracketed) {
     let mut timings = Bracketed {
         kiln: Vec::new(),
-        base: vec![base()],
+        base: Vec::new(),
+        kiln_cpu: Vec::new(),
+        base_cpu: Vec::new(),
     };
+    let mut base = || {
+        let (_, before) = cpu();
+        timings.base.push(base());
+        timings.base_cpu.push(cpu().1 - before);
+    };
+    base();
     let mut gave = Vec::new();
     for round in 0..rounds {
+        let (before, _) = cpu();
         let (value, took) = kiln(round);
+        timings.kiln_cpu.push(cpu().0 - before);
         gave.push(value);
         timings.kiln.push(took);
-        timings.base.push(base());
+        base();
     }
     (gave, timings)
 }
@@ -246,13 +260,33 @@ impl std::fmt::Display for Bracketed {
         let list = |times: &[Duration]| times.iter().map(|t| secs(*t)).collect::<Vec<_>>();
         write!(
             f,
-            "{:.2}x the baseline (median; each round {}), Kiln {}, baseline {}",
+            "{:.2}x the baseline (median; each round {}), Kiln {}, baseline {}; CPU: Kiln {}, the baseline's commands {}",
             median(ratios),
             each.join(" "),
             list(&self.kiln).join(" "),
-            list(&self.base).join(" ")
+            list(&self.base).join(" "),
+            list(&self.kiln_cpu).join(" "),
+            list(&self.base_cpu).join(" ")
         )
     }
+}
+
+/// The CPU time (user and system) of this process, and of its children waited for.
+fn cpu() -> (Duration, Duration) {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The fields after the command's name, which is in parentheses: utime is the 14th field.
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .expect("a stat line")
+        .1
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|f| f.parse().expect("a tick count"))
+        .collect();
+    // Linux reports these in ticks of 1/100 s (USER_HZ).
+    let ticks = |n: u64| Duration::from_millis(n * 10);
+    (ticks(fields[0] + fields[1]), ticks(fields[2] + fields[3]))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
