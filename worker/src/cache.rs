@@ -6,8 +6,8 @@
 //! saving unchanged files uploads nothing. A save with nothing restored before it (a miss) has
 //! little to share, so it sends every segment as it comes, unhashed, and takes the digest the
 //! store computed (the store still keeps each content once). Restoring checks that every segment
-//! is there, then streams them, each checked against its digest, into `tar -x` in the container
-//! at `/`.
+//! is there, then streams them, each checked against its digest by the store, into `tar -x` in
+//! the container at `/`.
 //!
 //! After a restore the worker lists what the paths select (type, mode, owner, size, modification
 //! time and path of each entry, with one `find` in the container); a save whose listing is the
