@@ -1,7 +1,9 @@
 //! The blob store against `tar | zstd`, on the same data in the same run: one large file (1 GiB
 //! by default; `KILN_BENCH_MB` changes it) saved and restored through the local-directory backend
 //! and through a real S3-compatible server (`s3s-fs`, see `deploy/test-deps.sh`), plus a second
-//! save of the unchanged file. Prints each time and its ratio to the baseline.
+//! save of the unchanged file. Kiln's saves and restores take turns with the baseline's (see
+//! `kiln_tests::bench::Bracketed`); prints each time, its ratio to the baseline's either side of
+//! it, and the median ratio.
 //!
 //!   cargo bench -p kiln-cache --bench store
 
@@ -11,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_cache::{Backend, BlobStore, StoreConfig};
+use kiln_tests::bench::{self, bracketed, ratio, secs};
 use kiln_tests::s3::S3Server;
 
 fn main() {
@@ -19,83 +22,74 @@ fn main() {
     let input = work.path().join("input");
     write_input(&input, mb << 20);
     println!("one file of {mb} MiB (half random, half repetitive text)");
-
-    let (save, restore) = baseline(&input, work.path());
-    println!(
-        "baseline tar | zstd -3 -T0: save {} restore {}",
-        secs(save),
-        secs(restore)
-    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
-    let local_root = work.path().join("store");
-    let local = BlobStore::open(&config(Backend::Local { root: local_root })).expect("local store");
-    runtime.block_on(measure(
-        "local directory",
-        &local,
-        &input,
-        work.path(),
-        save,
-        restore,
-    ));
-
+    let local = Backend::Local {
+        root: work.path().join("store"),
+    };
+    measure(&runtime, "local directory", &local, &input, work.path());
     let s3 = S3Server::start();
-    let remote = BlobStore::open(&config(s3.backend())).expect("s3 store");
-    runtime.block_on(measure(
+    measure(
+        &runtime,
         "S3 (s3s-fs on loopback)",
-        &remote,
+        &s3.backend(),
         &input,
         work.path(),
-        save,
-        restore,
-    ));
+    );
 }
 
-fn config(backend: Backend) -> StoreConfig {
-    StoreConfig {
-        backend,
-        prefix: "bench".into(),
-        key: None,
-        level: 3,
-    }
-}
-
-async fn measure(
+/// Kiln's saves (each to an empty store of its own) and restores, three rounds of each by default
+/// (`KILN_BENCH_ROUNDS`), taking turns with the baseline's.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
     name: &str,
-    store: &BlobStore,
+    backend: &Backend,
     input: &Path,
     work: &Path,
-    base_save: Duration,
-    base_restore: Duration,
 ) {
-    let t = Instant::now();
-    let put = store.put_file(input, None).await.expect("save");
-    let cold = t.elapsed();
-    let t = Instant::now();
-    let again = store.put_file(input, None).await.expect("save again");
-    let unchanged = t.elapsed();
-    assert!(put.uploaded && !again.uploaded);
-    let out = work.join("restored");
-    let t = Instant::now();
-    store.get_file(&put.digest, &out).await.expect("restore");
-    let restored = t.elapsed();
-    std::fs::remove_file(&out).expect("rm");
-    println!(
-        "{name}: save {} ({:.2}x baseline), unchanged re-save {} ({:.3}x the first), restore {} ({:.2}x baseline)",
-        secs(cold),
-        ratio(cold, base_save),
-        secs(unchanged),
-        ratio(unchanged, cold),
-        secs(restored),
-        ratio(restored, base_restore),
+    let rounds = bench::rounds(3);
+    let (stores, saves) = bracketed(
+        rounds,
+        || baseline_save(input, work),
+        |round| {
+            let store = BlobStore::open(&StoreConfig {
+                backend: backend.clone(),
+                prefix: format!("bench-{round}"),
+                key: None,
+                level: 3,
+            })
+            .expect("the store");
+            let t = Instant::now();
+            let put = runtime.block_on(store.put_file(input, None)).expect("save");
+            assert!(put.uploaded);
+            ((store, put.digest), t.elapsed())
+        },
     );
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
+    let (store, digest) = stores.first().expect("a round");
+    let t = Instant::now();
+    let again = runtime
+        .block_on(store.put_file(input, None))
+        .expect("save again");
+    let unchanged = t.elapsed();
+    assert!(!again.uploaded);
+    let out = work.join("restored");
+    let (_, restores) = bracketed(
+        rounds,
+        || baseline_restore(work),
+        |_| {
+            let t = Instant::now();
+            runtime
+                .block_on(store.get_file(digest, &out))
+                .expect("restore");
+            let took = t.elapsed();
+            std::fs::remove_file(&out).expect("rm");
+            ((), took)
+        },
+    );
+    println!(
+        "{name}: save {saves}; unchanged re-save {} ({:.3}x the median save); restore {restores}",
+        secs(unchanged),
+        ratio(unchanged, saves.kiln_median()),
+    );
 }
 
 /// Half pseudo-random bytes (incompressible), half log-like text (compressible), in 1 MiB runs.
@@ -127,29 +121,37 @@ fn write_input(path: &Path, size: usize) {
     f.flush().expect("flush");
 }
 
-/// `tar -c | zstd -3` to a local file and back, as a shell pipeline.
-fn baseline(input: &Path, work: &Path) -> (Duration, Duration) {
-    let dir = input.parent().expect("dir").display().to_string();
-    let archive = work.join("baseline.tar.zst").display().to_string();
+/// `tar -c | zstd -3 -T0` of the input to a local file.
+fn baseline_save(input: &Path, work: &Path) -> Duration {
+    let dir = input.parent().expect("dir").display();
+    let archive = work.join("baseline.tar.zst");
+    run(&format!(
+        "tar -C {dir} -cf - input | zstd -3 -T0 -q -f -o {}",
+        archive.display()
+    ))
+}
+
+/// `zstd -dc | tar -x` of the baseline's archive into an empty directory (removed after).
+fn baseline_restore(work: &Path) -> Duration {
+    let archive = work.join("baseline.tar.zst");
     let restore = work.join("baseline-out");
     std::fs::create_dir_all(&restore).expect("mkdir");
-    let run = |script: String| {
-        let t = Instant::now();
-        let status = Command::new("sh")
-            .args(["-c", &script])
-            .stderr(Stdio::inherit())
-            .status()
-            .expect("sh");
-        assert!(status.success(), "{script}");
-        t.elapsed()
-    };
-    let save = run(format!(
-        "tar -C {dir} -cf - input | zstd -3 -T0 -q -f -o {archive}"
-    ));
-    let restored = run(format!(
-        "zstd -dc -q {archive} | tar -C {} -xf -",
+    let took = run(&format!(
+        "zstd -dc -q {} | tar -C {} -xf -",
+        archive.display(),
         restore.display()
     ));
     std::fs::remove_dir_all(&restore).expect("rm");
-    (save, restored)
+    took
+}
+
+fn run(script: &str) -> Duration {
+    let t = Instant::now();
+    let status = Command::new("sh")
+        .args(["-c", script])
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("sh");
+    assert!(status.success(), "{script}");
+    t.elapsed()
 }

@@ -208,7 +208,7 @@ impl Blobs {
             .await
             .map_err(store_status)?;
         Ok(ReceiverStream::new(chunks).map(|chunk| match chunk {
-            // No copy: each chunk is the only handle on its buffer.
+            // The message takes over the chunk's buffer (the only handle on it).
             Ok(data) => Ok(Vec::from(data)),
             Err(e) => Err(store_status(e)),
         }))

@@ -22,6 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_proto::v1::Build;
+use kiln_tests::bench::{ratio, secs};
 use kiln_tests::s3::{self, S3Server};
 use kiln_tests::{
     bench_data_script, checkout, client, docker, kiln, start, start_coordinator, start_worker,
@@ -169,12 +170,4 @@ fn count_files(dir: &Path) -> u64 {
         .output()
         .expect("find");
     out.stdout.iter().filter(|&&b| b == b'\n').count() as u64
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }

@@ -4,6 +4,7 @@
 //! Everything a test needs must be there: a missing Docker daemon, build image, `redis-server`,
 //! `s3s-fs` or `kiln` binary fails the test with a message saying how to get it, never skips it.
 
+pub mod bench;
 mod redis;
 pub mod s3;
 

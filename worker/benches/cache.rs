@@ -28,6 +28,7 @@ mod direct;
 
 use direct::Direct;
 use kiln_cache::Backend;
+use kiln_tests::bench::{self, bracketed, ratio, secs};
 use kiln_tests::s3::S3Server;
 use kiln_tests::{bench_data_script, docker, Container};
 use kiln_worker::cache::{self, CacheStore};
@@ -93,12 +94,13 @@ fn main() {
                 continue;
             }
             let paths = [format!("/data/{dir}/**/*")];
+            let rounds = rounds(dir);
             // Kiln's cold saves and restores take turns with the baseline's, which comes first
-            // and last (see `Bracketed`): this machine's speed drifts within a run (file creation
+            // and last (see `kiln_tests::bench::Bracketed`): this machine's speed drifts within a run (file creation
             // slows down after many deletions, and the disk and the other tenants come and go).
             // Each cold save goes to a store of its own, empty.
             let (saves, save_times) = bracketed(
-                rounds(dir),
+                rounds,
                 || baseline_save(c, dir, &archive),
                 |round| {
                     let direct = Arc::new(Direct::open(
@@ -119,11 +121,34 @@ fn main() {
                     .all(|(_, other)| other.entry.segments == saved.entry.segments),
                 "every cold save cuts the same segments"
             );
-            // Restores into the emptied container, as the baseline's.
-            let (restores, restore_times) = bracketed(
-                rounds(dir),
+            // The saves after a restore, as a build's: they know what it restored. The files
+            // unchanged since, then one file added (sorted last: every file is read again, and
+            // only the first segment, the directory's time, and the last are new).
+            let saves_since = |restored: &cache::Restored| {
+                let save_since = || {
+                    let t = Instant::now();
+                    let saved = runtime.block_on(cache::save(
+                        &engine,
+                        c,
+                        direct.clone(),
+                        &paths,
+                        "",
+                        Some(restored),
+                    ));
+                    (saved.expect("save after the restore"), t.elapsed())
+                };
+                let unchanged = save_since();
+                sh(c, &format!("echo added > /data/{dir}/zz-added"));
+                let added = save_since();
+                sh(c, &format!("rm /data/{dir}/zz-added"));
+                (unchanged, added)
+            };
+            // Restores into the emptied container, as the baseline's; the saves above follow
+            // Kiln's last.
+            let (after, restore_times) = bracketed(
+                rounds,
                 || baseline_restore(c, dir, &archive),
-                |_| {
+                |round| {
                     sh(c, &format!("rm -rf /data/{dir}"));
                     let dyn_store: Arc<dyn CacheStore> = direct.clone();
                     let t = Instant::now();
@@ -136,32 +161,13 @@ fn main() {
                             true,
                         ))
                         .expect("restore");
-                    (restored, t.elapsed())
+                    let took = t.elapsed();
+                    ((round + 1 == rounds).then(|| saves_since(&restored)), took)
                 },
             );
-            let restored_entry = restores.last().expect("a round");
-            // As a build does, the saves after it know what it restored (the baseline's last
-            // restore put back the same files, times and modes included).
-            let save_since_restore = || {
-                let t = Instant::now();
-                let saved = runtime.block_on(cache::save(
-                    &engine,
-                    c,
-                    direct.clone(),
-                    &paths,
-                    "",
-                    Some(restored_entry),
-                ));
-                (saved.expect("save after the restore"), t.elapsed())
-            };
-            // The files unchanged since the restore.
-            let (again, unchanged) = save_since_restore();
+            let ((again, unchanged), (reread, read_all)) =
+                after.into_iter().flatten().next().expect("the last round");
             assert!(again.unchanged && again.entry.segments == saved.entry.segments);
-            // One file added since the restore (sorted last): every file is read again, and only
-            // the first segment (the directory's time) and the last are new.
-            sh(c, &format!("echo added > /data/{dir}/zz-added"));
-            let (reread, read_all) = save_since_restore();
-            sh(c, &format!("rm /data/{dir}/zz-added"));
             let n = saved.entry.segments.len();
             assert_eq!(
                 reread.entry.segments[1..n - 1],
@@ -190,112 +196,7 @@ fn main() {
 /// How many times Kiln's cold save and restore run (`KILN_BENCH_ROUNDS`; by default three for the
 /// file, one for the tree, whose restore takes minutes).
 fn rounds(dir: &str) -> usize {
-    let default = if dir == "file" { 3 } else { 1 };
-    kiln_tests::bench_setting("KILN_BENCH_ROUNDS", default).max(1) as usize
-}
-
-/// Kiln's timings and the baseline's, taken in turn (baseline, Kiln, baseline, ..., baseline):
-/// each of Kiln's is set against the mean of the baseline's just before and just after it.
-struct Bracketed {
-    kiln: Vec<Duration>,
-    base: Vec<Duration>,
-    /// The CPU time of Kiln's runs (this process), and of the baseline's (its commands: the
-    /// `docker` client, `zstd`; not the Docker daemon's, which both share).
-    kiln_cpu: Vec<Duration>,
-    base_cpu: Vec<Duration>,
-}
-
-/// `rounds` of Kiln's `kiln(round)`, each between two of the baseline's `base()`; returns what
-/// Kiln's gave, in order, and the timings.
-fn bracketed<T>(
-    rounds: usize,
-    mut base: impl FnMut() -> Duration,
-    mut kiln: impl FnMut(usize) -> (T, Duration),
-) -> (Vec<T>, Bracketed) {
-    let mut timings = Bracketed {
-        kiln: Vec::new(),
-        base: Vec::new(),
-        kiln_cpu: Vec::new(),
-        base_cpu: Vec::new(),
-    };
-    let mut base = || {
-        let (_, before) = cpu();
-        timings.base.push(base());
-        timings.base_cpu.push(cpu().1 - before);
-    };
-    base();
-    let mut gave = Vec::new();
-    for round in 0..rounds {
-        let (before, _) = cpu();
-        let (value, took) = kiln(round);
-        timings.kiln_cpu.push(cpu().0 - before);
-        gave.push(value);
-        timings.kiln.push(took);
-        base();
-    }
-    (gave, timings)
-}
-
-impl Bracketed {
-    /// Each of Kiln's timings against the mean of the baselines either side of it, in order.
-    fn ratios(&self) -> Vec<f64> {
-        self.kiln
-            .iter()
-            .zip(self.base.windows(2))
-            .map(|(kiln, base)| ratio(*kiln, (base[0] + base[1]) / 2))
-            .collect()
-    }
-
-    fn kiln_median(&self) -> Duration {
-        Duration::from_secs_f64(median(
-            self.kiln.iter().map(Duration::as_secs_f64).collect(),
-        ))
-    }
-}
-
-impl std::fmt::Display for Bracketed {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let ratios = self.ratios();
-        let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}x")).collect();
-        let list = |times: &[Duration]| times.iter().map(|t| secs(*t)).collect::<Vec<_>>();
-        write!(
-            f,
-            "{:.2}x the baseline (median; each round {}), Kiln {}, baseline {}; CPU: Kiln {}, the baseline's commands {}",
-            median(ratios),
-            each.join(" "),
-            list(&self.kiln).join(" "),
-            list(&self.base).join(" "),
-            list(&self.kiln_cpu).join(" "),
-            list(&self.base_cpu).join(" ")
-        )
-    }
-}
-
-/// The CPU time (user and system) of this process, and of its children waited for.
-fn cpu() -> (Duration, Duration) {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    // The fields after the command's name, which is in parentheses: utime is the 14th field.
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .expect("a stat line")
-        .1
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|f| f.parse().expect("a tick count"))
-        .collect();
-    // Linux reports these in ticks of 1/100 s (USER_HZ).
-    let ticks = |n: u64| Duration::from_millis(n * 10);
-    (ticks(fields[0] + fields[1]), ticks(fields[2] + fields[3]))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    match values.len() % 2 {
-        1 => values[mid],
-        _ => (values[mid - 1] + values[mid]) / 2.0,
-    }
+    bench::rounds(if dir == "file" { 3 } else { 1 })
 }
 
 /// `docker exec tar -c | zstd -3 -T0` to `archive` (a local file).
@@ -325,12 +226,4 @@ fn run(script: &str) {
         .status()
         .expect("sh");
     assert!(status.success(), "{script}");
-}
-
-fn secs(d: Duration) -> String {
-    format!("{:.2}s", d.as_secs_f64())
-}
-
-fn ratio(a: Duration, b: Duration) -> f64 {
-    a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
