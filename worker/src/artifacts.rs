@@ -131,6 +131,7 @@ pub async fn collect(
 struct Plan {
     identifier: Option<String>,
     name: String,
+    s3_prefix: Option<String>,
     selection: Selection,
     writer: Writer,
     location: String,
@@ -167,6 +168,7 @@ fn collect_from_tar(
         plans.push(Plan {
             identifier: id.cloned(),
             name: names.get(i).cloned().unwrap_or_default(),
+            s3_prefix: definition.s3_prefix.clone(),
             selection,
             writer,
             location,
@@ -362,6 +364,7 @@ impl Plan {
             sha256sum: zip_digest.unwrap_or_else(|| hex(&Sha256::digest(manifest.as_bytes()))),
             size_in_bytes: files.iter().map(|f| f.size_in_bytes).sum(),
             files,
+            s3_prefix: self.s3_prefix,
         })
     }
 }

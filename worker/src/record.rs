@@ -119,6 +119,9 @@ pub struct BuildArtifact {
     pub sha256sum: String,
     pub size_in_bytes: u64,
     pub files: Vec<ArtifactFile>,
+    /// The buildspec's `s3-prefix`, as written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub s3_prefix: Option<String>,
 }
 
 /// A build, as CodeBuild's `Build`.

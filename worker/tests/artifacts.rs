@@ -140,7 +140,7 @@ async fn base_directory_discard_paths_and_exclusions() {
 #[tokio::test]
 async fn secondary_artifacts_and_zip_packaging() {
     let (ran, out) = build_with_artifacts(
-        "artifacts:\n  files:\n    - README.md\n    - dist/index.html\n  secondary-artifacts:\n    web:\n      base-directory: dist\n      files:\n        - index.html\n        - css/*\n    scripts:\n      name: js-$CODEBUILD_BUILD_NUMBER\n      files:\n        - dist/js/*.js\n",
+        "artifacts:\n  files:\n    - README.md\n    - dist/index.html\n  secondary-artifacts:\n    web:\n      base-directory: dist\n      files:\n        - index.html\n        - css/*\n    scripts:\n      name: js-$CODEBUILD_BUILD_NUMBER\n      s3-prefix: builds/js\n      files:\n        - dist/js/*.js\n",
         Packaging::Zip,
     )
     .await;
@@ -171,6 +171,13 @@ async fn secondary_artifacts_and_zip_packaging() {
     assert_eq!(secondary.len(), 2);
     assert_eq!(secondary[1].artifact_identifier.as_deref(), Some("scripts"));
     assert_eq!(secondary[1].name, "js-1");
+    // Recorded as written; the others have none.
+    assert_eq!(secondary[1].s3_prefix.as_deref(), Some("builds/js"));
+    assert_eq!(secondary[0].s3_prefix, None);
+    assert_eq!(
+        ran.record.artifacts.as_ref().expect("primary").s3_prefix,
+        None
+    );
     assert_eq!(secondary[1].packaging, "ZIP");
     let zip_bytes = std::fs::read(out.path().join("secondary/scripts.zip")).expect("zip");
     assert_eq!(secondary[1].sha256sum, sha256_hex(&zip_bytes));

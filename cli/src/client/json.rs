@@ -150,6 +150,7 @@ fn artifact_json(artifact: &BuildArtifact) -> Value {
         .put("sizeInBytes", artifact.size_in_bytes)
         .put("files", files)
         .put("fileCount", artifact.file_count)
+        .put("s3Prefix", artifact.s3_prefix.as_str())
         .0
         .into()
 }
@@ -245,6 +246,7 @@ mod tests {
                     symlink_target: String::new(),
                 }],
                 file_count: 1,
+                s3_prefix: "builds".into(),
                 ..Default::default()
             }),
             ..Default::default()
@@ -290,7 +292,8 @@ mod tests {
                     "sha256sum": "cd",
                     "sizeInBytes": 6,
                     "files": [ { "path": "app.txt", "sizeInBytes": 6, "sha256sum": "ef" } ],
-                    "fileCount": 1
+                    "fileCount": 1,
+                    "s3Prefix": "builds"
                 },
                 "secondaryArtifacts": [],
                 "priority": 0,

@@ -255,6 +255,7 @@ fn artifact(a: &BuildArtifact) -> pb::BuildArtifact {
             })
             .collect(),
         file_count: a.files.len() as u64,
+        s3_prefix: a.s3_prefix.clone().unwrap_or_default(),
     }
 }
 
@@ -455,6 +456,7 @@ mod tests {
             sha256sum: "cd".into(),
             size_in_bytes: files as u64,
             files: (0..files).map(file).collect(),
+            s3_prefix: None,
         };
         let spec = kiln_buildspec::parse("buildspec.yml", SPEC)
             .expect("valid")
