@@ -336,7 +336,7 @@ fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
                 // Permission bits only: no setuid, setgid or sticky bits from a build.
                 let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
                 use std::os::unix::fs::PermissionsExt;
-                fs::set_permissions(&target, fs::Permissions::from_mode(mode))
+                file.set_permissions(fs::Permissions::from_mode(mode))
                     .with_context(|| format!("cannot set the mode of {}", target.display()))?;
             }
         }
