@@ -9,11 +9,10 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kiln_cache::{Backend, BlobStore, StoreConfig};
-use kiln_tests::bench::{self, bracketed, ratio, secs};
+use kiln_tests::bench::{self, bracketed, ratio, secs, shell};
 use kiln_tests::s3::S3Server;
 
 fn main() {
@@ -125,7 +124,7 @@ fn write_input(path: &Path, size: usize) {
 fn baseline_save(input: &Path, work: &Path) -> Duration {
     let dir = input.parent().expect("dir").display();
     let archive = work.join("baseline.tar.zst");
-    run(&format!(
+    shell(&format!(
         "tar -C {dir} -cf - input | zstd -3 -T0 -q -f -o {}",
         archive.display()
     ))
@@ -136,22 +135,11 @@ fn baseline_restore(work: &Path) -> Duration {
     let archive = work.join("baseline.tar.zst");
     let restore = work.join("baseline-out");
     std::fs::create_dir_all(&restore).expect("mkdir");
-    let took = run(&format!(
+    let took = shell(&format!(
         "zstd -dc -q {} | tar -C {} -xf -",
         archive.display(),
         restore.display()
     ));
     std::fs::remove_dir_all(&restore).expect("rm");
     took
-}
-
-fn run(script: &str) -> Duration {
-    let t = Instant::now();
-    let status = Command::new("sh")
-        .args(["-c", script])
-        .stderr(Stdio::inherit())
-        .status()
-        .expect("sh");
-    assert!(status.success(), "{script}");
-    t.elapsed()
 }

@@ -2,7 +2,8 @@
 //! printed.
 
 use std::fmt;
-use std::time::Duration;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 /// How many rounds a benchmark runs (`KILN_BENCH_ROUNDS`, else `default`; at least one).
 pub fn rounds(default: u64) -> usize {
@@ -113,6 +114,19 @@ fn median(mut values: Vec<f64>) -> f64 {
         1 => values[mid],
         _ => (values[mid - 1] + values[mid]) / 2.0,
     }
+}
+
+/// Runs `script` with bash, which must succeed (with `pipefail`: every command of a pipeline);
+/// returns how long it took.
+pub fn shell(script: &str) -> Duration {
+    let t = Instant::now();
+    let status = Command::new("bash")
+        .args(["-c", &format!("set -eo pipefail; {script}")])
+        .stderr(Stdio::inherit())
+        .status()
+        .expect("bash");
+    assert!(status.success(), "{script}");
+    t.elapsed()
 }
 
 /// A duration as seconds, to the hundredth.

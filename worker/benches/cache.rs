@@ -19,7 +19,6 @@
 //! The store is used directly, as the coordinator uses it; the worker-to-coordinator gRPC hop of a
 //! farm is not in these figures.
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +27,7 @@ mod direct;
 
 use direct::Direct;
 use kiln_cache::Backend;
-use kiln_tests::bench::{self, bracketed, ratio, secs};
+use kiln_tests::bench::{self, bracketed, ratio, secs, shell};
 use kiln_tests::s3::S3Server;
 use kiln_tests::{bench_data_script, docker, Container};
 use kiln_worker::cache::{self, CacheStore};
@@ -70,7 +69,7 @@ fn main() {
         }
         // The first read of files just written is slower on this storage, for whoever comes
         // first: the tree is read once, unmeasured.
-        run(&format!(
+        shell(&format!(
             "docker exec {c} tar -C / -cf - data/{dir} | wc -c > /dev/null"
         ));
         let archive = work.path().join(format!("baseline-{dir}.tar.zst"));
@@ -201,29 +200,16 @@ fn rounds(dir: &str) -> usize {
 
 /// `docker exec tar -c | zstd -3 -T0` to `archive` (a local file).
 fn baseline_save(container: &str, dir: &str, archive: &str) -> Duration {
-    let t = Instant::now();
-    run(&format!(
+    shell(&format!(
         "docker exec {container} tar -C / -cf - data/{dir} | zstd -3 -T0 -q -f -o {archive}"
-    ));
-    t.elapsed()
+    ))
 }
 
 /// `zstd -dc | docker exec -i tar -x` of the baseline's archive back where it was, after
 /// removing it (unmeasured), as Kiln's restore finds it.
 fn baseline_restore(container: &str, dir: &str, archive: &str) -> Duration {
-    run(&format!("docker exec {container} rm -rf /data/{dir}"));
-    let t = Instant::now();
-    run(&format!(
+    shell(&format!("docker exec {container} rm -rf /data/{dir}"));
+    shell(&format!(
         "zstd -dc {archive} | docker exec -i {container} tar -C / -xf -"
-    ));
-    t.elapsed()
-}
-
-fn run(script: &str) {
-    let status = Command::new("bash")
-        .args(["-c", &format!("set -eo pipefail; {script}")])
-        .stderr(Stdio::inherit())
-        .status()
-        .expect("sh");
-    assert!(status.success(), "{script}");
+    ))
 }
