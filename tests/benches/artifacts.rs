@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kiln_proto::v1::Build;
-use kiln_tests::bench::{ratio, secs};
+use kiln_tests::bench::{ratio, secs, settle};
 use kiln_tests::s3::{self, S3Server};
 use kiln_tests::{
     bench_data_script, checkout, client, docker, kiln, start, start_coordinator, start_worker,
@@ -72,7 +72,7 @@ fn main() {
         );
         let _worker = start_worker("bench-artifacts", addr, &[]);
         let buildspec = format!(
-            "version: 0.2\nphases:\n  build:\n    commands:\n      - |\n        {}\nartifacts:\n  files:\n    - 'out/tree/**/*'\n",
+            "version: 0.2\nphases:\n  build:\n    commands:\n      - |\n        {} && sync\nartifacts:\n  files:\n    - 'out/tree/**/*'\n",
             bench_data_script("out", mb, true)
         );
         let src = checkout(&[("buildspec.yml", &buildspec)]);
@@ -91,6 +91,7 @@ fn main() {
         // cp -a just before the download, on the file system as it is then: creating files
         // costs more there after many were deleted, so nothing is deleted before the end.
         let again = work.path().join(format!("cp-again-{}", label.len()));
+        settle();
         let t = Instant::now();
         let status = Command::new("cp")
             .arg("-a")
@@ -102,6 +103,7 @@ fn main() {
         let base_down = t.elapsed();
         let out = work.path().join(format!("download-{}", label.len()));
         let server = format!("http://{addr}");
+        settle();
         let t = Instant::now();
         let got = kiln(
             &[
@@ -137,6 +139,7 @@ fn main() {
 
 /// `docker cp` of the tree out of container `c` to `copied`; returns its time.
 fn docker_cp(c: &str, copied: &Path) -> Duration {
+    settle();
     let t = Instant::now();
     docker(&[
         "cp",

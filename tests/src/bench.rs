@@ -138,3 +138,11 @@ pub fn secs(d: Duration) -> String {
 pub fn ratio(a: Duration, b: Duration) -> f64 {
     a.as_secs_f64() / b.as_secs_f64().max(1e-9)
 }
+
+/// Writes every dirty page to disk (`sync`) before a timed step, so that the step does not pay
+/// for the writeback of the steps before it (the kernel starts it once enough is dirty, and it
+/// slows whoever writes next).
+pub fn settle() {
+    let status = Command::new("sync").status().expect("sync");
+    assert!(status.success(), "sync");
+}

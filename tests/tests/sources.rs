@@ -2,6 +2,10 @@
 //! checkout the server already has is not sent again, an artifact download resumes, and an S3
 //! store hands out presigned URLs to artifacts.
 
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
 use std::time::Duration;
 
 use kiln_tests::s3::{self, S3Server};
@@ -100,9 +104,10 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
     let (_c, addr) = start_coordinator(data.path(), &[]);
     let _w = start_worker("w-art", addr, &[]);
     let server = format!("http://{addr}");
+    // 40 files of 100 kB: a download cut in the middle has whole entries behind it.
     let src = checkout(&[(
         "buildspec.yml",
-        "version: 0.2\nphases:\n  build:\n    commands:\n      - head -c 3000000 /dev/urandom > out.bin\nartifacts:\n  files:\n    - out.bin\n",
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir out && for i in $(seq 10 49); do head -c 100000 /dev/urandom > out/f$i.bin; done\nartifacts:\n  files:\n    - 'out/*'\n",
     )]);
     let id = kiln_tests::start(addr, src.path(), &[]);
     let mut c = client(addr, None).await;
@@ -112,8 +117,9 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
     assert_eq!(whole.len() as u64, build.artifacts_size);
     assert_eq!(tar_of(addr, &id, 1000).await, whole[1000..]);
     let hex = build.artifacts_digest.trim_start_matches("sha256:");
-    let part_name = format!(".kiln-artifacts-{}.part", &hex[..16]);
-    let download = |dir: &std::path::Path| {
+    let saved_name = format!(".kiln-artifacts-{}.resume", &hex[..16]);
+    let staging_name = format!(".kiln-artifacts-{}.staging", &hex[..16]);
+    let download = |dir: &Path, server: &str| {
         kiln(
             &[
                 "artifacts",
@@ -121,7 +127,7 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
                 "-o",
                 dir.to_str().expect("utf-8"),
                 "--server",
-                &server,
+                server,
             ],
             &[],
         )
@@ -133,66 +139,135 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
     let stderr = String::from_utf8_lossy(&url.stderr);
     assert!(stderr.contains("hands out no artifact URLs"), "{stderr}");
 
-    // A reference download, then one that finds half of the tar already there.
+    // A reference download.
     let reference = tempfile::tempdir().expect("dir");
-    assert!(download(reference.path()).status.success());
-    let expected = std::fs::read(reference.path().join("primary/out.bin")).expect("out.bin");
-    assert_eq!(expected.len(), 3_000_000);
-    assert!(
-        !reference.path().join(&part_name).exists(),
-        "no partial left"
-    );
+    assert!(download(reference.path(), &server).status.success());
+    let expected = files_under(reference.path());
+    assert_eq!(expected.len(), 40, "{:?}", expected.keys());
+    assert!(expected.values().all(|bytes| bytes.len() == 100_000));
     // Downloading again into the same directory replaces the file and leaves nothing else.
-    std::fs::write(reference.path().join("primary/out.bin"), "stale").expect("stale");
-    assert!(download(reference.path()).status.success());
+    std::fs::write(reference.path().join("primary/out/f10.bin"), "stale").expect("stale");
+    assert!(download(reference.path(), &server).status.success());
+    assert_eq!(files_under(reference.path()), expected);
     assert_eq!(
-        std::fs::read(reference.path().join("primary/out.bin")).expect("out.bin"),
-        expected
+        names(reference.path()),
+        ["primary"],
+        "no staging or checkpoint left"
     );
-    let mut left: Vec<String> = std::fs::read_dir(reference.path())
-        .expect("read")
-        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-        .collect();
-    left.sort();
-    assert_eq!(left, ["primary"], "no staging or partial left");
+
+    // A download whose connection is cut halfway keeps what it extracted, and the next run
+    // asks only for the rest.
     let resumed = tempfile::tempdir().expect("dir");
-    let half = whole.len() / 2;
-    std::fs::write(resumed.path().join(&part_name), &whole[..half]).expect("partial");
-    let out = download(resumed.path());
+    let out = download(resumed.path(), &cut_after(addr, whole.len() / 2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
+    assert!(!out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!(
-            "resuming the download of build {id} at byte {half}"
-        )),
+        stderr.contains("run the same command again to resume it"),
         "{stderr}"
     );
     assert_eq!(
-        std::fs::read(resumed.path().join("primary/out.bin")).expect("out.bin"),
-        expected
+        names(resumed.path()),
+        [saved_name.clone(), staging_name.clone()]
     );
-    assert!(!resumed.path().join(&part_name).exists());
+    assert!(!files_under(&resumed.path().join(&staging_name)).is_empty());
+    let out = download(resumed.path(), &server);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let at: u64 = stderr
+        .split(&format!("resuming the download of build {id} at byte "))
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no resume in {stderr}"));
+    assert!(
+        at > 0 && at < whole.len() as u64 / 2,
+        "resumed at byte {at} of {}",
+        whole.len()
+    );
+    assert_eq!(files_under(resumed.path()), expected);
+    assert_eq!(names(resumed.path()), ["primary"]);
 
-    // A partial download that went wrong is refused whole, removed, and the next run succeeds.
+    // A stopped download whose saved state went wrong is refused whole, removed, and the next
+    // run succeeds.
     let corrupt = tempfile::tempdir().expect("dir");
-    std::fs::write(corrupt.path().join(&part_name), vec![0u8; half]).expect("partial");
-    let out = download(corrupt.path());
+    let out = download(corrupt.path(), &cut_after(addr, whole.len() / 2));
+    assert!(!out.status.success());
+    let saved = corrupt.path().join(&saved_name);
+    let text = std::fs::read_to_string(&saved).expect("saved");
+    let mut fields: Vec<String> = text.split_whitespace().map(String::from).collect();
+    // The running sum's state is the sixth field.
+    assert_eq!(fields.len(), 7, "{text}");
+    let flipped = if fields[5].starts_with('0') { "1" } else { "0" };
+    fields[5].replace_range(..1, flipped);
+    std::fs::write(&saved, fields.join(" ")).expect("damage");
+    let out = download(corrupt.path(), &server);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("do not match their digest"), "{stderr}");
     assert!(
-        !corrupt.path().join(&part_name).exists(),
-        "the bad download was removed"
+        names(corrupt.path()).is_empty(),
+        "the bad download was removed and nothing extracted"
     );
-    assert!(
-        !corrupt.path().join("primary").exists(),
-        "nothing was extracted"
-    );
-    assert!(download(corrupt.path()).status.success());
-    assert_eq!(
-        std::fs::read(corrupt.path().join("primary/out.bin")).expect("out.bin"),
-        expected
-    );
+    assert!(download(corrupt.path(), &server).status.success());
+    assert_eq!(files_under(corrupt.path()), expected);
+}
+
+/// The names in `dir`, sorted.
+fn names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every file below `dir`, by its path there, with its bytes.
+fn files_under(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(at) = todo.pop() {
+        for entry in std::fs::read_dir(&at).expect("read") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                let name = path.strip_prefix(dir).expect("below").display().to_string();
+                files.insert(name, std::fs::read(&path).expect("file"));
+            }
+        }
+    }
+    files
+}
+
+/// A server address for one connection to `addr` that is cut after `limit` bytes came back:
+/// a dropped connection at a known point.
+fn cut_after(addr: SocketAddr, limit: usize) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let proxy = listener.local_addr().expect("address");
+    std::thread::spawn(move || {
+        let (mut client, _) = listener.accept().expect("accept");
+        let mut server = TcpStream::connect(addr).expect("connect");
+        let (mut to_server, mut from_client) = (
+            server.try_clone().expect("clone"),
+            client.try_clone().expect("clone"),
+        );
+        std::thread::spawn(move || io::copy(&mut from_client, &mut to_server));
+        let mut left = limit;
+        let mut buf = [0u8; 16 << 10];
+        while left > 0 {
+            let Ok(n) = server.read(&mut buf[..left.min(16 << 10)]) else {
+                break;
+            };
+            if n == 0 || client.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            left -= n;
+        }
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+    });
+    format!("http://{proxy}")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -190,7 +190,7 @@ fn collect_from_tar(
         .collect();
     spool.rewind()?;
     let mut archive = tar::Archive::new(&mut spool);
-    for entry in archive.entries()? {
+    for entry in archive.entries_with_seek()? {
         let mut entry = entry?;
         let Some(path) = tree_path(&entry.path()?) else {
             continue;
@@ -239,7 +239,7 @@ fn list_entries(spool: &mut File) -> Result<(Vec<Entry>, HashMap<String, String>
     let mut entries = Vec::new();
     let mut files: HashMap<String, EntryKind> = HashMap::new();
     let mut hard_links = HashMap::new();
-    for entry in archive.entries()? {
+    for entry in archive.entries_with_seek()? {
         let entry = entry?;
         let Some(path) = tree_path(&entry.path()?) else {
             continue;

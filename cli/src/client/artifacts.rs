@@ -2,29 +2,33 @@
 //! `kiln artifacts ID --url`: prints a presigned URL to the tar instead (an S3 store with
 //! `presigned_artifacts`), for tools without Kiln.
 //!
-//! The tar is kept in `DIR/.kiln-artifacts-<digest>.part` while it comes: a download cut off (a
-//! dropped connection, Ctrl-C) resumes from there when the command is run again. A download from
-//! the start is extracted as it comes, into `DIR/.kiln-artifacts-<digest>.staging`, which moves
-//! into DIR only once the whole tar checked out against the digest on the build record (a resumed
-//! one is extracted after that check); one that does not match is removed, staging and all.
+//! The tar is extracted as it comes, into `DIR/.kiln-artifacts-<digest>.staging`, and summed on
+//! the way; the staging directory moves into DIR only once the whole tar checked out against the
+//! digest on the build record. One that does not match is removed, staging and all. The tar
+//! itself is not kept: how far the extraction got is (see [`progress`]), so a download cut off (a
+//! dropped connection, Ctrl-C) resumes from the end of the last entry extracted when the command
+//! is run again, and is checked against the same digest.
 //!
 //! The tar comes from the server, but what the build put in it is untrusted: every entry is
 //! checked with [`check_entry`] before anything is written, and nothing is written through a link
 //! (a path under an extracted symlink is refused, as is a hard link to one), so the lexical check
 //! is also the physical one and no entry can land, or point, outside DIR.
 
+mod progress;
+
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{anyhow, bail, Context};
 use kiln_buildspec::archive::{check_entry, ArchiveEntry};
 use kiln_proto::v1::{DownloadArtifactRequest, GetArtifactUrlRequest, GetBuildRequest};
-use sha2::Digest as _;
+use progress::{Counted, Progress, RunningSha256, CHECKPOINT_BYTES};
 use tar::EntryType;
-use tokio::io::AsyncWriteExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
@@ -97,7 +101,7 @@ async fn extract_into(args: ArtifactsArgs, output: &Path) -> Result<ExitCode, Fa
     Ok(ExitCode::SUCCESS)
 }
 
-/// Downloads build `id`'s artifacts tar (resuming a partial download) and extracts it into
+/// Downloads build `id`'s artifacts tar (resuming a stopped download) and extracts it into
 /// `output` (see the module docs); returns how many entries were written.
 pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize, Failure> {
     let build = server
@@ -120,45 +124,43 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
     let keeping = |e: io::Error| Failure::failed(format!("cannot keep the download: {e}"));
     fs::create_dir_all(output).map_err(keeping)?;
     let short: String = hex.chars().take(16).collect();
-    let part = output.join(format!(".kiln-artifacts-{short}.part"));
-    let mut offset = fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-    if offset > build.artifacts_size {
-        fs::remove_file(&part).map_err(keeping)?;
-        offset = 0;
-    }
-    // The digest is summed as the bytes arrive: a resumed download first sums what it has.
-    let mut hasher = sha2::Sha256::new();
-    if offset > 0 {
-        eprintln!("kiln artifacts: resuming the download of build {id} at byte {offset}");
-        let (path, summed) = (part.clone(), hasher.clone());
-        hasher = tokio::task::spawn_blocking(move || sum_into(&path, summed))
-            .await
-            .map_err(|e| Failure::failed(format!("the check failed: {e}")))?
-            .map_err(keeping)?;
-    }
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&part)
-        .await
-        .map_err(keeping)?;
-    // A download from the start is extracted as it comes, into a staging directory that moves
-    // into `output` once the digest checks out; a resumed one is extracted after it ends.
     let staging = output.join(format!(".kiln-artifacts-{short}.staging"));
-    if staging.symlink_metadata().is_ok() {
-        fs::remove_dir_all(&staging).map_err(keeping)?;
-    }
-    let (tx, extractor) = match offset {
-        0 => {
-            let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
-            let reader = SyncIoBridge::new(StreamReader::new(ReceiverStream::new(rx)));
-            let dir = staging.clone();
-            (
-                Some(tx),
-                Some(tokio::task::spawn_blocking(move || extract(reader, &dir))),
-            )
+    let saved = output.join(format!(".kiln-artifacts-{short}.resume"));
+    let resumed = match Progress::load(&saved, build.artifacts_size) {
+        Ok(Some(progress)) if staging.is_dir() => Some(progress),
+        Ok(_) => None,
+        Err(why) => {
+            eprintln!(
+                "kiln artifacts: not resuming from {}: {why}; downloading from the start",
+                saved.display()
+            );
+            None
         }
-        _ => (None, None),
+    };
+    let progress = match resumed {
+        Some(progress) => {
+            eprintln!(
+                "kiln artifacts: resuming the download of build {id} at byte {}",
+                progress.summed
+            );
+            progress
+        }
+        None => {
+            forget(&staging, &saved).map_err(keeping)?;
+            Progress::start()
+        }
+    };
+    let offset = progress.summed;
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(16);
+    let reader = SyncIoBridge::new(StreamReader::new(ReceiverStream::new(rx)));
+    // Where the extraction stands, marked by the extractor after each entry.
+    let extracted = Arc::new(Mutex::new((progress.extracted, progress.entries)));
+    let extractor = {
+        let (staging, extracted) = (staging.clone(), extracted.clone());
+        let skip = progress.extracted - progress.summed;
+        tokio::task::spawn_blocking(move || {
+            extract_from(reader, offset, skip, &staging, &extracted)
+        })
     };
     let request = DownloadArtifactRequest {
         id: id.to_string(),
@@ -170,38 +172,64 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         .await
         .map_err(|s| server.refused(s))?
         .into_inner();
+    let mut sum = progress.sum.clone();
     let mut received = offset;
+    // The sum after each chunk not yet behind the extraction; the first is the latest behind it
+    // (at or before the end of the last entry extracted), which a checkpoint takes.
+    let mut sums = std::collections::VecDeque::from([(offset, progress.sum)]);
+    let mut saved_at = progress.extracted;
+    let checkpoint = |sums: &std::collections::VecDeque<(u64, RunningSha256)>| {
+        let (at, entries) = *extracted.lock().unwrap_or_else(|e| e.into_inner());
+        let behind = sums.iter().take_while(|(summed, _)| *summed <= at);
+        let (summed, sum) = behind.last()?.clone();
+        Some(Progress {
+            summed,
+            sum,
+            extracted: at,
+            entries,
+        })
+    };
+    let saving = |p: &Progress| {
+        p.save(&saved).map_err(|e| {
+            Failure::failed(format!(
+                "cannot save how far the download got in {}: {e}",
+                saved.display()
+            ))
+        })
+    };
     let cut = loop {
         match chunks.message().await {
             Ok(Some(chunk)) => {
-                hasher.update(&chunk.data);
-                file.write_all(&chunk.data).await.map_err(keeping)?;
+                sum.update(&chunk.data);
                 received += chunk.data.len() as u64;
-                if let Some(tx) = &tx {
-                    // An extractor that stopped says why below.
-                    let _ = tx.send(Ok(chunk.data.into())).await;
+                sums.push_back((received, sum.clone()));
+                // An extractor that stopped says why below.
+                let _ = tx.send(Ok(chunk.data.into())).await;
+                if let Some(now) = checkpoint(&sums) {
+                    while sums.front().is_some_and(|(summed, _)| *summed < now.summed) {
+                        sums.pop_front();
+                    }
+                    if now.extracted - saved_at >= CHECKPOINT_BYTES {
+                        saving(&now)?;
+                        saved_at = now.extracted;
+                    }
                 }
             }
             Ok(None) => break None,
-            Err(status) => break Some(status),
+            Err(status) => {
+                let _ = tx.send(Err(io::Error::other("the download stopped"))).await;
+                break Some(status);
+            }
         }
     };
-    file.flush().await.map_err(keeping)?;
-    drop(file);
     drop(tx);
-    let extracted = match extractor {
-        Some(task) => Some(
-            task.await
-                .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?,
-        ),
-        None => None,
-    };
-    let sound = cut.is_none() && format!("{:x}", hasher.finalize()) == hex.to_ascii_lowercase();
-    let failed = !sound || !matches!(extracted, None | Some(Ok(_)));
-    if failed && staging.symlink_metadata().is_ok() {
-        fs::remove_dir_all(&staging).map_err(keeping)?;
-    }
+    let count = extractor
+        .await
+        .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?;
     if let Some(status) = cut {
+        if let Some(now) = checkpoint(&sums) {
+            saving(&now)?;
+        }
         return Err(Failure::failed(format!(
             "the download stopped after {received} of {} bytes ({}); run the same command \
              again to resume it",
@@ -209,33 +237,67 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
             status.message()
         )));
     }
-    if !sound {
-        fs::remove_file(&part).map_err(keeping)?;
-        return Err(Failure::failed(format!(
+    let outcome = match count {
+        Ok(count) if sum.finish_hex() == hex.to_ascii_lowercase() => Ok(count),
+        Ok(_) => Err(Failure::failed(format!(
             "the downloaded artifacts of build {id} do not match their digest {}; the \
              download was removed: run the command again",
             build.artifacts_digest
-        )));
+        ))),
+        Err(e) => Err(Failure::failed(format!("{e:#}"))),
+    };
+    let Ok(count) = outcome else {
+        forget(&staging, &saved).map_err(keeping)?;
+        return outcome;
+    };
+    fs::remove_file(&saved).or_else(absent).map_err(keeping)?;
+    merge(&staging, output).map_err(|e| Failure::failed(format!("{e:#}")))?;
+    fs::remove_dir(&staging).map_err(keeping)?;
+    Ok(count)
+}
+
+/// Removes a download's staging directory and checkpoint, where they are.
+fn forget(staging: &Path, saved: &Path) -> io::Result<()> {
+    if staging.symlink_metadata().is_ok() {
+        fs::remove_dir_all(staging)?;
     }
-    match extracted {
-        Some(extracted) => {
-            fs::remove_file(&part).map_err(keeping)?;
-            let count = extracted.map_err(|e| Failure::failed(format!("{e:#}")))?;
-            merge(&staging, output).map_err(|e| Failure::failed(format!("{e:#}")))?;
-            fs::remove_dir(&staging).map_err(keeping)?;
-            Ok(count)
-        }
-        None => {
-            let archive = fs::File::open(&part).map_err(keeping)?;
-            // The open file is all the extraction needs; the name goes now.
-            fs::remove_file(&part).map_err(keeping)?;
-            let out = output.to_path_buf();
-            tokio::task::spawn_blocking(move || extract(archive, &out))
-                .await
-                .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?
-                .map_err(|e| Failure::failed(format!("{e:#}")))
-        }
+    fs::remove_file(saved).or_else(absent)
+}
+
+/// A file that is not there is as good as removed.
+fn absent(e: io::Error) -> io::Result<()> {
+    match e.kind() {
+        io::ErrorKind::NotFound => Ok(()),
+        _ => Err(e),
     }
+}
+
+/// Extracts the tar `stream`, which starts at byte `offset` of the tar, into `staging`, after
+/// skipping `skip` bytes (the rest of entries extracted before) and the padding to the next
+/// header; marks in `extracted` where each entry ends, with the count so far; returns how many
+/// entries the tar held.
+fn extract_from(
+    stream: impl Read,
+    offset: u64,
+    skip: u64,
+    staging: &Path,
+    extracted: &Mutex<(u64, usize)>,
+) -> anyhow::Result<usize> {
+    let before = extracted.lock().unwrap_or_else(|e| e.into_inner()).1;
+    let at = Cell::new(offset);
+    let mut counted = Counted {
+        inner: stream,
+        offset: &at,
+    };
+    let end = offset + skip;
+    let padding = (512 - end % 512) % 512;
+    io::copy(&mut (&mut counted).take(skip + padding), &mut io::sink())
+        .context("the download stopped")?;
+    let count = extract(&mut counted, staging, |count| {
+        *extracted.lock().unwrap_or_else(|e| e.into_inner()) = (at.get(), before + count);
+        Ok(())
+    })?;
+    Ok(before + count)
 }
 
 /// Moves what `from` holds into `to`, entry by entry: a directory into a directory of the same
@@ -266,15 +328,14 @@ fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `hasher` after the file's bytes.
-fn sum_into(path: &Path, mut hasher: sha2::Sha256) -> io::Result<sha2::Sha256> {
-    io::copy(&mut fs::File::open(path)?, &mut hasher)?;
-    Ok(hasher)
-}
-
-/// Extracts the tar `archive` into `dir` (created when missing); returns how many entries were
-/// written. Stops at the first entry that is refused; what came before it stays.
-fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
+/// Extracts the tar `archive` into `dir` (created when missing), calling `done` with the count
+/// after each entry written; returns how many entries were written. Stops at the first entry
+/// that is refused; what came before it stays.
+fn extract(
+    archive: impl Read,
+    dir: &Path,
+    mut done: impl FnMut(usize) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut archive = tar::Archive::new(archive);
     let mut count = 0;
@@ -340,7 +401,10 @@ fn extract(archive: impl Read, dir: &Path) -> anyhow::Result<usize> {
                     .with_context(|| format!("cannot set the mode of {}", target.display()))?;
             }
         }
+        // Whatever of the entry was not read (a directory's data, say): the next one follows it.
+        io::copy(&mut entry, &mut io::sink()).context("the artifacts archive is unreadable")?;
         count += 1;
+        done(count)?;
     }
     Ok(count)
 }
@@ -458,7 +522,11 @@ mod tests {
         entries: &[(EntryType, &str, &str)],
     ) -> (tempfile::TempDir, anyhow::Result<usize>) {
         let out = tempfile::tempdir().expect("tmp");
-        let result = extract(tar_of(entries).as_slice(), &out.path().join("inside"));
+        let result = extract(
+            tar_of(entries).as_slice(),
+            &out.path().join("inside"),
+            |_| Ok(()),
+        );
         (out, result)
     }
 
