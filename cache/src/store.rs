@@ -354,6 +354,55 @@ impl BlobStore {
         Ok(self.contains(std::slice::from_ref(digest)).await?[0])
     }
 
+    /// Stores what `content` reads under `expected`, the digest its sender claims for it, as it
+    /// is read (no temporary file): summed on the way, and refused with
+    /// [`StoreError::DigestMismatch`] when it sums to something else, before anything is visible
+    /// (the upload is abandoned). When the store has the blob already, the content is still read
+    /// and checked, and not sent.
+    pub async fn put_checked<R: Read + Send + 'static>(
+        &self,
+        expected: Digest,
+        content: R,
+    ) -> Result<Put, StoreError> {
+        let summed = Arc::new(std::sync::Mutex::new(None));
+        let checked = Checked {
+            inner: content,
+            hasher: Sha256::new(),
+            size: 0,
+            expected: expected.clone(),
+            summed: summed.clone(),
+        };
+        let uploaded = match self.has(&expected).await? {
+            true => {
+                blocking(move || {
+                    let mut checked = checked;
+                    std::io::copy(&mut checked, &mut std::io::sink()).map(|_| false)
+                })
+                .await
+            }
+            false => self
+                .encode_up(expected.clone(), move || Ok(checked))
+                .await
+                .map(|()| true),
+        };
+        let summed = summed.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match (uploaded, summed) {
+            (_, Some((actual, _))) if actual != expected => Err(StoreError::DigestMismatch {
+                expected: expected.to_string(),
+                actual: actual.to_string(),
+            }),
+            (Ok(uploaded), Some((_, size))) => Ok(Put {
+                digest: expected,
+                size,
+                uploaded,
+            }),
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => Err(StoreError::Io(std::io::Error::other(
+                "the content was not read to its end",
+            ))),
+        }
+    }
+
     /// Stores what `open` reads under `digest` unless the store has it: encoded on a blocking
     /// thread while the encoded bytes go up.
     async fn put_encoded<R: Read>(
@@ -369,6 +418,21 @@ impl BlobStore {
                 uploaded: false,
             });
         }
+        self.encode_up(digest.clone(), open).await?;
+        Ok(Put {
+            digest,
+            size,
+            uploaded: true,
+        })
+    }
+
+    /// Stores what `open` reads under `digest`: encoded on a blocking thread while the encoded
+    /// bytes go up; an error of the reading abandons the upload.
+    async fn encode_up<R: Read>(
+        &self,
+        digest: Digest,
+        open: impl FnOnce() -> std::io::Result<R> + Send + 'static,
+    ) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel::<Option<Bytes>>(PARALLEL * 2);
         let (key, level) = (self.key.clone(), self.level);
         let encoder = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -383,16 +447,11 @@ impl BlobStore {
             .await
             .map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
         match (uploaded, encoded) {
-            (Ok(()), _) => {}
+            (Ok(()), _) => Ok(()),
             // The encoder's failure ended the upload (which was then abandoned): it says why.
-            (Err(StoreError::Io(_)), Err(e)) => return Err(StoreError::Io(e)),
-            (Err(e), _) => return Err(e),
+            (Err(StoreError::Io(_)), Err(e)) => Err(StoreError::Io(e)),
+            (Err(e), _) => Err(e),
         }
-        Ok(Put {
-            digest,
-            size,
-            uploaded: true,
-        })
     }
 
     /// Sends the encoded chunks: one PUT when they fit in [`ONE_PUT`], else a multipart upload with
@@ -693,6 +752,37 @@ impl BlobStore {
 }
 
 /// Runs `work` on a blocking thread.
+/// A reader that sums what passes through it and, at its end, puts the sum and the size in
+/// `summed` and fails unless the sum is `expected` (so an upload reading it is abandoned).
+struct Checked<R> {
+    inner: R,
+    hasher: Sha256,
+    size: u64,
+    expected: Digest,
+    summed: Arc<std::sync::Mutex<Option<(Digest, u64)>>>,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            self.hasher.update(&buf[..n]);
+            self.size += n as u64;
+            return Ok(n);
+        }
+        let actual = Digest::of(self.hasher.clone());
+        let matches = actual == self.expected;
+        *self.summed.lock().unwrap_or_else(|e| e.into_inner()) = Some((actual, self.size));
+        match matches {
+            true => Ok(0),
+            false => Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the content does not sum to {}", self.expected),
+            )),
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, StoreError> {

@@ -87,6 +87,50 @@ async fn suite(backend: Backend) {
         store.get_file(&put.digest, &back).await.expect("get");
         assert_eq!(std::fs::read(&back).expect("read"), segment);
 
+        // Content stored as it is read, under the digest its sender claims: checked on the way,
+        // and a false claim stores nothing, in one PUT or in several parts.
+        let streamed = noise(12 << 20, 13);
+        let digest = Digest::parse(&format!(
+            "sha256:{:x}",
+            <sha2::Sha256 as sha2::Digest>::digest(&streamed)
+        ))
+        .expect("digest");
+        let wrong = Digest::parse(&format!("sha256:{}", "ab".repeat(32))).expect("digest");
+        for content in [&streamed[..1000], &streamed[..]] {
+            let e = store
+                .put_checked(wrong.clone(), std::io::Cursor::new(content.to_vec()))
+                .await
+                .expect_err("a false claim");
+            assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+            assert_eq!(
+                store
+                    .contains(std::slice::from_ref(&wrong))
+                    .await
+                    .expect("contains"),
+                [false]
+            );
+        }
+        let put = store
+            .put_checked(digest.clone(), std::io::Cursor::new(streamed.clone()))
+            .await
+            .expect("put_checked");
+        assert!(put.uploaded && put.size == streamed.len() as u64 && put.digest == digest);
+        let back = dir.path().join("streamed-back");
+        store.get_file(&digest, &back).await.expect("get");
+        assert_eq!(std::fs::read(&back).expect("read"), streamed);
+        let again = store
+            .put_checked(digest.clone(), std::io::Cursor::new(streamed.clone()))
+            .await
+            .expect("again");
+        assert!(!again.uploaded, "a blob the store has is checked, not sent");
+        let mut forged = streamed.clone();
+        forged[0] ^= 1;
+        let e = store
+            .put_checked(digest.clone(), std::io::Cursor::new(forged))
+            .await
+            .expect_err("a false claim to a blob the store has");
+        assert!(matches!(e, StoreError::DigestMismatch { .. }), "{e}");
+
         let known = store.put_file(&small, None).await.expect("put").digest;
         let unknown = Digest::parse(&format!("sha256:{}", "0".repeat(64))).expect("digest");
         assert_eq!(

@@ -14,6 +14,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Semaphore;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 use tonic::Status;
 
 /// Uploads held in memory at once ([`Blobs::store_stream`]); more wait their turn, so cache
@@ -238,14 +239,70 @@ impl Blobs {
         })
     }
 
-    /// [`Blobs::store_stream`] for a build's artifacts tar, also kept plain when artifacts are
-    /// (see [`artifacts_name`]).
+    /// Stores a build's artifacts tar of at most `limit` bytes. With `claimed`, the digest the
+    /// worker summed, it goes into the store as it arrives and is refused (nothing stored) when
+    /// it sums to something else; without it, or when artifacts are also kept plain (see
+    /// [`artifacts_name`]), it is staged in a temporary file first.
     pub async fn store_artifacts<S>(
         &self,
         build_id: &str,
         limit: u64,
+        claimed: Option<Digest>,
         chunks: S,
     ) -> Result<Stored, Status>
+    where
+        S: Stream<Item = Result<Vec<u8>, Status>> + Send + Unpin + 'static,
+    {
+        match claimed {
+            Some(digest) if !self.plain_artifacts => {
+                self.store_claimed(digest, limit, chunks).await
+            }
+            _ => self.store_staged(build_id, limit, chunks).await,
+        }
+    }
+
+    async fn store_claimed<S>(
+        &self,
+        claimed: Digest,
+        limit: u64,
+        chunks: S,
+    ) -> Result<Stored, Status>
+    where
+        S: Stream<Item = Result<Vec<u8>, Status>> + Send + Unpin + 'static,
+    {
+        // Why the stream stopped (the sender's error, or the limit), to answer with as it is.
+        let stopped = Arc::new(std::sync::Mutex::new(None::<Status>));
+        let noted = stopped.clone();
+        let mut size = 0u64;
+        let bytes = chunks.map(move |chunk| {
+            let checked = chunk.and_then(|data| {
+                size += data.len() as u64;
+                check_limit(size, limit).map(|()| bytes::Bytes::from(data))
+            });
+            checked.map_err(|status| {
+                let error = io::Error::other(status.message().to_string());
+                *noted.lock().unwrap_or_else(|e| e.into_inner()) = Some(status);
+                error
+            })
+        });
+        let content = SyncIoBridge::new(StreamReader::new(bytes));
+        let put = self.store.put_checked(claimed, content).await;
+        if let Some(status) = stopped.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            return Err(status);
+        }
+        match put {
+            Ok(put) => Ok(Stored {
+                digest: put.digest.to_string(),
+                size: put.size,
+            }),
+            Err(e @ StoreError::DigestMismatch { .. }) => Err(Status::invalid_argument(format!(
+                "the artifacts tar was refused: {e}"
+            ))),
+            Err(e) => Err(store_status(e)),
+        }
+    }
+
+    async fn store_staged<S>(&self, build_id: &str, limit: u64, chunks: S) -> Result<Stored, Status>
     where
         S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
     {
@@ -339,18 +396,82 @@ fn internal(e: impl std::fmt::Display) -> Status {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn segments_beyond_the_bound_wait_for_one_to_be_stored() {
-        let dir = tempfile::tempdir().expect("dir");
+    fn local_blobs(dir: &Path) -> Blobs {
         let config = StoreConfig {
             backend: kiln_cache::Backend::Local {
-                root: dir.path().join("store"),
+                root: dir.join("store"),
             },
             prefix: String::new(),
             key: None,
             level: 3,
         };
-        let blobs = Blobs::open(dir.path(), &config).expect("blobs");
+        Blobs::open(dir, &config).expect("blobs")
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn an_artifacts_tar_with_a_claimed_digest_is_stored_as_it_comes_and_checked() {
+        let dir = tempfile::tempdir().expect("dir");
+        let blobs = local_blobs(dir.path());
+        let tar: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let digest = Digest::parse(&format!("sha256:{:x}", Sha256::digest(&tar))).expect("digest");
+        let chunks = |data: &[u8]| {
+            let chunks: Vec<Result<Vec<u8>, Status>> =
+                data.chunks(100_000).map(|c| Ok(c.to_vec())).collect();
+            futures_util::stream::iter(chunks)
+        };
+        // A false claim is refused, and nothing is stored.
+        let mut forged = tar.clone();
+        forged[2_999_999] ^= 1;
+        let e = blobs
+            .store_artifacts("p:1", 1 << 30, Some(digest.clone()), chunks(&forged))
+            .await
+            .err()
+            .expect("a false claim");
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("does not match"), "{e}");
+        assert_eq!(
+            blobs
+                .store
+                .contains(std::slice::from_ref(&digest))
+                .await
+                .expect("contains"),
+            [false]
+        );
+        // Over the limit: refused as such.
+        let e = blobs
+            .store_artifacts("p:1", 1_000_000, Some(digest.clone()), chunks(&tar))
+            .await
+            .err()
+            .expect("over the limit");
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted, "{e}");
+        // The sender's own error ends it with that error.
+        let broken = chunks(&tar[..500_000]).chain(futures_util::stream::iter([Err(
+            Status::cancelled("the worker went away"),
+        )]));
+        let e = blobs
+            .store_artifacts("p:1", 1 << 30, Some(digest.clone()), Box::pin(broken))
+            .await
+            .err()
+            .expect("cut");
+        assert_eq!(e.code(), tonic::Code::Cancelled, "{e}");
+        // A true one is stored under it, and reads back whole.
+        let stored = blobs
+            .store_artifacts("p:1", 1 << 30, Some(digest.clone()), chunks(&tar))
+            .await
+            .expect("stored");
+        assert_eq!(
+            (stored.digest.as_str(), stored.size),
+            (digest.as_str(), 3_000_000)
+        );
+        let back = dir.path().join("back");
+        blobs.store.get_file(&digest, &back).await.expect("get");
+        assert_eq!(std::fs::read(&back).expect("read"), tar);
+    }
+
+    #[tokio::test]
+    async fn segments_beyond_the_bound_wait_for_one_to_be_stored() {
+        let dir = tempfile::tempdir().expect("dir");
+        let blobs = local_blobs(dir.path());
         // IN_MEMORY uploads whose last chunk has not come yet...
         let mut senders = Vec::new();
         let mut held = tokio::task::JoinSet::new();

@@ -313,9 +313,11 @@ async fn a_killed_worker_s_build_runs_elsewhere_and_its_late_reports_are_rejecte
     let upload = vec![
         UploadArtifactsRequest {
             part: Some(upload_artifacts_request::Part::Begin(stale)),
+            ..Default::default()
         },
         UploadArtifactsRequest {
             part: Some(upload_artifacts_request::Part::Data(b"forged".to_vec())),
+            ..Default::default()
         },
     ];
     let e = WorkerServiceClient::new(channel(addr).await)

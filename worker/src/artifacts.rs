@@ -58,12 +58,21 @@ pub struct ArtifactTarget {
     /// One uncompressed tar holding the primary artifact below `primary/` (ZIP: the file
     /// `primary.zip`) and each secondary one below `secondary/<identifier>/` (ZIP:
     /// `secondary/<identifier>.zip`): what a worker uploads. A ZIP is made beside it first.
+    /// The tar's sha256 goes beside it too, in [`tar_digest_path`].
     pub tar: Option<PathBuf>,
     pub packaging: Packaging,
 }
 
-/// The tar [`ArtifactTarget::tar`] names, being written.
-type TarOut = tar::Builder<io::BufWriter<File>>;
+/// The tar [`ArtifactTarget::tar`] names, being written (and summed).
+type TarOut = tar::Builder<io::BufWriter<Hashing<File>>>;
+
+/// Where the sha256 of the artifacts tar at `tar` is kept (`sha256:<hex>`), written once the
+/// tar is whole.
+pub fn tar_digest_path(tar: &Path) -> PathBuf {
+    let mut name = tar.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
 
 #[derive(Debug, Error)]
 pub enum ArtifactError {
@@ -148,7 +157,10 @@ fn collect_from_tar(
     let mut tar_out = match &target.tar {
         Some(path) => Some(tar::Builder::new(io::BufWriter::with_capacity(
             1 << 20,
-            File::create(path)?,
+            Hashing {
+                inner: File::create(path)?,
+                hasher: Sha256::new(),
+            },
         ))),
         None => None,
     };
@@ -207,8 +219,15 @@ fn collect_from_tar(
     for (plan, digests) in plans.into_iter().zip(digests) {
         artifacts.push(plan.finish(digests, target.packaging, tar_out.as_mut())?);
     }
-    if let Some(tar_out) = tar_out {
-        tar_out.into_inner()?.flush()?;
+    if let (Some(tar_out), Some(path)) = (tar_out, &target.tar) {
+        let written = tar_out
+            .into_inner()?
+            .into_inner()
+            .map_err(|e| e.into_error())?;
+        std::fs::write(
+            tar_digest_path(path),
+            format!("sha256:{}", hex(&written.hasher.finalize())),
+        )?;
     }
     let mut artifacts = artifacts.into_iter();
     let primary = artifacts
@@ -314,10 +333,22 @@ fn write_entry(
     Ok(hex(&hashing.hasher.finalize()))
 }
 
-/// A reader that sums what passes through it.
-struct Hashing<R> {
-    inner: R,
+/// A reader or a writer that sums what passes through it.
+struct Hashing<T> {
+    inner: T,
     hasher: Sha256,
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 impl<R: Read> Read for Hashing<R> {

@@ -9,6 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
+use kiln_cache::Digest;
 use kiln_proto::v1::worker_service_server::WorkerService;
 use kiln_proto::v1::{
     coordinator_message, upload_artifacts_request, worker_message, CacheEntry, Completed,
@@ -153,10 +154,11 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
         request: Request<Streaming<UploadArtifactsRequest>>,
     ) -> Result<Response<UploadArtifactsResponse>, Status> {
         let mut inbound = request.into_inner();
-        let lease = match inbound.next().await {
+        let (lease, digest) = match inbound.next().await {
             Some(Ok(UploadArtifactsRequest {
                 part: Some(upload_artifacts_request::Part::Begin(lease)),
-            })) => lease,
+                digest,
+            })) => (lease, digest),
             Some(Err(e)) => return Err(e),
             _ => {
                 return Err(Status::invalid_argument(
@@ -165,6 +167,13 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
             }
         };
         check_lease(&self.core, &lease).await?;
+        let claimed = match digest.as_str() {
+            "" => None,
+            text => Some(
+                Digest::parse(text)
+                    .map_err(|e| Status::invalid_argument(format!("`digest` on `begin`: {e}")))?,
+            ),
+        };
         let chunks = inbound.map(|m| match m?.part {
             Some(upload_artifacts_request::Part::Data(d)) => Ok(d),
             _ => Err(Status::invalid_argument("expected `data` after `begin`")),
@@ -175,6 +184,7 @@ impl<S: StateStore> WorkerService for WorkerApi<S> {
             .store_artifacts(
                 &lease.build_id,
                 self.core.config.max_artifacts_bytes,
+                claimed,
                 Box::pin(chunks),
             )
             .await?;

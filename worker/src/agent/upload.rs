@@ -1,6 +1,7 @@
 //! A build's artifacts going up: the uncompressed tar the runner wrote (`primary/...`,
 //! `secondary/<id>/...`, or `primary.zip` and `secondary/<id>.zip`), streamed with
-//! `UploadArtifacts` after a `begin` naming the lease.
+//! `UploadArtifacts` after a `begin` naming the lease and the tar's digest (summed as it was
+//! written).
 //!
 //! The coordinator answers with the stored size; a size other than the tar's means the stream was
 //! cut short (a read error ends it early), and the upload is tried again.
@@ -16,6 +17,7 @@ use thiserror::Error;
 use tokio_util::io::ReaderStream;
 
 use super::Client;
+use crate::artifacts::tar_digest_path;
 
 /// Bytes per `data` message.
 const CHUNK: usize = 256 * 1024;
@@ -43,13 +45,17 @@ pub async fn upload_artifacts(
     size: u64,
 ) -> Result<UploadArtifactsResponse, UploadError> {
     let file = tokio::fs::File::open(path).await?;
+    // The sum taken as the tar was written lets the coordinator store it as it comes.
+    let digest = tokio::fs::read_to_string(tar_digest_path(path)).await?;
     let begin = UploadArtifactsRequest {
         part: Some(Part::Begin(lease)),
+        digest: digest.trim().to_string(),
     };
     let data = ReaderStream::with_capacity(file, CHUNK).scan((), |_, chunk| {
         std::future::ready(match chunk {
             Ok(data) => Some(UploadArtifactsRequest {
                 part: Some(Part::Data(data.into())),
+                digest: String::new(),
             }),
             Err(e) => {
                 tracing::warn!(error = %e, "reading the artifact tar failed");
