@@ -16,6 +16,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("kiln_descriptor.bin"),
         prost::Message::encode_to_vec(&descriptors),
     )?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // Data chunks stay in the buffer they arrived in (no copy into a Vec of their own).
+    tonic_prost_build::configure()
+        .bytes(".kiln.v1.DataChunk.data")
+        .compile_fds(descriptors)?;
     Ok(())
 }

@@ -200,7 +200,7 @@ impl Blobs {
         &self,
         digest: &str,
         offset: u64,
-    ) -> Result<impl Stream<Item = Result<Vec<u8>, Status>> + Send + 'static, Status> {
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes, Status>> + Send + 'static, Status> {
         let parsed =
             Digest::parse(digest).map_err(|_| Status::not_found(format!("no blob {digest:?}")))?;
         let chunks = self
@@ -208,25 +208,23 @@ impl Blobs {
             .get_stream(&parsed, offset)
             .await
             .map_err(store_status)?;
-        Ok(ReceiverStream::new(chunks).map(|chunk| match chunk {
-            // The message takes over the chunk's buffer (the only handle on it).
-            Ok(data) => Ok(Vec::from(data)),
-            Err(e) => Err(store_status(e)),
-        }))
+        Ok(ReceiverStream::new(chunks).map(|chunk| chunk.map_err(store_status)))
     }
 
     /// Drains a gRPC byte stream of at most `limit` bytes (a cache segment) into a blob, held in
     /// memory on the way (no temporary file), [`IN_MEMORY`] at once.
-    pub async fn store_stream<S>(&self, limit: u64, mut chunks: S) -> Result<Stored, Status>
+    pub async fn store_stream<S, B>(&self, limit: u64, mut chunks: S) -> Result<Stored, Status>
     where
-        S: Stream<Item = Result<Vec<u8>, Status>> + Unpin,
+        S: Stream<Item = Result<B, Status>> + Unpin,
+        B: AsRef<[u8]>,
     {
         let _turn = self.in_memory.acquire().await.map_err(internal)?;
         let mut data = Vec::new();
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
+            let chunk = chunk.as_ref();
             check_limit(data.len() as u64 + chunk.len() as u64, limit)?;
-            data.extend_from_slice(&chunk);
+            data.extend_from_slice(chunk);
         }
         let put = self
             .store

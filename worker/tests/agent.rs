@@ -113,7 +113,7 @@ impl WorkerService for FakeCoordinator {
             for chunk in data.chunks(1000) {
                 let _ = tx
                     .send(Ok(DataChunk {
-                        data: chunk.to_vec(),
+                        data: chunk.to_vec().into(),
                     }))
                     .await;
             }

@@ -204,7 +204,7 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
                 received += chunk.data.len() as u64;
                 sums.push_back((received, sum.clone()));
                 // An extractor that stopped says why below.
-                let _ = tx.send(Ok(chunk.data.into())).await;
+                let _ = tx.send(Ok(chunk.data)).await;
                 if let Some(now) = checkpoint(&sums) {
                     while sums.front().is_some_and(|(summed, _)| *summed < now.summed) {
                         sums.pop_front();

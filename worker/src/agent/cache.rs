@@ -24,6 +24,9 @@ pub struct CoordinatorCache {
 const CALL: Duration = Duration::from_secs(60);
 const SEGMENT: Duration = Duration::from_secs(600);
 
+/// Bytes per `data` message of a segment going up.
+const CHUNK: usize = 256 * 1024;
+
 fn timed<T>(message: T, timeout: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     request.set_timeout(timeout);
@@ -70,9 +73,12 @@ impl CacheStore for CoordinatorCache {
     }
 
     async fn upload(&self, segment: Bytes) -> Result<String, CacheError> {
-        let chunks: Vec<DataChunk> = segment
-            .chunks(256 * 1024)
-            .map(|c| DataChunk { data: c.to_vec() })
+        // Slices of the segment's buffer, not copies.
+        let chunks: Vec<DataChunk> = (0..segment.len())
+            .step_by(CHUNK)
+            .map(|at| DataChunk {
+                data: segment.slice(at..(at + CHUNK).min(segment.len())),
+            })
             .collect();
         let response = self
             .client
@@ -101,7 +107,7 @@ impl CacheStore for CoordinatorCache {
                     "cache segment {digest} is larger than a segment can be"
                 )));
             }
-            pieces.push(Bytes::from(chunk.data));
+            pieces.push(chunk.data);
         }
         Ok(pieces)
     }
