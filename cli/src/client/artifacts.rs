@@ -250,7 +250,7 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         forget(&staging, &saved).map_err(keeping)?;
         return outcome;
     };
-    fs::remove_file(&saved).or_else(absent).map_err(keeping)?;
+    Progress::remove(&saved).map_err(keeping)?;
     merge(&staging, output).map_err(|e| Failure::failed(format!("{e:#}")))?;
     fs::remove_dir(&staging).map_err(keeping)?;
     Ok(count)
@@ -261,15 +261,7 @@ fn forget(staging: &Path, saved: &Path) -> io::Result<()> {
     if staging.symlink_metadata().is_ok() {
         fs::remove_dir_all(staging)?;
     }
-    fs::remove_file(saved).or_else(absent)
-}
-
-/// A file that is not there is as good as removed.
-fn absent(e: io::Error) -> io::Result<()> {
-    match e.kind() {
-        io::ErrorKind::NotFound => Ok(()),
-        _ => Err(e),
-    }
+    Progress::remove(saved)
 }
 
 /// Extracts the tar `stream`, which starts at byte `offset` of the tar, into `staging`, after

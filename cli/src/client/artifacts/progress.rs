@@ -12,7 +12,7 @@
 use std::cell::Cell;
 use std::fs;
 use std::io::{self, Read};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::digest::generic_array::GenericArray;
 
@@ -149,6 +149,17 @@ impl Progress {
         parsed.map(Some).ok_or_else(|| "it does not parse".into())
     }
 
+    /// Removes the checkpoint at `path`, and one left half-written beside it.
+    pub fn remove(path: &Path) -> io::Result<()> {
+        for file in [path.to_path_buf(), aside(path)] {
+            match fs::remove_file(file) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the checkpoint to `path` (aside first, then renamed over it).
     pub fn save(&self, path: &Path) -> io::Result<()> {
         let state: String = self.sum.state.iter().map(|w| format!("{w:08x}")).collect();
@@ -160,10 +171,15 @@ impl Progress {
             self.extracted,
             self.entries
         );
-        let aside = path.with_extension("resume-new");
+        let aside = aside(path);
         fs::write(&aside, line)?;
         fs::rename(&aside, path)
     }
+}
+
+/// Where a checkpoint for `path` is written before it is renamed into place.
+fn aside(path: &Path) -> PathBuf {
+    path.with_extension("resume-new")
 }
 
 /// This boot of the machine, by Linux's boot id (elsewhere none, and a restart goes unnoticed).
@@ -255,5 +271,10 @@ mod tests {
         );
         fs::write(&path, &text[..text.len() / 2]).expect("write");
         assert_eq!(Progress::load(&path, 5000), Err("it does not parse".into()));
+        // Removed with a half-written one beside it; removing nothing is fine.
+        fs::write(aside(&path), "half").expect("aside");
+        Progress::remove(&path).expect("remove");
+        assert!(!path.exists() && !aside(&path).exists());
+        Progress::remove(&path).expect("nothing to remove");
     }
 }
