@@ -1,6 +1,7 @@
-//! Artifact collection: the source tree comes out of the container as one tar stream, the pure
-//! selection rules of `kiln_buildspec::artifacts` pick files from its listing, and the picked files
-//! go into one tar, each artifact as a tree (`NONE`) or a ZIP, with a sha256 for each file.
+//! Artifact collection: the source tree comes out of the container as one tar stream, spooled to
+//! a temporary file and, as it comes, listed with a sha256 for each file; the pure selection rules
+//! of `kiln_buildspec::artifacts` pick files from the listing, and the picked files go from the
+//! spool into one tar, each artifact as a tree (`NONE`) or a ZIP.
 //!
 //! Nothing is read from the host's filesystem and no link is followed outside the archive: links
 //! are resolved inside the listing by the selection rules, and no path in the tar written has `..`
@@ -19,6 +20,8 @@ use kiln_buildspec::Artifacts;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::AsyncWriteExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::io::{StreamReader, SyncIoBridge};
 
 use crate::docker::{ByteStream, EngineError};
 use crate::record::{ArtifactFile, BuildArtifact};
@@ -122,16 +125,33 @@ pub async fn collect(
     target: &ArtifactTarget,
 ) -> Result<Collected, ArtifactError> {
     let mut spool = tempfile::tempfile().map(tokio::fs::File::from_std)?;
+    // The tree is listed and each file summed as the tar comes, beside the spool.
+    let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
+    let reader = SyncIoBridge::new(StreamReader::new(ReceiverStream::new(rx)));
+    let lister = tokio::task::spawn_blocking(move || list_entries(reader));
     let mut download = download;
-    while let Some(chunk) = download.next().await {
-        spool.write_all(&chunk?).await?;
+    let spooled = async {
+        while let Some(chunk) = download.next().await {
+            let chunk = chunk?;
+            spool.write_all(&chunk).await?;
+            // A lister that stopped says why below.
+            let _ = tx.send(Ok(chunk)).await;
+        }
+        spool.flush().await?;
+        Ok::<(), ArtifactError>(())
     }
-    spool.flush().await?;
+    .await;
+    drop(tx);
+    let listing = lister
+        .await
+        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?;
+    spooled?;
+    let listing = listing?;
     let spool = spool.into_std().await;
     let spec = spec.clone();
     let names = names.to_vec();
     let target = target.clone();
-    tokio::task::spawn_blocking(move || collect_from_tar(spool, &spec, &names, &target))
+    tokio::task::spawn_blocking(move || collect_from_tar(spool, listing, &spec, &names, &target))
         .await
         .map_err(|e| ArtifactError::Io(io::Error::other(e)))?
 }
@@ -148,12 +168,16 @@ struct Plan {
 
 fn collect_from_tar(
     mut spool: File,
+    listing: Listing,
     spec: &Artifacts,
     names: &[String],
     target: &ArtifactTarget,
 ) -> Result<Collected, ArtifactError> {
-    spool.rewind()?;
-    let (entries, hard_links) = list_entries(&mut spool)?;
+    let Listing {
+        entries,
+        hard_links,
+        sums,
+    } = listing;
     let mut tar_out = match &target.tar {
         Some(path) => Some(tar::Builder::new(io::BufWriter::with_capacity(
             1 << 20,
@@ -210,9 +234,9 @@ fn collect_from_tar(
         let Some(consumers) = wanted.get(&path) else {
             continue;
         };
-        let digest = write_entry(&mut entry, consumers, &mut plans, tar_out.as_mut())?;
+        write_entry(&mut entry, consumers, &mut plans, tar_out.as_mut())?;
         for &(p, f) in consumers {
-            digests[p][f] = Some(digest.clone());
+            digests[p][f] = sums.get(&path).cloned();
         }
     }
     let mut artifacts = Vec::new();
@@ -251,15 +275,25 @@ fn tree_path(path: &Path) -> Option<String> {
     normalize(rest)
 }
 
-/// The source tree as the archive lists it, and its hard links (a second name for a file earlier
-/// in the archive, which the archive does not repeat): link path to the path holding the bytes.
-fn list_entries(spool: &mut File) -> Result<(Vec<Entry>, HashMap<String, String>), ArtifactError> {
-    let mut archive = tar::Archive::new(spool);
+/// The source tree as the archive lists it.
+struct Listing {
+    entries: Vec<Entry>,
+    /// Hard links (a second name for a file earlier in the archive, which the archive does not
+    /// repeat): link path to the path holding the bytes.
+    hard_links: HashMap<String, String>,
+    /// Each file's sha256, by the path holding its bytes.
+    sums: HashMap<String, String>,
+}
+
+/// Lists the tar `archive` reads and sums each file in it.
+fn list_entries(archive: impl Read) -> Result<Listing, ArtifactError> {
+    let mut archive = tar::Archive::new(archive);
     let mut entries = Vec::new();
     let mut files: HashMap<String, EntryKind> = HashMap::new();
     let mut hard_links = HashMap::new();
-    for entry in archive.entries_with_seek()? {
-        let entry = entry?;
+    let mut sums = HashMap::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
         let Some(path) = tree_path(&entry.path()?) else {
             continue;
         };
@@ -270,6 +304,9 @@ fn list_entries(spool: &mut File) -> Result<(Vec<Entry>, HashMap<String, String>
                     size: header.size()?,
                     mode: header.mode()?,
                 };
+                let mut hasher = Sha256::new();
+                io::copy(&mut entry, &mut hasher)?;
+                sums.insert(path.clone(), hex(&hasher.finalize()));
                 files.insert(path.clone(), kind.clone());
                 kind
             }
@@ -295,47 +332,41 @@ fn list_entries(spool: &mut File) -> Result<(Vec<Entry>, HashMap<String, String>
         };
         entries.push(Entry { path, kind });
     }
-    Ok((entries, hard_links))
+    Ok(Listing {
+        entries,
+        hard_links,
+        sums,
+    })
 }
 
-/// Streams one archive entry to every artifact that wants it; returns its sha256. An entry wanted
-/// more than once (by several artifacts, or through in-tree links) is spooled once and copied.
+/// Streams one archive entry to every artifact that wants it. An entry wanted more than once
+/// (by several artifacts, or through in-tree links) is spooled once and copied.
 fn write_entry(
     entry: &mut impl Read,
     consumers: &[(usize, usize)],
     plans: &mut [Plan],
     mut tar: Option<&mut TarOut>,
-) -> Result<String, ArtifactError> {
+) -> Result<(), ArtifactError> {
     if let [(p, f)] = consumers {
         let plan = &mut plans[*p];
-        let mut hashing = Hashing {
-            inner: entry,
-            hasher: Sha256::new(),
-        };
-        plan.writer
-            .write_file(&plan.selection.files[*f], &mut hashing, tar)?;
-        // The rest, if the writer stopped short (it never should): the digest covers it all.
-        io::copy(&mut hashing, &mut io::sink())?;
-        return Ok(hex(&hashing.hasher.finalize()));
+        return plan
+            .writer
+            .write_file(&plan.selection.files[*f], entry, tar);
     }
     let mut spool = tempfile::tempfile()?;
-    let mut hashing = Hashing {
-        inner: entry,
-        hasher: Sha256::new(),
-    };
-    io::copy(&mut hashing, &mut spool)?;
+    io::copy(entry, &mut spool)?;
     for &(p, f) in consumers {
         spool.rewind()?;
         let plan = &mut plans[p];
         plan.writer
             .write_file(&plan.selection.files[f], &mut spool, tar.as_deref_mut())?;
     }
-    Ok(hex(&hashing.hasher.finalize()))
+    Ok(())
 }
 
-/// A reader or a writer that sums what passes through it.
-struct Hashing<T> {
-    inner: T,
+/// A writer that sums what passes through it.
+struct Hashing<W> {
+    inner: W,
     hasher: Sha256,
 }
 
@@ -348,14 +379,6 @@ impl<W: Write> Write for Hashing<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.inner.flush()
-    }
-}
-
-impl<R: Read> Read for Hashing<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.hasher.update(&buf[..n]);
-        Ok(n)
     }
 }
 
