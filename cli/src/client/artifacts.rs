@@ -17,7 +17,7 @@
 mod progress;
 
 use std::cell::Cell;
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -174,20 +174,22 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         .into_inner();
     let mut sum = progress.sum.clone();
     let mut received = offset;
-    // The sum after each chunk not yet behind the extraction; the first is the latest behind it
-    // (at or before the end of the last entry extracted), which a checkpoint takes.
-    let mut sums = std::collections::VecDeque::from([(offset, progress.sum)]);
+    // The sum after each chunk the extraction may not have passed yet: the first is the latest at
+    // or before the end of the last entry extracted, which a checkpoint takes.
+    let mut sums = VecDeque::from([(offset, progress.sum)]);
     let mut saved_at = progress.extracted;
-    let checkpoint = |sums: &std::collections::VecDeque<(u64, RunningSha256)>| {
+    let checkpoint = |sums: &mut VecDeque<(u64, RunningSha256)>| {
         let (at, entries) = *extracted.lock().unwrap_or_else(|e| e.into_inner());
-        let behind = sums.iter().take_while(|(summed, _)| *summed <= at);
-        let (summed, sum) = behind.last()?.clone();
-        Some(Progress {
+        while sums.get(1).is_some_and(|(summed, _)| *summed <= at) {
+            sums.pop_front();
+        }
+        let (summed, sum) = sums[0].clone();
+        Progress {
             summed,
             sum,
             extracted: at,
             entries,
-        })
+        }
     };
     let saving = |p: &Progress| {
         p.save(&saved).map_err(|e| {
@@ -205,14 +207,10 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
                 sums.push_back((received, sum.clone()));
                 // An extractor that stopped says why below.
                 let _ = tx.send(Ok(chunk.data)).await;
-                if let Some(now) = checkpoint(&sums) {
-                    while sums.front().is_some_and(|(summed, _)| *summed < now.summed) {
-                        sums.pop_front();
-                    }
-                    if now.extracted - saved_at >= CHECKPOINT_BYTES {
-                        saving(&now)?;
-                        saved_at = now.extracted;
-                    }
+                let now = checkpoint(&mut sums);
+                if now.extracted - saved_at >= CHECKPOINT_BYTES {
+                    saving(&now)?;
+                    saved_at = now.extracted;
                 }
             }
             Ok(None) => break None,
@@ -227,9 +225,7 @@ pub async fn download(server: &Server, id: &str, output: &Path) -> Result<usize,
         .await
         .map_err(|e| Failure::failed(format!("the extraction failed: {e}")))?;
     if let Some(status) = cut {
-        if let Some(now) = checkpoint(&sums) {
-            saving(&now)?;
-        }
+        saving(&checkpoint(&mut sums))?;
         return Err(Failure::failed(format!(
             "the download stopped after {received} of {} bytes ({}); run the same command \
              again to resume it",
@@ -287,7 +283,6 @@ fn extract_from(
         .context("the download stopped")?;
     let count = extract(&mut counted, staging, |count| {
         *extracted.lock().unwrap_or_else(|e| e.into_inner()) = (at.get(), before + count);
-        Ok(())
     })?;
     Ok(before + count)
 }
@@ -323,11 +318,7 @@ fn merge(from: &Path, to: &Path) -> anyhow::Result<()> {
 /// Extracts the tar `archive` into `dir` (created when missing), calling `done` with the count
 /// after each entry written; returns how many entries were written. Stops at the first entry
 /// that is refused; what came before it stays.
-fn extract(
-    archive: impl Read,
-    dir: &Path,
-    mut done: impl FnMut(usize) -> anyhow::Result<()>,
-) -> anyhow::Result<usize> {
+fn extract(archive: impl Read, dir: &Path, mut done: impl FnMut(usize)) -> anyhow::Result<usize> {
     fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut archive = tar::Archive::new(archive);
     let mut count = 0;
@@ -396,7 +387,7 @@ fn extract(
         // Whatever of the entry was not read (a directory's data, say): the next one follows it.
         io::copy(&mut entry, &mut io::sink()).context("the artifacts archive is unreadable")?;
         count += 1;
-        done(count)?;
+        done(count);
     }
     Ok(count)
 }
@@ -517,7 +508,7 @@ mod tests {
         let result = extract(
             tar_of(entries).as_slice(),
             &out.path().join("inside"),
-            |_| Ok(()),
+            |_| {},
         );
         (out, result)
     }
