@@ -751,7 +751,6 @@ impl BlobStore {
     }
 }
 
-/// Runs `work` on a blocking thread.
 /// A reader that sums what passes through it and, at its end, puts the sum and the size in
 /// `summed` and fails unless the sum is `expected` (so an upload reading it is abandoned).
 struct Checked<R> {
@@ -783,6 +782,7 @@ impl<R: Read> Read for Checked<R> {
     }
 }
 
+/// Runs `work` on a blocking thread.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> Result<T, StoreError> {

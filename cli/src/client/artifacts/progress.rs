@@ -78,6 +78,11 @@ impl RunningSha256 {
         last.extend_from_slice(&bits.to_be_bytes());
         let blocks: Vec<Block> = last.chunks_exact(64).map(Block::clone_from_slice).collect();
         sha2::compress256(&mut self.state, &blocks);
+        self.state_hex()
+    }
+
+    /// The running state's eight words, in hex (after the padding, the digest).
+    fn state_hex(&self) -> String {
         self.state.iter().map(|w| format!("{w:08x}")).collect()
     }
 }
@@ -162,7 +167,7 @@ impl Progress {
 
     /// Writes the checkpoint to `path` (aside first, then renamed over it).
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let state: String = self.sum.state.iter().map(|w| format!("{w:08x}")).collect();
+        let state = self.sum.state_hex();
         let tail: String = self.sum.tail.iter().map(|b| format!("{b:02x}")).collect();
         let line = format!(
             "{VERSION} {} {} {} {} {state} -{tail}\n",
