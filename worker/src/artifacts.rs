@@ -1,15 +1,18 @@
-//! Artifact collection: the source tree comes out of the container as one tar stream, spooled to
-//! a temporary file and, as it comes, listed with a sha256 for each file; the pure selection rules
-//! of `kiln_buildspec::artifacts` pick files from the listing, and the picked files go from the
-//! spool into one tar, each artifact as a tree (`NONE`) or a ZIP.
+//! Artifact collection. The source tree is listed, either in place (see [`in_place`]: when the
+//! worker runs as root on the Docker host) or from one tar stream out of the container (Docker's
+//! archive API), spooled to a temporary file and, as it comes, listed with a sha256 for each
+//! file. The pure selection rules of `kiln_buildspec::artifacts` pick files from the listing, and
+//! the picked files go, read once each, into one tar, each artifact as a tree (`NONE`) or a ZIP.
 //!
-//! Nothing is read from the host's filesystem and no link is followed outside the archive: links
-//! are resolved inside the listing by the selection rules, and no path in the tar written has `..`
-//! or a root.
+//! Nothing outside the source tree is read and no link is followed: links are resolved inside the
+//! listing by the selection rules, and no path in the tar written has `..` or a root.
+
+mod in_place;
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Component, Path, PathBuf};
 
 use futures_util::StreamExt;
@@ -23,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::io::{StreamReader, SyncIoBridge};
 
-use crate::docker::{ByteStream, EngineError};
+use crate::docker::{ByteStream, Engine, EngineError};
 use crate::record::{ArtifactFile, BuildArtifact};
 
 /// How artifacts are packaged (CodeBuild's `packaging`).
@@ -116,16 +119,86 @@ pub struct Collected {
     pub skipped: Vec<Skipped>,
 }
 
-/// Collects the primary artifact and every secondary one from `download` (a tar of
-/// `CODEBUILD_SRC_DIR`). `names[0]` is the primary's evaluated name, then one per secondary.
+/// The source tree artifacts are collected from.
+pub struct Tree(Source);
+
+enum Source {
+    /// A tar of it (Docker's archive API), whose top entry is the source directory.
+    Archive(ByteStream),
+    /// The directory itself, read in place, and its listing.
+    InPlace { dir: OwnedFd, listing: Listing },
+}
+
+impl Tree {
+    /// Directory `dir` of the running `container`: read in place when this worker may (see
+    /// [`in_place`]), else through Docker's archive API.
+    pub async fn of(engine: &Engine, container: &str, dir: &str) -> Tree {
+        match Tree::in_place(engine, container, dir).await {
+            Ok(tree) => tree,
+            Err(e) => {
+                tracing::debug!(%container, "reading artifacts through Docker's archive API: {e}");
+                Tree::archive(engine, container, dir)
+            }
+        }
+    }
+
+    /// Directory `dir` of `container` through Docker's archive API, which works wherever the
+    /// daemon is.
+    pub fn archive(engine: &Engine, container: &str, dir: &str) -> Tree {
+        Tree(Source::Archive(engine.download(container, dir)))
+    }
+
+    /// Directory `dir` of the running `container`, opened and listed in place; fails when the
+    /// container's files cannot be reached from here (another host or process namespace, or
+    /// not root) or the tree is not a plain directory.
+    pub async fn in_place(
+        engine: &Engine,
+        container: &str,
+        dir: &str,
+    ) -> Result<Tree, ArtifactError> {
+        let (id, pid) = engine.first_process(container).await?.ok_or_else(|| {
+            ArtifactError::Io(io::Error::other(format!(
+                "container {container} is not running"
+            )))
+        })?;
+        let dir = dir.to_string();
+        tokio::task::spawn_blocking(move || {
+            let dir = in_place::open(&id, pid, &dir)?;
+            let listing = in_place::list(&dir)?;
+            Ok(Tree(Source::InPlace { dir, listing }))
+        })
+        .await
+        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?
+    }
+}
+
+/// Collects the primary artifact and every secondary one from `tree` (`CODEBUILD_SRC_DIR`).
+/// `names[0]` is the primary's evaluated name, then one per secondary.
 pub async fn collect(
-    download: ByteStream,
+    tree: Tree,
     spec: &Artifacts,
     names: &[String],
     target: &ArtifactTarget,
 ) -> Result<Collected, ArtifactError> {
+    let (contents, listing) = match tree.0 {
+        Source::Archive(download) => {
+            let (spool, listing) = spool(download).await?;
+            (Contents::Spool(spool), listing)
+        }
+        Source::InPlace { dir, listing } => (Contents::InPlace(dir), listing),
+    };
+    let spec = spec.clone();
+    let names = names.to_vec();
+    let target = target.clone();
+    tokio::task::spawn_blocking(move || assemble(contents, listing, &spec, &names, &target))
+        .await
+        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?
+}
+
+/// Spools the archive `download` to a temporary file, listing it and summing each file as it
+/// comes, beside the spool.
+async fn spool(download: ByteStream) -> Result<(File, Listing), ArtifactError> {
     let mut spool = tempfile::tempfile().map(tokio::fs::File::from_std)?;
-    // The tree is listed and each file summed as the tar comes, beside the spool.
     let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<bytes::Bytes>>(64);
     let reader = SyncIoBridge::new(StreamReader::new(ReceiverStream::new(rx)));
     let lister = tokio::task::spawn_blocking(move || list_entries(reader));
@@ -146,14 +219,15 @@ pub async fn collect(
         .await
         .map_err(|e| ArtifactError::Io(io::Error::other(e)))?;
     spooled?;
-    let listing = listing?;
-    let spool = spool.into_std().await;
-    let spec = spec.clone();
-    let names = names.to_vec();
-    let target = target.clone();
-    tokio::task::spawn_blocking(move || collect_from_tar(spool, listing, &spec, &names, &target))
-        .await
-        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?
+    Ok((spool.into_std().await, listing?))
+}
+
+/// Where the listed files' bytes are read from.
+enum Contents {
+    /// The archive, spooled; the listing has each file's sum.
+    Spool(File),
+    /// The source directory, read in place and summed as it is read.
+    InPlace(OwnedFd),
 }
 
 /// One artifact being assembled.
@@ -166,8 +240,10 @@ struct Plan {
     location: String,
 }
 
-fn collect_from_tar(
-    mut spool: File,
+/// Selects each artifact's files from `listing` and writes them, reading each wanted file once
+/// from `contents`.
+fn assemble(
+    contents: Contents,
     listing: Listing,
     spec: &Artifacts,
     names: &[String],
@@ -220,25 +296,50 @@ fn collect_from_tar(
             }
         }
     }
-    let mut digests: Vec<Vec<Option<String>>> = plans
-        .iter()
-        .map(|p| vec![None; p.selection.files.len()])
-        .collect();
-    spool.rewind()?;
-    let mut archive = tar::Archive::new(&mut spool);
-    for entry in archive.entries_with_seek()? {
-        let mut entry = entry?;
-        let Some(path) = tree_path(&entry.path()?) else {
-            continue;
-        };
-        let Some(consumers) = wanted.get(&path) else {
-            continue;
-        };
-        write_entry(&mut entry, consumers, &mut plans, tar_out.as_mut())?;
-        for &(p, f) in consumers {
-            digests[p][f] = sums.get(&path).cloned();
+    let sums = match contents {
+        Contents::Spool(mut spool) => {
+            spool.rewind()?;
+            let mut archive = tar::Archive::new(&mut spool);
+            for entry in archive.entries_with_seek()? {
+                let mut entry = entry?;
+                let Some(path) = tree_path(&entry.path()?) else {
+                    continue;
+                };
+                if let Some(consumers) = wanted.get(&path) {
+                    write_entry(&mut entry, consumers, &mut plans, tar_out.as_mut())?;
+                }
+            }
+            sums
         }
-    }
+        Contents::InPlace(dir) => {
+            let mut sums = HashMap::new();
+            for entry in &entries {
+                let (Some(consumers), EntryKind::File { size, .. }) =
+                    (wanted.get(&entry.path), &entry.kind)
+                else {
+                    continue;
+                };
+                let mut file = Hashing {
+                    inner: in_place::open_file(&dir, &entry.path, *size)?,
+                    hasher: Sha256::new(),
+                };
+                write_entry(&mut file, consumers, &mut plans, tar_out.as_mut())?;
+                sums.insert(entry.path.clone(), hex(&file.hasher.finalize()));
+            }
+            sums
+        }
+    };
+    // A file's sum is its holder's; a kept link has none.
+    let sum_of = |file: &kiln_buildspec::artifacts::SelectedFile| match file.symlink {
+        Some(_) => None,
+        None => sums
+            .get(hard_links.get(&file.source).unwrap_or(&file.source))
+            .cloned(),
+    };
+    let digests: Vec<Vec<Option<String>>> = plans
+        .iter()
+        .map(|plan| plan.selection.files.iter().map(sum_of).collect())
+        .collect();
     let mut artifacts = Vec::new();
     for (plan, digests) in plans.into_iter().zip(digests) {
         artifacts.push(plan.finish(digests, target.packaging, tar_out.as_mut())?);
@@ -275,7 +376,8 @@ fn tree_path(path: &Path) -> Option<String> {
     normalize(rest)
 }
 
-/// The source tree as the archive lists it.
+/// The source tree as the archive (or a walk of the directory) lists it.
+#[derive(Default)]
 struct Listing {
     entries: Vec<Entry>,
     /// Hard links (a second name for a file earlier in the archive, which the archive does not
@@ -364,10 +466,18 @@ fn write_entry(
     Ok(())
 }
 
-/// A writer that sums what passes through it.
+/// A reader or writer that sums what passes through it.
 struct Hashing<W> {
     inner: W,
     hasher: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
 }
 
 impl<W: Write> Write for Hashing<W> {

@@ -8,7 +8,7 @@ use std::path::Path;
 use common::run_with;
 use kiln_buildspec::routing::PhaseType::*;
 use kiln_buildspec::routing::Status::*;
-use kiln_worker::artifacts::{ArtifactTarget, Packaging};
+use kiln_worker::artifacts::{collect, ArtifactTarget, Collected, Packaging, Tree};
 
 /// Every file under `dir` (relative path to content; links as `-> target`).
 fn tree(dir: &Path) -> BTreeMap<String, String> {
@@ -298,4 +298,92 @@ async fn hard_linked_files_are_collected() {
         tree(&out.path().join("primary")),
         map(&[("out/a.txt", "data\n"), ("out/b.txt", "data\n")])
     );
+}
+
+/// A tree with what the rules must handle: nested files, modes, a second name of a file, links
+/// inside and out, a fifo, a name that is not UTF-8, an empty directory, and a secret beside it.
+const ODD_TREE: &str = r#"set -e
+mkdir -p /t/src/a/b /t/src/empty /t/outside && cd /t/src
+echo one > a/one && echo two > a/b/two && chmod 0750 a/b/two && ln a/one a/hard
+ln -s one a/in && ln -s /etc/hostname a/out && ln -s ../../outside a/up && mkfifo a/fifo
+printf x > "$(printf 'a/bad\377name')" && echo secret > /t/outside/secret
+ln -s /t/src /t/link"#;
+
+/// Collects `spec`'s artifacts from `source` into a tar, unpacked; returns the record and files.
+async fn collect_into(
+    source: Tree,
+    spec: &kiln_buildspec::Artifacts,
+) -> (Collected, BTreeMap<String, String>) {
+    let out = tempfile::tempdir().expect("out");
+    let tar = out.path().join("artifacts.tar");
+    let target = ArtifactTarget {
+        tar: Some(tar.clone()),
+        packaging: Packaging::None,
+    };
+    let collected = collect(source, spec, &["odd".to_string()], &target)
+        .await
+        .expect("collected");
+    let file = std::fs::File::open(&tar).expect("the artifacts tar");
+    let unpacked = out.path().join("unpacked");
+    tar::Archive::new(file).unpack(&unpacked).expect("unpack");
+    (collected, tree(&unpacked.join("primary")))
+}
+
+#[tokio::test]
+async fn reading_the_tree_in_place_collects_what_the_archive_does() {
+    let engine = common::engine().await;
+    let container = kiln_tests::Container::sleeping("in-place");
+    let c = container.0.as_str();
+    kiln_tests::docker(&["exec", c, "sh", "-c", ODD_TREE]);
+    let buildspec = "version: 0.2\nphases:\n  build:\n    commands:\n      - 'true'\nartifacts:\n  files:\n    - '**/*'\n  secondary-artifacts:\n    links:\n      enable-symlinks: yes\n      files:\n        - 'a/**/*'\n";
+    let spec = kiln_buildspec::parse("buildspec.yml", buildspec)
+        .expect("buildspec")
+        .buildspec
+        .artifacts
+        .expect("artifacts");
+    let in_place = Tree::in_place(&engine, c, "/t/src")
+        .await
+        .expect("the tests run as root on the Docker host, where the tree can be read in place");
+    let (from_place, files) = collect_into(in_place, &spec).await;
+    let (from_archive, archive_files) =
+        collect_into(Tree::archive(&engine, c, "/t/src"), &spec).await;
+    assert_eq!(files, archive_files);
+    assert_eq!(
+        files,
+        map(&[
+            ("a/b/two", "two\n"),
+            ("a/hard", "one\n"),
+            ("a/in", "one\n"),
+            ("a/one", "one\n"),
+        ])
+    );
+    assert_eq!(from_place.primary.files, from_archive.primary.files);
+    assert_eq!(
+        from_place.secondary[0].files,
+        from_archive.secondary[0].files
+    );
+    assert_eq!(from_place.skipped, from_archive.skipped);
+    let skipped: Vec<&str> = from_place.skipped.iter().map(|s| s.path.as_str()).collect();
+    assert!(
+        skipped.contains(&"a/out") && skipped.contains(&"a/up"),
+        "{skipped:?}"
+    );
+    let two = from_place
+        .primary
+        .files
+        .iter()
+        .find(|f| f.path == "a/b/two");
+    assert_eq!(two.map(|f| f.sha256sum.clone()), Some(sha256_hex(b"two\n")));
+    // A source directory that is itself a link is not read in place (the archive is then used).
+    let refused = Tree::in_place(&engine, c, "/t/link").await;
+    assert!(
+        refused.is_err(),
+        "a linked source directory was opened in place"
+    );
+    // Nor is a container that no longer runs; Tree::of falls back to the archive.
+    kiln_tests::docker(&["stop", "-t", "0", c]);
+    assert!(Tree::in_place(&engine, c, "/t/src").await.is_err());
+    let (stopped, stopped_files) = collect_into(Tree::of(&engine, c, "/t/src").await, &spec).await;
+    assert_eq!(stopped_files, files);
+    assert_eq!(stopped.primary.files, from_archive.primary.files);
 }

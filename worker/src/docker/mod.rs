@@ -418,6 +418,28 @@ impl Engine {
         )
     }
 
+    /// The running container's full id and the process id of its first process, as the Docker
+    /// host numbers it (`None`: it is not running).
+    pub async fn first_process(
+        &self,
+        container: &str,
+    ) -> Result<Option<(String, u32)>, EngineError> {
+        let inspect = self
+            .docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(docker_err("container inspect"))?;
+        let pid = inspect
+            .state
+            .and_then(|s| s.pid)
+            .and_then(|p| u32::try_from(p).ok())
+            .filter(|&p| p > 0);
+        Ok(inspect.id.zip(pid))
+    }
+
     /// Starts a command in the running container; returns its exec id and merged output.
     pub async fn exec(
         &self,

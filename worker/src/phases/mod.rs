@@ -671,8 +671,8 @@ impl Build {
             };
             names.push(name);
         }
-        let download = self.engine.download(&self.resources.container, SRC_DIR);
-        match artifacts::collect(download, &spec, &names, &self.job.artifacts).await {
+        let tree = artifacts::Tree::of(&self.engine, &self.resources.container, SRC_DIR).await;
+        match artifacts::collect(tree, &spec, &names, &self.job.artifacts).await {
             Ok(collected) => {
                 for skipped in &collected.skipped {
                     self.log.agent(&format!(
