@@ -230,6 +230,9 @@ enum Contents {
     InPlace(OwnedFd),
 }
 
+/// The (plan, file) pairs that want one path of the tree, by index.
+type Consumers = Vec<(usize, usize)>;
+
 /// One artifact being assembled.
 struct Plan {
     identifier: Option<String>,
@@ -287,7 +290,7 @@ fn assemble(
         });
     }
     // Which (plan, file) pairs want each archive path, so the tar is read once.
-    let mut wanted: HashMap<String, Vec<(usize, usize)>> = HashMap::new();
+    let mut wanted: HashMap<String, Consumers> = HashMap::new();
     for (p, plan) in plans.iter().enumerate() {
         for (f, file) in plan.selection.files.iter().enumerate() {
             if file.symlink.is_none() {
@@ -312,20 +315,21 @@ fn assemble(
             sums
         }
         Contents::InPlace(dir) => {
+            let files: Vec<(&str, u64, &Consumers)> = entries
+                .iter()
+                .filter_map(|entry| match (wanted.get(&entry.path), &entry.kind) {
+                    (Some(consumers), EntryKind::File { size, .. }) => {
+                        Some((entry.path.as_str(), *size, consumers))
+                    }
+                    _ => None,
+                })
+                .collect();
             let mut sums = HashMap::new();
-            for entry in &entries {
-                let (Some(consumers), EntryKind::File { size, .. }) =
-                    (wanted.get(&entry.path), &entry.kind)
-                else {
-                    continue;
-                };
-                let mut file = Hashing {
-                    inner: in_place::open_file(&dir, &entry.path, *size)?,
-                    hasher: Sha256::new(),
-                };
-                write_entry(&mut file, consumers, &mut plans, tar_out.as_mut())?;
-                sums.insert(entry.path.clone(), hex(&file.hasher.finalize()));
-            }
+            in_place::read_ahead(&dir, &files, |(path, _, consumers), mut file| {
+                write_entry(&mut file.content(), consumers, &mut plans, tar_out.as_mut())?;
+                sums.insert(path.to_string(), file.sum());
+                Ok(())
+            })?;
             sums
         }
     };

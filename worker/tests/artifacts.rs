@@ -301,13 +301,15 @@ async fn hard_linked_files_are_collected() {
 }
 
 /// A tree with what the rules must handle: nested files, modes, a second name of a file, links
-/// inside and out, a fifo, a name that is not UTF-8, an empty directory, and a secret beside it.
+/// inside and out, a fifo, a name that is not UTF-8, an empty directory, and a secret beside it;
+/// and a directory of many files and a file of several read-ahead heads (see `in_place`).
 const ODD_TREE: &str = r#"set -e
 mkdir -p /t/src/a/b /t/src/empty /t/outside && cd /t/src
 echo one > a/one && echo two > a/b/two && chmod 0750 a/b/two && ln a/one a/hard
 ln -s one a/in && ln -s /etc/hostname a/out && ln -s ../../outside a/up && mkfifo a/fifo
 printf x > "$(printf 'a/bad\377name')" && echo secret > /t/outside/secret
-ln -s /t/src /t/link"#;
+ln -s /t/src /t/link
+mkdir many && for i in $(seq 100 199); do echo $i > many/$i; done && yes abc | head -c 600000 > big"#;
 
 /// Collects `spec`'s artifacts from `source` into a tar, unpacked; returns the record and files.
 async fn collect_into(
@@ -348,8 +350,16 @@ async fn reading_the_tree_in_place_collects_what_the_archive_does() {
     let (from_archive, archive_files) =
         collect_into(Tree::archive(&engine, c, "/t/src"), &spec).await;
     assert_eq!(files, archive_files);
+    assert_eq!(files.len(), 4 + 100 + 1);
+    assert_eq!(files.get("many/150").map(String::as_str), Some("150\n"));
+    assert_eq!(files.get("big").map(String::len), Some(600_000));
+    let below_a: BTreeMap<String, String> = files
+        .iter()
+        .filter(|(path, _)| path.starts_with("a/"))
+        .map(|(path, text)| (path.clone(), text.clone()))
+        .collect();
     assert_eq!(
-        files,
+        below_a,
         map(&[
             ("a/b/two", "two\n"),
             ("a/hard", "one\n"),
