@@ -34,6 +34,9 @@ const PARALLEL: usize = 4;
 /// Existence checks in flight at once.
 const HEADS: usize = 16;
 
+/// A blob's content is handed on (to a file, to a reader) in pieces of up to this much.
+const DECODED_PIECE: usize = 1 << 20;
+
 /// Where blobs live.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Backend {
@@ -529,8 +532,8 @@ impl BlobStore {
             .unwrap_or_else(|| PathBuf::from("."));
         let temp = tempfile::NamedTempFile::new_in(&dir)?;
         let mut file = temp.reopen()?;
-        self.decode(digest, move |data: &[u8]| {
-            file.write_all(data).map(|()| true)
+        self.decode(digest, move |data: Bytes| {
+            file.write_all(&data).map(|()| true)
         })
         .await?;
         let written = temp.as_file().metadata()?.len();
@@ -555,16 +558,14 @@ impl BlobStore {
             let out = tx.clone();
             let mut skip = offset;
             let sent = store
-                .decode_sized(&digest, size, move |data: &[u8]| {
+                .decode_sized(&digest, size, move |data: Bytes| {
                     let from = skip.min(data.len() as u64) as usize;
                     skip -= from as u64;
                     if from == data.len() {
                         return Ok(true);
                     }
                     // false: the reader went away, so there is no one left to send to.
-                    Ok(out
-                        .blocking_send(Ok(Bytes::copy_from_slice(&data[from..])))
-                        .is_ok())
+                    Ok(out.blocking_send(Ok(data.slice(from..))).is_ok())
                 })
                 .await;
             if let Err(e) = sent {
@@ -585,11 +586,12 @@ impl BlobStore {
     }
 
     /// Reads and decodes the blob, handing its content to `sink` on a blocking thread in pieces
-    /// of up to 1 MiB (`sink` answers false to stop early), and checks it against its digest.
+    /// of up to 1 MiB, each in a buffer of its own (`sink` answers false to stop early), and
+    /// checks it against its digest.
     async fn decode(
         &self,
         digest: &Digest,
-        sink: impl FnMut(&[u8]) -> std::io::Result<bool> + Send + 'static,
+        sink: impl FnMut(Bytes) -> std::io::Result<bool> + Send + 'static,
     ) -> Result<(), StoreError> {
         let size = self.size_of(digest).await?;
         self.decode_sized(digest, size, sink).await
@@ -599,7 +601,7 @@ impl BlobStore {
         &self,
         digest: &Digest,
         size: u64,
-        mut sink: impl FnMut(&[u8]) -> std::io::Result<bool> + Send + 'static,
+        mut sink: impl FnMut(Bytes) -> std::io::Result<bool> + Send + 'static,
     ) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::channel::<Bytes>(PARALLEL * 2);
         let (key, expected) = (self.key.clone(), digest.clone());
@@ -614,14 +616,17 @@ impl BlobStore {
             };
             let mut content = codec::decode(reader, key.as_ref()).map_err(corrupt)?;
             let mut hasher = Sha256::new();
-            let mut buf = vec![0u8; 1 << 20];
             loop {
-                let n = content.read(&mut buf).map_err(corrupt)?;
-                if n == 0 {
+                let mut piece = Vec::with_capacity(DECODED_PIECE);
+                (&mut content)
+                    .take(DECODED_PIECE as u64)
+                    .read_to_end(&mut piece)
+                    .map_err(corrupt)?;
+                if piece.is_empty() {
                     break;
                 }
-                hasher.update(&buf[..n]);
-                if !sink(&buf[..n])? {
+                hasher.update(&piece);
+                if !sink(Bytes::from(piece))? {
                     return Ok(());
                 }
             }

@@ -9,8 +9,9 @@
 //!   tree out of a container of the same image, just before the build and again after it (the
 //!   upload is set against their mean).
 //! - Download: `kiln artifacts ID -o DIR` (fetched, checked against its digest, extracted).
-//!   Baseline: `cp -a` of the tree `docker cp` brought out, just before (creating files costs
-//!   more on a file system where many were just deleted, so nothing is deleted until the end).
+//!   Baseline: `cp -a` of the tree `docker cp` brought out, just before and again after (the
+//!   download is set against their mean; creating files costs more on a file system where many
+//!   were just deleted, so nothing is deleted until the end).
 //!
 //! Figures are throughput relative to the baseline (its time divided by Kiln's: 1.0 is as fast
 //! as `cp`). Needs Docker and the build image (`deploy/build-image.sh`) and `s3s-fs`.
@@ -88,19 +89,13 @@ fn main() {
         let up = upload_time(&build);
         let base_after = docker_cp(c, &work.path().join(format!("cp-after-{}", label.len())));
         let base_up = (base_before + base_after) / 2;
-        // cp -a just before the download, on the file system as it is then: creating files
-        // costs more there after many were deleted, so nothing is deleted before the end.
-        let again = work.path().join(format!("cp-again-{}", label.len()));
-        settle();
-        let t = Instant::now();
-        let status = Command::new("cp")
-            .arg("-a")
-            .arg(&copied)
-            .arg(&again)
-            .status()
-            .expect("cp");
-        assert!(status.success(), "cp -a");
-        let base_down = t.elapsed();
+        // cp -a just before the download and again after it, on the file system as it is
+        // then: creating files costs more there after many were deleted, so nothing is deleted
+        // before the end; the download is set against their mean.
+        let base_down_before = cp_a(
+            &copied,
+            &work.path().join(format!("cp-a-before-{}", label.len())),
+        );
         let out = work.path().join(format!("download-{}", label.len()));
         let server = format!("http://{addr}");
         settle();
@@ -124,15 +119,21 @@ fn main() {
         );
         let downloaded = count_files(&out);
         assert_eq!(downloaded, files, "every file downloaded");
+        let base_down_after = cp_a(
+            &copied,
+            &work.path().join(format!("cp-a-after-{}", label.len())),
+        );
+        let base_down = (base_down_before + base_down_after) / 2;
         println!(
-            "  {label}: upload {} ({:.2}x the throughput of docker cp, {} before and {} after), download {} ({:.2}x the throughput of cp -a, {} just before)",
+            "  {label}: upload {} ({:.2}x the throughput of docker cp, {} before and {} after), download {} ({:.2}x the throughput of cp -a, {} before and {} after)",
             secs(up),
             ratio(base_up, up),
             secs(base_before),
             secs(base_after),
             secs(down),
             ratio(base_down, down),
-            secs(base_down)
+            secs(base_down_before),
+            secs(base_down_after)
         );
     }
 }
@@ -146,6 +147,20 @@ fn docker_cp(c: &str, copied: &Path) -> Duration {
         &format!("{c}:/data/tree"),
         copied.to_str().expect("utf-8"),
     ]);
+    t.elapsed()
+}
+
+/// `cp -a` of `from` to `to`; returns its time.
+fn cp_a(from: &Path, to: &Path) -> Duration {
+    settle();
+    let t = Instant::now();
+    let status = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .expect("cp");
+    assert!(status.success(), "cp -a");
     t.elapsed()
 }
 

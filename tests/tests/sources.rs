@@ -104,10 +104,11 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
     let (_c, addr) = start_coordinator(data.path(), &[]);
     let _w = start_worker("w-art", addr, &[]);
     let server = format!("http://{addr}");
-    // 40 files of 100 kB: a download cut in the middle has whole entries behind it.
+    // 40 files of 400 kB: a download cut in the middle has whole entries behind it, and whole
+    // chunks (the server sends up to 1 MiB in one), from whose end it resumes.
     let src = checkout(&[(
         "buildspec.yml",
-        "version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir out && for i in $(seq 10 49); do head -c 100000 /dev/urandom > out/f$i.bin; done\nartifacts:\n  files:\n    - 'out/*'\n",
+        "version: 0.2\nphases:\n  build:\n    commands:\n      - mkdir out && for i in $(seq 10 49); do head -c 400000 /dev/urandom > out/f$i.bin; done\nartifacts:\n  files:\n    - 'out/*'\n",
     )]);
     let id = kiln_tests::start(addr, src.path(), &[]);
     let mut c = client(addr, None).await;
@@ -144,7 +145,7 @@ async fn an_interrupted_artifact_download_resumes_and_a_corrupt_one_is_refused()
     assert!(download(reference.path(), &server).status.success());
     let expected = files_under(reference.path());
     assert_eq!(expected.len(), 40, "{:?}", expected.keys());
-    assert!(expected.values().all(|bytes| bytes.len() == 100_000));
+    assert!(expected.values().all(|bytes| bytes.len() == 400_000));
     // Downloading again into the same directory replaces the file and leaves nothing else.
     std::fs::write(reference.path().join("primary/out/f10.bin"), "stale").expect("stale");
     assert!(download(reference.path(), &server).status.success());

@@ -19,7 +19,7 @@ mod progress;
 use std::cell::Cell;
 use std::collections::{HashSet, VecDeque};
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -323,6 +323,8 @@ fn extract(archive: impl Read, dir: &Path, mut done: impl FnMut(usize)) -> anyho
     let mut archive = tar::Archive::new(archive);
     let mut count = 0;
     let mut real_dirs = HashSet::new();
+    let umask = umask();
+    let mut buffer = vec![0; COPY_BUFFER];
     for entry in archive
         .entries()
         .context("the artifacts archive is unreadable")?
@@ -372,16 +374,11 @@ fn extract(archive: impl Read, dir: &Path, mut done: impl FnMut(usize)) -> anyho
                     .with_context(|| format!("cannot create the link {}", target.display()))?;
             }
             _ => {
-                make_room(&target)?;
-                let mut file = fs::File::create(&target)
-                    .with_context(|| format!("cannot create {}", target.display()))?;
-                io::copy(&mut entry, &mut file)
-                    .with_context(|| format!("cannot write {}", target.display()))?;
                 // Permission bits only: no setuid, setgid or sticky bits from a build.
                 let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
-                use std::os::unix::fs::PermissionsExt;
-                file.set_permissions(fs::Permissions::from_mode(mode))
-                    .with_context(|| format!("cannot set the mode of {}", target.display()))?;
+                let mut file = create(&target, mode, umask)?;
+                copy_whole(&mut entry, &mut file, &mut buffer)
+                    .with_context(|| format!("cannot write {}", target.display()))?;
             }
         }
         // Whatever of the entry was not read (a directory's data, say): the next one follows it.
@@ -451,6 +448,61 @@ fn no_link_on_the_way(
 
 /// Removes a file or link where an entry goes (a later entry replaces an earlier one, as with
 /// `tar`), so that creating the entry never follows an existing link.
+/// Files are written in pieces of up to this much (most in one write).
+const COPY_BUFFER: usize = 1 << 20;
+
+/// Creates the file `target` with permission bits `mode` (set exactly, whatever `umask` takes
+/// away at creation), replacing a file or link there.
+fn create(target: &Path, mode: u32, umask: Option<u32>) -> anyhow::Result<fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let open = || {
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(target)
+    };
+    let file = match open() {
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            make_room(target)?;
+            open()
+        }
+        opened => opened,
+    }
+    .with_context(|| format!("cannot create {}", target.display()))?;
+    if umask.is_none_or(|umask| mode & umask != 0) {
+        file.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot set the mode of {}", target.display()))?;
+    }
+    Ok(file)
+}
+
+/// This process's umask, from `/proc/self/status` (`None` where that does not say).
+fn umask() -> Option<u32> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+    u32::from_str_radix(line.trim(), 8).ok()
+}
+
+/// Copies `from` to `to` to its end through `buffer`, filling the buffer before each write.
+fn copy_whole(from: &mut impl Read, to: &mut impl Write, buffer: &mut [u8]) -> io::Result<()> {
+    loop {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            match from.read(&mut buffer[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        to.write_all(&buffer[..filled])?;
+        if filled < buffer.len() {
+            return Ok(());
+        }
+    }
+}
+
 fn make_room(target: &Path) -> anyhow::Result<()> {
     match fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => bail!(

@@ -99,7 +99,12 @@ impl Server {
                     "invalid server address {given:?}: {e}; use a URL like {DEFAULT_SERVER}"
                 ))
             })?
-            .connect_timeout(Duration::from_secs(10));
+            .connect_timeout(Duration::from_secs(10))
+            // Downloads come in frames (and TCP reads) of up to 1 MiB rather than 16 KiB, with
+            // room for several in flight.
+            .max_frame_size(1 << 20)
+            .initial_stream_window_size(8 << 20)
+            .initial_connection_window_size(16 << 20);
         let channel = endpoint.connect().await.map_err(|e| {
             Failure::failed(format!(
                 "cannot reach the Kiln server at {address}: {}; start one with `kiln server`, \
