@@ -602,6 +602,56 @@ mod tests {
     }
 
     #[test]
+    fn files_keep_their_exact_modes_and_replace_what_was_there() {
+        let big: Vec<u8> = (0..COPY_BUFFER * 2 + 7).map(|i| (i % 251) as u8).collect();
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, mode, data) in [
+            ("open.sh", 0o777, b"#!/bin/sh\n".as_slice()),
+            ("private", 0o600, b"secret"),
+            ("setuid", 0o4755, b"x"),
+            ("big.bin", 0o644, &big),
+            ("was-a-link", 0o644, b"file now"),
+            ("empty", 0o640, b""),
+        ] {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(mode);
+            header.set_size(data.len() as u64);
+            builder
+                .append_data(&mut header, path, data)
+                .expect("append");
+        }
+        let archive = builder.into_inner().expect("tar");
+        let out = tempfile::tempdir().expect("tmp");
+        std::os::unix::fs::symlink("/etc/hostname", out.path().join("was-a-link")).expect("link");
+        fs::write(out.path().join("big.bin"), "old and shorter").expect("old");
+        assert_eq!(
+            extract(archive.as_slice(), out.path(), |_| {}).expect("extracted"),
+            6
+        );
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |name: &str| {
+            fs::symlink_metadata(out.path().join(name))
+                .expect("meta")
+                .permissions()
+                .mode()
+                & 0o7777
+        };
+        assert_eq!(mode("open.sh"), 0o777, "whatever the umask");
+        assert_eq!(mode("private"), 0o600);
+        assert_eq!(mode("setuid"), 0o755, "no setuid bit from a build");
+        assert_eq!(mode("empty"), 0o640);
+        assert_eq!(fs::read(out.path().join("big.bin")).expect("big"), big);
+        assert_eq!(
+            fs::read_to_string(out.path().join("was-a-link")).expect("read"),
+            "file now"
+        );
+        assert!(!fs::symlink_metadata(out.path().join("was-a-link"))
+            .expect("meta")
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
     fn parent_paths_are_refused() {
         let (out, result) = extract_tar(&[(EntryType::Regular, "../x", "")]);
         let e = result.expect_err("refused").to_string();
