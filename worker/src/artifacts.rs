@@ -470,6 +470,20 @@ fn write_entry(
     Ok(())
 }
 
+/// A reader that counts what passes through it.
+struct Counted<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
 /// A reader or writer that sums what passes through it.
 struct Hashing<W> {
     inner: W,
@@ -601,7 +615,19 @@ impl Writer {
                 safe_relative(&file.dest)?;
                 let mut header = tar_header(tar::EntryType::Regular, file.mode & 0o777 | 0o600);
                 header.set_size(file.size);
-                tar_of(tar)?.append_data(&mut header, format!("{prefix}/{}", file.dest), data)?;
+                // The tar stays in step only if exactly the size in the header follows it.
+                let mut counted = Counted {
+                    inner: data.take(file.size),
+                    count: 0,
+                };
+                let path = format!("{prefix}/{}", file.dest);
+                tar_of(tar)?.append_data(&mut header, &path, &mut counted)?;
+                if counted.count != file.size {
+                    return Err(ArtifactError::Io(io::Error::other(format!(
+                        "{} changed size while artifacts were collected ({} bytes listed, {} read): a process of the build still changes the source directory (stop background processes before the build ends)",
+                        file.source, file.size, counted.count
+                    ))));
+                }
             }
             Writer::Zip { zip, .. } => {
                 let options = zip::write::SimpleFileOptions::default()
@@ -699,6 +725,32 @@ mod tests {
         assert_eq!(tree_path(Path::new("src/")), None);
         assert_eq!(tree_path(Path::new("src")), None);
         assert_eq!(tree_path(Path::new("src/../x")), None);
+    }
+
+    #[test]
+    fn a_file_shorter_than_listed_fails_rather_than_put_the_tar_out_of_step() {
+        let out = tempfile::tempdir().expect("tmp");
+        let mut tar = tar::Builder::new(io::BufWriter::new(Hashing {
+            inner: File::create(out.path().join("a.tar")).expect("tar"),
+            hasher: Sha256::new(),
+        }));
+        let file = kiln_buildspec::artifacts::SelectedFile {
+            source: "out/log".to_string(),
+            dest: "out/log".to_string(),
+            symlink: None,
+            size: 10,
+            mode: 0o644,
+        };
+        let mut writer = Writer::Tree("primary".to_string());
+        let error = writer
+            .write_file(&file, &mut &b"four"[..], Some(&mut tar))
+            .expect_err("short");
+        assert!(
+            error.to_string().contains(
+                "out/log changed size while artifacts were collected (10 bytes listed, 4 read)"
+            ),
+            "{error}"
+        );
     }
 
     #[test]

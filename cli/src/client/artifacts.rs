@@ -446,8 +446,6 @@ fn no_link_on_the_way(
     Ok(path)
 }
 
-/// Removes a file or link where an entry goes (a later entry replaces an earlier one, as with
-/// `tar`), so that creating the entry never follows an existing link.
 /// Files are written in pieces of up to this much (most in one write).
 const COPY_BUFFER: usize = 1 << 20;
 
@@ -503,6 +501,8 @@ fn copy_whole(from: &mut impl Read, to: &mut impl Write, buffer: &mut [u8]) -> i
     }
 }
 
+/// Removes a file or link where an entry goes (a later entry replaces an earlier one, as with
+/// `tar`), so that creating the entry never follows an existing link.
 fn make_room(target: &Path) -> anyhow::Result<()> {
     match fs::symlink_metadata(target) {
         Ok(meta) if meta.is_dir() => bail!(

@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Condvar, Mutex, PoisonError};
 
@@ -54,7 +54,7 @@ pub(super) fn open(id: &str, pid: u32, dir: &str) -> io::Result<OwnedFd> {
     )?;
     // Read after the open: the process held the root then, and it is the container's.
     let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
-    if !cgroups.contains(id) {
+    if !in_container_cgroup(&cgroups, id) {
         return Err(io::Error::other(format!(
             "process {pid} here is not container {id}'s: the worker and the Docker daemon see different processes"
         )));
@@ -69,22 +69,42 @@ pub(super) fn open(id: &str, pid: u32, dir: &str) -> io::Result<OwnedFd> {
     )?)
 }
 
+/// Whether `/proc/<pid>/cgroup` text `cgroups` puts the process in container `id`'s own cgroup:
+/// `/docker/<id>` (cgroupfs) or `.../docker-<id>.scope` (systemd), not merely a path naming it.
+fn in_container_cgroup(cgroups: &str, id: &str) -> bool {
+    let scope = format!("docker-{id}.scope");
+    cgroups.lines().any(|line| {
+        let path = line.splitn(3, ':').nth(2).unwrap_or_default();
+        let mut segments = path.rsplit('/');
+        match (segments.next(), segments.next()) {
+            (Some(last), _) if last == scope => true,
+            (Some(last), Some("docker")) => last == id,
+            _ => false,
+        }
+    })
+}
+
 /// Lists the tree below `dir` as Docker's archive would: each directory before what it holds,
 /// names in byte order, a file with several names held by the first.
 pub(super) fn list(dir: &OwnedFd) -> io::Result<Listing> {
-    let mut walk = Walk::default();
+    let mut walk = Walk {
+        root: dir,
+        listing: Listing::default(),
+        first_names: HashMap::new(),
+    };
     walk.dir(dir, "", 0)?;
     Ok(walk.listing)
 }
 
-#[derive(Default)]
-struct Walk {
+struct Walk<'a> {
+    /// The source directory: each directory below it is opened from here.
+    root: &'a OwnedFd,
     listing: Listing,
-    /// The first name of each file with more than one, by device and inode.
-    first_names: HashMap<(u64, u64), String>,
+    /// The first name, and kind, of each file with more than one, by device and inode.
+    first_names: HashMap<(u64, u64), (String, EntryKind)>,
 }
 
-impl Walk {
+impl Walk<'_> {
     fn dir(&mut self, dir: &OwnedFd, prefix: &str, depth: usize) -> io::Result<()> {
         if depth > MAX_DEPTH {
             return Err(io::Error::other(format!(
@@ -115,13 +135,17 @@ impl Walk {
                         mode: stat.st_mode & 0o7777,
                     };
                     if stat.st_nlink > 1 {
+                        // Every name takes the first's size, as the archive's links do: the
+                        // bytes are read once, through the first.
                         match self.first_names.entry((stat.st_dev, stat.st_ino)) {
                             Slot::Occupied(first) => {
-                                let first = first.get().clone();
+                                let (first, kind) = first.get().clone();
                                 self.listing.hard_links.insert(path.clone(), first);
+                                self.listing.entries.push(Entry { path, kind });
+                                continue;
                             }
                             Slot::Vacant(slot) => {
-                                slot.insert(path.clone());
+                                slot.insert((path.clone(), kind.clone()));
                             }
                         }
                     }
@@ -132,11 +156,14 @@ impl Walk {
                         path: path.clone(),
                         kind: EntryKind::Dir,
                     });
-                    let below = rustix::fs::openat(
-                        dir,
-                        name.as_c_str(),
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    // From the source directory, so one moved out of it meanwhile is not
+                    // walked.
+                    let below = rustix::fs::openat2(
+                        self.root,
+                        path.as_str(),
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
                         Mode::empty(),
+                        beneath(),
                     )?;
                     self.dir(&below, &path, depth + 1)?;
                     continue;
@@ -211,6 +238,11 @@ pub(super) fn read_ahead<'a, C: Copy + Sync>(
         for _ in 0..READERS.min(files.len()) {
             let (tx, next, taken) = (tx.clone(), &next, &taken);
             scope.spawn(move || loop {
+                // A reader that panics stops the others, so that none waits for it forever.
+                let _stop = Stop {
+                    taken,
+                    always: false,
+                };
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 let Some(&(path, size, _)) = files.get(i) else {
                     break;
@@ -229,6 +261,11 @@ pub(super) fn read_ahead<'a, C: Copy + Sync>(
             });
         }
         drop(tx);
+        // Whichever way `each` ends (a panic too), the readers stop.
+        let _stop = Stop {
+            taken: &taken,
+            always: true,
+        };
         let mut arrived = HashMap::new();
         let mut run = || {
             for (i, &file) in files.iter().enumerate() {
@@ -247,11 +284,28 @@ pub(super) fn read_ahead<'a, C: Copy + Sync>(
             }
             Ok(())
         };
-        let result = run();
-        taken.0.lock().unwrap_or_else(PoisonError::into_inner).1 = true;
-        taken.1.notify_all();
-        result
+        run()
     })
+}
+
+/// Tells the readers of [`read_ahead`] to stop when dropped: `always`, or only while a panic
+/// unwinds.
+struct Stop<'a> {
+    taken: &'a (Mutex<(usize, bool)>, Condvar),
+    always: bool,
+}
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        if self.always || std::thread::panicking() {
+            self.taken
+                .0
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .1 = true;
+            self.taken.1.notify_all();
+        }
+    }
 }
 
 /// Opens the regular file `path` below `dir` and reads (and sums) up to [`HEAD`] bytes of it.
@@ -272,11 +326,12 @@ fn open_ahead(dir: &OwnedFd, path: &str, size: u64) -> io::Result<Opened> {
 
 /// Opens the regular file `path` below `dir` for reading exactly its `size` listed bytes.
 fn open_file(dir: &OwnedFd, path: &str, size: u64) -> io::Result<Exact> {
-    // Non-blocking: a fifo put in the file's place must not hang the open.
-    let fd = rustix::fs::openat2(
+    // Found without opening it (O_PATH): a device or fifo the build put in the file's place is
+    // never opened, so neither a driver's open nor a fifo's can act or hang.
+    let found = rustix::fs::openat2(
         dir,
         path,
-        OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY | OFlags::CLOEXEC,
+        OFlags::PATH | OFlags::CLOEXEC,
         Mode::empty(),
         beneath(),
     )
@@ -286,9 +341,15 @@ fn open_file(dir: &OwnedFd, path: &str, size: u64) -> io::Result<Exact> {
         }
         e => e.into(),
     })?;
-    if FileType::from_raw_mode(rustix::fs::fstat(&fd)?.st_mode) != FileType::RegularFile {
+    if FileType::from_raw_mode(rustix::fs::fstat(&found)?.st_mode) != FileType::RegularFile {
         return Err(changed(path, "was replaced by something other than a file"));
     }
+    // The regular file just checked, opened for reading through its descriptor.
+    let fd = rustix::fs::open(
+        format!("/proc/self/fd/{}", found.as_raw_fd()),
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     Ok(Exact {
         file: File::from(fd).take(size),
         path: path.to_string(),
@@ -376,6 +437,44 @@ mod tests {
             _ => Ok(()),
         });
         assert!(matches!(failed, Err(ArtifactError::Unsafe(p)) if p == "f002"));
+    }
+
+    #[test]
+    fn a_writer_that_panics_stops_the_readers_too() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let names: Vec<String> = (0..300).map(|i| format!("f{i:03}")).collect();
+        for name in &names {
+            std::fs::write(tmp.path().join(name), name).expect("write");
+        }
+        let dir = open_dir(tmp.path());
+        let files: Vec<(&str, u64, ())> = names.iter().map(|n| (n.as_str(), 4, ())).collect();
+        // Without the stop on unwinding, readers 64 files ahead would wait forever.
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_ahead(&dir, &files, |(path, _, ()), _| match path {
+                "f002" => panic!("the writer failed"),
+                _ => Ok(()),
+            })
+        }));
+        assert!(panicked.is_err());
+    }
+
+    #[test]
+    fn only_the_container_s_own_cgroup_vouches_for_its_process() {
+        let id = "959e2addd505bb72641918cfe0dd91a334c1d14edf90ff990d00fdc6428ae3ff";
+        assert!(in_container_cgroup(&format!("12:pids:/docker/{id}\n"), id));
+        assert!(in_container_cgroup(
+            &format!("0::/system.slice/docker-{id}.scope\n"),
+            id
+        ));
+        assert!(!in_container_cgroup(
+            &format!("0::/docker/other/{id}\n"),
+            id
+        ));
+        assert!(!in_container_cgroup(
+            &format!("0::/docker/{id}/child\n"),
+            id
+        ));
+        assert!(!in_container_cgroup("0::/\n", id));
     }
 
     #[test]
