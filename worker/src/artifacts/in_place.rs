@@ -3,11 +3,11 @@
 //! several times faster than Docker's archive API, which tars the tree through the daemon.
 //!
 //! Nothing outside the source directory is read, whatever the build left there or changes while
-//! the worker reads: below the directory's descriptor, every path is opened with `openat2` and
-//! `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, and every directory walked
-//! with `O_NOFOLLOW` from its parent's descriptor, so a link (or a directory swapped for one)
-//! fails the open instead of leading out. Only regular files are read, each exactly to the size
-//! listed; devices and fifos are never opened.
+//! the worker reads: every directory and file is opened from the source directory's descriptor
+//! with `openat2` and `RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS`, so a link
+//! (or a directory swapped for one) fails the open instead of leading out. A file is found with
+//! `O_PATH` and opened only once checked to be a regular file, so devices and fifos are never
+//! opened; each is read to exactly the size listed.
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::HashMap;

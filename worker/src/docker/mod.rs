@@ -288,14 +288,7 @@ impl Engine {
         if sandbox.host_network {
             return Ok(Vec::new());
         }
-        let inspect = self
-            .docker
-            .inspect_container(
-                &resources.container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(docker_err("container inspect"))?;
+        let inspect = self.inspect(&resources.container).await?;
         let on = inspect
             .network_settings
             .and_then(|n| n.networks)
@@ -418,20 +411,27 @@ impl Engine {
         )
     }
 
+    /// `docker inspect` of `container`.
+    async fn inspect(
+        &self,
+        container: &str,
+    ) -> Result<bollard::models::ContainerInspectResponse, EngineError> {
+        self.docker
+            .inspect_container(
+                container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+            .map_err(docker_err("container inspect"))
+    }
+
     /// The running container's full id and the process id of its first process, as the Docker
     /// host numbers it (`None`: it is not running).
     pub async fn first_process(
         &self,
         container: &str,
     ) -> Result<Option<(String, u32)>, EngineError> {
-        let inspect = self
-            .docker
-            .inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(docker_err("container inspect"))?;
+        let inspect = self.inspect(container).await?;
         let pid = inspect
             .state
             .and_then(|s| s.pid)
