@@ -168,7 +168,7 @@ impl Tree {
             Ok(Tree(Source::InPlace { dir, listing }))
         })
         .await
-        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?
+        .map_err(joined)?
     }
 }
 
@@ -192,7 +192,12 @@ pub async fn collect(
     let target = target.clone();
     tokio::task::spawn_blocking(move || assemble(contents, listing, &spec, &names, &target))
         .await
-        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?
+        .map_err(joined)?
+}
+
+/// A blocking task that panicked or was cancelled, as an error of the collection.
+fn joined(e: tokio::task::JoinError) -> ArtifactError {
+    ArtifactError::Io(io::Error::other(e))
 }
 
 /// Spools the archive `download` to a temporary file, listing it and summing each file as it
@@ -215,9 +220,7 @@ async fn spool(download: ByteStream) -> Result<(File, Listing), ArtifactError> {
     }
     .await;
     drop(tx);
-    let listing = lister
-        .await
-        .map_err(|e| ArtifactError::Io(io::Error::other(e)))?;
+    let listing = lister.await.map_err(joined)?;
     spooled?;
     Ok((spool.into_std().await, listing?))
 }

@@ -32,6 +32,9 @@ const MAX_DEPTH: usize = 128;
 /// several at once.
 const READERS: usize = 4;
 
+/// A directory with fewer entries than this is looked at by one thread.
+const FEW: usize = 64;
+
 /// How many files the readers may have read ahead of the tar writer.
 const AHEAD: usize = 64;
 
@@ -185,7 +188,7 @@ impl Walk<'_> {
 /// `lstat` of each of `names` in `dir`, in their order; a large directory's [`READERS`] at once.
 fn stat_all(dir: &OwnedFd, names: &[CString]) -> io::Result<Vec<Stat>> {
     let stat = |name: &CString| Ok(rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?);
-    if names.len() < 64 {
+    if names.len() < FEW {
         return names.iter().map(stat).collect();
     }
     std::thread::scope(|scope| {
